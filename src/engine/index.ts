@@ -1,0 +1,151 @@
+// The engine layer: the only module that imports @jax-js/jax. Everything else in starflow-ts
+// reaches the tensor engine through these names, so the engine can be swapped or patched here.
+//
+// Conventions (jax-js ownership): every op consumes its array arguments. Model code is written as
+// pure functions over parameter trees and runs under `jit`; the few places that reuse an array
+// take `.ref` explicitly. Loops live in TypeScript around jitted steps, with static shapes.
+import * as jax from '@jax-js/jax';
+import { installIteratorHelpers } from './iterator-helpers.js';
+
+export const np = jax.numpy;
+export const jnn = jax.nn;
+export const random = jax.random;
+export const lax = jax.lax;
+export const { jit, grad, valueAndGrad, vjp, jvp, vmap, tree, blockUntilReady } = jax;
+export type Arr = jax.Array;
+export type JsTree<T> = jax.JsTree<T>;
+
+/** Parameter trees: nested records of arrays. */
+export type Params = { [name: string]: Arr | Params | Params[] };
+
+export type Device = 'wasm' | 'webgpu' | 'cpu';
+export const DEVICES: readonly Device[] = ['wasm', 'webgpu', 'cpu'];
+
+let started: Device | null = null;
+
+/**
+ * Starts the engine on a device. `auto` takes WebGPU when an adapter exists, else wasm.
+ * Everything is float32: the engine's default dtype, and what checkpoints store.
+ */
+export async function startEngine(device: Device | 'auto' = 'auto'): Promise<Device> {
+  installIteratorHelpers();
+  if (started && (device === 'auto' || device === started)) return started;
+  const wanted: Device[] = device === 'auto' ? ['webgpu', 'wasm'] : [device];
+  let available: string[] = [];
+  try {
+    available = await jax.init(...wanted);
+  } catch {
+    available = [];
+  }
+  const chosen = wanted.find((d) => available.includes(d));
+  if (!chosen) {
+    if (device === 'auto') return startEngine('wasm');
+    throw new EngineError(
+      `device '${device}' is not available here` +
+        (device === 'webgpu' ? ' (no WebGPU adapter was found; use --device wasm)' : ''),
+    );
+  }
+  jax.defaultDevice(chosen);
+  started = chosen;
+  return chosen;
+}
+
+export function currentDevice(): Device {
+  if (!started) throw new EngineError('the engine has not been started (call startEngine first)');
+  return started;
+}
+
+export class EngineError extends Error {
+  override name = 'EngineError';
+}
+
+/** Parses a device name from a flag or environment variable, with a clear error. */
+export function parseDevice(name: string): Device | 'auto' {
+  if (name === 'auto' || (DEVICES as readonly string[]).includes(name)) return name as Device | 'auto';
+  throw new EngineError(`unknown device '${name}' (expected one of: auto, ${DEVICES.join(', ')})`);
+}
+
+// ---- moving data in and out ----
+
+/** A float32 array from host data. */
+export function fromF32(data: Float32Array | number[], shape: number[]): Arr {
+  const buf = data instanceof Float32Array ? data : Float32Array.from(data);
+  if (buf.length !== shape.reduce((a, b) => a * b, 1)) {
+    throw new EngineError(`data of length ${buf.length} does not fill shape [${shape}]`);
+  }
+  return np.array(buf, { shape });
+}
+
+export function fromI32(data: Int32Array | number[], shape: number[]): Arr {
+  const buf = data instanceof Int32Array ? data : Int32Array.from(data);
+  return np.array(buf, { shape, dtype: np.int32 });
+}
+
+/** Reads an array back to the host as float32 and disposes it. */
+export async function toF32(a: Arr): Promise<Float32Array> {
+  const d = await a.astype(np.float32).data();
+  return d instanceof Float32Array ? d : Float32Array.from(d as ArrayLike<number>);
+}
+
+/** Reads a scalar and disposes it. */
+export async function toNumber(a: Arr): Promise<number> {
+  return (await toF32(a))[0]!;
+}
+
+/** Adds a reference to every array in a tree, so the tree survives being passed to an op. */
+export function keep<T extends JsTree<Arr>>(t: T): T {
+  return tree.ref(t);
+}
+
+/** Releases every array in a tree. */
+export function release(t: JsTree<Arr> | null | undefined): void {
+  tree.dispose(t);
+}
+
+/** Waits until every array in the tree is computed (jax-js dispatches lazily). */
+export async function settle<T extends JsTree<Arr>>(t: T): Promise<T> {
+  await blockUntilReady(t);
+  return t;
+}
+
+export function leaves(t: JsTree<Arr>): Arr[] {
+  return tree.leaves(t);
+}
+
+/** Maps a function over the arrays of one or more trees of the same structure. */
+export function mapTree<T extends JsTree<Arr>>(fn: (...xs: Arr[]) => Arr, t: T, ...rest: T[]): T {
+  return tree.map(fn, t, ...rest) as unknown as T;
+}
+
+export function countParams(t: JsTree<Arr>): number {
+  return tree.leaves(t).reduce((n, a) => n + a.size, 0);
+}
+
+// ---- randomness ----
+
+/** A PRNG key from an integer seed (jax-style threefry keys). */
+export function keyFromSeed(seed: number): Arr {
+  return random.key(seed >>> 0);
+}
+
+/** Splits a key into `n` independent keys (consumes it). */
+export function splitKey(key: Arr, n = 2): Arr[] {
+  const keys = random.split(key, n);
+  return np.unstack(keys, 0);
+}
+
+/**
+ * A stream of keys derived from one seed by counter, so a step's randomness depends only on
+ * (seed, step), not on how many draws came before: a resumed run sees the same numbers.
+ */
+export function keyAt(seed: number, counter: number): Arr {
+  return keyFromSeed(mix32(mix32(seed) ^ counter));
+}
+
+/** A 32-bit integer hash (murmur3's finaliser): nearby inputs give unrelated outputs. */
+export function mix32(x: number): number {
+  let h = x >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
+  return (h ^ (h >>> 16)) >>> 0;
+}
