@@ -11,7 +11,8 @@ export const np = jax.numpy;
 export const jnn = jax.nn;
 export const random = jax.random;
 export const lax = jax.lax;
-export const { jit, grad, valueAndGrad, vjp, jvp, vmap, tree, blockUntilReady } = jax;
+export { jit, grad, valueAndGrad, vjp, jvp, vmap, tree, blockUntilReady } from '@jax-js/jax';
+const { tree, blockUntilReady } = jax;
 export type Arr = jax.Array;
 export type JsTree<T> = jax.JsTree<T>;
 

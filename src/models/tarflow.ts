@@ -1,0 +1,238 @@
+// TARFlow ("Normalizing Flows are Capable Generative Models"): a stack of autoregressive
+// Transformer flow blocks over image patches, alternating token order. The whole method is here:
+// patchify, the block (forward = data → noise), the likelihood, and the one block step that every
+// sampler (sequential, Jacobi, GS-Jacobi) uses to invert a block.
+//
+// Semantics follow apple/ml-tarflow exactly (see the parity test): feature order c·p² + ki·p + kj;
+// learned position embeddings permuted with the tokens; a class embedding added to every token,
+// label −1 meaning the mean class embedding; pre-norm layers; zero-initialised output projection;
+// outputs shifted one token so token t depends on tokens < t (token 0 passes through);
+// z = (x − b)·exp(−a); log-det = −mean(a) over tokens and features.
+import { np, splitKey, keyFromSeed, type Arr } from '../engine/index.js';
+import { layerNorm, mlp, linear, embed, initLinear, initNorm, initNormal, initMlp, type Linear, type Norm, type Mlp } from '../nn/layers.js';
+import {
+  causalSelfAttention,
+  cachedSelfAttention,
+  emptyKvCache,
+  initAttention,
+  type Attention,
+  type AttentionShape,
+  type KvCache,
+} from '../nn/attention.js';
+import { tokenShape, type TarFlowConfig } from './config.js';
+
+export type Layer = { attnNorm: Norm; attn: Attention; mlpNorm: Norm; mlp: Mlp };
+export type Block = { pos: Arr; classEmbed?: Arr; projIn: Linear; layers: Layer[]; projOut: Linear };
+export type TarFlowParams = { blocks: Block[] };
+
+// ---- parameters ----
+
+export function initTarFlow(cfg: TarFlowConfig, seed: number): TarFlowParams {
+  const { tokens, tokenDim } = tokenShape(cfg);
+  const c = cfg.width;
+  const shape = attentionShape(cfg);
+  const blockKeys = splitKey(keyFromSeed(seed), cfg.numBlocks);
+  const blocks = blockKeys.map((key): Block => {
+    const [kPos, kCls, kIn, kOut, ...kLayers] = splitKey(key, 4 + cfg.layersPerBlock);
+    const layers = kLayers.map((kl): Layer => {
+      const [ka, km] = splitKey(kl);
+      return {
+        attnNorm: initNorm(c),
+        attn: initAttention(ka!, c, shape),
+        mlpNorm: initNorm(c),
+        mlp: initMlp(km!, c, cfg.mlpRatio * c),
+      };
+    });
+    const block: Block = {
+      pos: initNormal(kPos!, [tokens, c], 0.01),
+      projIn: initLinear(kIn!, tokenDim, c),
+      layers,
+      // Zero weight, default bias: the untrained flow is close to, not exactly, the identity.
+      projOut: initLinear(kOut!, c, 2 * tokenDim, { zeroWeight: true }),
+    };
+    if (cfg.numClasses > 0) block.classEmbed = initNormal(kCls!, [cfg.numClasses, c], 0.01);
+    else kCls!.dispose();
+    return block;
+  });
+  return { blocks };
+}
+
+export function attentionShape(cfg: TarFlowConfig): AttentionShape {
+  return { heads: cfg.width / cfg.headDim, headDim: cfg.headDim };
+}
+
+/** Block i reads its tokens in raster order if i is even, reversed if odd. */
+export function isFlipped(blockIndex: number): boolean {
+  return blockIndex % 2 === 1;
+}
+
+// ---- patches ----
+
+/** [B, C, H, W] → [B, T, C·p²], tokens in raster order, features ordered c·p² + ki·p + kj. */
+export function patchify(x: Arr, p: number): Arr {
+  const [b, c, h, w] = x.shape as [number, number, number, number];
+  return x
+    .reshape([b, c, h / p, p, w / p, p])
+    .transpose([0, 2, 4, 1, 3, 5])
+    .reshape([b, (h / p) * (w / p), c * p * p]);
+}
+
+export function unpatchify(z: Arr, cfg: TarFlowConfig): Arr {
+  const b = z.shape[0]!;
+  const p = cfg.patchSize;
+  const s = cfg.imgSize / p;
+  return z
+    .reshape([b, s, s, cfg.inChannels, p, p])
+    .transpose([0, 3, 1, 4, 2, 5])
+    .reshape([b, cfg.inChannels, cfg.imgSize, cfg.imgSize]);
+}
+
+function flipTokens(x: Arr): Arr {
+  return np.flip(x, 1);
+}
+
+// ---- the block ----
+
+/** Conditioning shared by every token: the class embedding (mean row for label −1), [B, 1, C]. */
+function classBias(block: Block, labels: Arr | undefined): Arr | undefined {
+  if (!block.classEmbed) {
+    labels?.dispose();
+    return undefined;
+  }
+  if (!labels) throw new Error('a class-conditional model needs labels');
+  const e = embed(block.classEmbed, labels);
+  return e.reshape([e.shape[0]!, 1, e.shape[1]!]);
+}
+
+function transformerLayer(l: Layer, h: Arr, shape: AttentionShape): Arr {
+  h = h.ref.add(causalSelfAttention(l.attn, layerNorm(l.attnNorm, h), shape));
+  return h.ref.add(mlp(l.mlp, layerNorm(l.mlpNorm, h)));
+}
+
+/** Splits the projection output into log-scale a and shift b (a = 0 for a volume-preserving flow). */
+function splitAffine(out: Arr, cfg: TarFlowConfig): [Arr, Arr] {
+  const d = out.shape[2]! / 2;
+  const a = out.ref.slice([], [], [0, d]);
+  const b = out.slice([], [], [d, 2 * d]);
+  return cfg.nvp ? [a, b] : [np.zerosLike(a), b];
+}
+
+/**
+ * One flow block, data → noise. x: [B, T, D] tokens in the model's order. Returns z (same order)
+ * and the per-sample log-determinant per dimension, −mean(a).
+ */
+export function blockForward(
+  block: Block,
+  x: Arr,
+  labels: Arr | undefined,
+  flipped: boolean,
+  cfg: TarFlowConfig,
+): { z: Arr; logdet: Arr } {
+  const shape = attentionShape(cfg);
+  if (flipped) x = flipTokens(x);
+  const pos = flipped ? np.flip(block.pos, 0) : block.pos;
+  let h = linear(block.projIn, x.ref).add(pos);
+  const cls = classBias(block, labels);
+  if (cls) h = h.add(cls);
+  for (const l of block.layers) h = transformerLayer(l, h, shape);
+  const out = linear(block.projOut, h);
+  // Shift by one token: parameters for token t come from tokens < t; token 0 gets a = b = 0.
+  const t = out.shape[1]!;
+  const shifted = np.pad(out.slice([], [0, t - 1]), [[0, 0], [1, 0], [0, 0]]);
+  const [a, b] = splitAffine(shifted, cfg);
+  let z = x.sub(b).mul(np.exp(a.ref.neg()));
+  if (flipped) z = flipTokens(z);
+  return { z, logdet: a.mean([1, 2]).neg() };
+}
+
+// ---- the model ----
+
+export type ForwardResult = {
+  /** Noise tokens [B, T, D]. */
+  z: Arr;
+  /** Σ over blocks of the per-dimension log-determinant, [B]. */
+  logdet: Arr;
+  /** mean(z²) after each block, [numBlocks]: a health signal printed while training. */
+  blockZ2: Arr;
+};
+
+/** Data → noise through every block. x: images [B, C, H, W]; labels: int32 [B] (−1 = dropped). */
+export function forward(params: TarFlowParams, cfg: TarFlowConfig, x: Arr, labels?: Arr): ForwardResult {
+  let z = patchify(x, cfg.patchSize);
+  let logdet: Arr | undefined;
+  const z2: Arr[] = [];
+  params.blocks.forEach((block, i) => {
+    const r = blockForward(block, z, labels?.ref, isFlipped(i), cfg);
+    z = r.z;
+    logdet = logdet ? logdet.add(r.logdet) : r.logdet;
+    z2.push(np.square(z.ref).mean());
+  });
+  labels?.dispose();
+  return { z, logdet: logdet!, blockZ2: np.stack(z2) };
+}
+
+/** The training loss: 0.5·mean(z²) − mean(logdet), the NLL per dimension minus ½·log 2π. */
+export function flowLoss(z: Arr, logdet: Arr): Arr {
+  return np.square(z).mean().mul(0.5).sub(logdet.mean());
+}
+
+/**
+ * Bits per dimension per sample for data on [−1, 1] with 256 levels (uniform dequantisation):
+ * the log 128 term turns the density on [−1, 1] into a probability of a bin of width 2/256.
+ */
+export function bitsPerDim(z: Arr, logdet: Arr): Arr {
+  const logp = np.square(z).add(Math.log(2 * Math.PI)).mul(-0.5).mean([1, 2]).sub(Math.log(128));
+  return logp.neg().sub(logdet).div(Math.LN2);
+}
+
+// ---- the block step shared by every sampler ----
+
+/** Per-block sampling state: one KV cache per layer. */
+export type BlockCache = KvCache[];
+
+export function emptyBlockCache(cfg: TarFlowConfig, batch: number): BlockCache {
+  const { tokens } = tokenShape(cfg);
+  return Array.from({ length: cfg.layersPerBlock }, () => emptyKvCache(batch, tokens, attentionShape(cfg)));
+}
+
+/**
+ * Runs L input tokens u (model order, [B, L, D]) sitting at positions start..start+L−1 through a
+ * block, using and updating the KV cache, and returns the affine parameters (a, b) they predict
+ * for the tokens at positions start+1..start+L. `pos` is the block's position table already in
+ * model order. Sequential decoding is L = 1; Jacobi-style solvers pass whole chunks.
+ */
+export function blockStep(
+  block: Block,
+  pos: Arr,
+  u: Arr,
+  start: Arr,
+  cache: BlockCache,
+  labels: Arr | undefined,
+  cfg: TarFlowConfig,
+  temp: number | Arr = 1,
+): { a: Arr; b: Arr; cache: BlockCache } {
+  const shape = attentionShape(cfg);
+  const l = u.shape[1]!;
+  const t = pos.shape[0]!;
+  // Position rows start..start+L−1, picked with a one-hot matrix so shapes stay static.
+  const rows = np.arange(l, undefined, undefined, { dtype: np.int32 }).add(start.ref);
+  const pick = rows.reshape([l, 1]).equal(np.arange(t, undefined, undefined, { dtype: np.int32 }).reshape([1, t]));
+  let h = linear(block.projIn, u).add(np.matmul(pick.astype(np.float32), pos));
+  const cls = classBias(block, labels);
+  if (cls) h = h.add(cls);
+  const next: BlockCache = [];
+  block.layers.forEach((layer, i) => {
+    const [att, c] = cachedSelfAttention(layer.attn, layerNorm(layer.attnNorm, h.ref), cache[i]!, start.ref, shape, temp);
+    next.push(c);
+    h = h.add(att);
+    h = h.ref.add(mlp(layer.mlp, layerNorm(layer.mlpNorm, h)));
+  });
+  start.dispose();
+  const [a, b] = splitAffine(linear(block.projOut, h), cfg);
+  return { a, b, cache: next };
+}
+
+/** Position table of block i in the order its tokens are processed. */
+export function blockPositions(block: Block, blockIndex: number): Arr {
+  return isFlipped(blockIndex) ? np.flip(block.pos, 0) : block.pos;
+}

@@ -1,0 +1,82 @@
+// Multi-head attention with a free head size and an attention temperature, plus a fixed-size KV
+// cache. The cache has static shapes, so decoding any position reuses one compiled step: new keys
+// are written through a one-hot matrix and later slots are masked, never sliced or concatenated.
+import { np, jnn, splitKey, type Arr } from '../engine/index.js';
+import { linear, initLinear, type Linear } from './layers.js';
+
+export type Attention = { qkv: Linear; proj: Linear };
+export type AttentionShape = { heads: number; headDim: number };
+/** Keys and values per layer, [B, heads, S, headDim]. */
+export type KvCache = { k: Arr; v: Arr };
+
+export function initAttention(key: Arr, width: number, s: AttentionShape, opts: { bias?: boolean } = {}): Attention {
+  const [k1, k2] = splitKey(key);
+  const inner = s.heads * s.headDim;
+  return { qkv: initLinear(k1!, width, 3 * inner, opts), proj: initLinear(k2!, inner, width, opts) };
+}
+
+/** q, k, v as [B, heads, L, headDim]; the qkv features are ordered [q heads | k heads | v heads]. */
+function projectQkv(p: Attention, x: Arr, s: AttentionShape): [Arr, Arr, Arr] {
+  const [b, l] = x.shape as [number, number, number];
+  const qkv = linear(p.qkv, x).reshape([b, l, 3, s.heads, s.headDim]).transpose([2, 0, 3, 1, 4]);
+  const [q, k, v] = np.unstack(qkv, 0) as [Arr, Arr, Arr];
+  return [q, k, v];
+}
+
+/**
+ * Softmax attention of q over (k, v), with logits scaled by 1/(sqrt(d)·temp). `temp` may be an
+ * array broadcastable to [B, 1, 1, 1], so rows of one batch can use different temperatures.
+ */
+function attend(q: Arr, k: Arr, v: Arr, mask: Arr, temp: number | Arr, headDim: number): Arr {
+  const scale = 1 / Math.sqrt(headDim);
+  let logits = np.matmul(q, np.swapaxes(k, -1, -2)).mul(scale);
+  logits = typeof temp === 'number' ? (temp === 1 ? logits : logits.div(temp)) : logits.div(temp);
+  const probs = jnn.softmax(np.where(mask, logits, -Infinity), -1);
+  return np.matmul(probs, v);
+}
+
+/** [B, heads, L, d] → [B, L, heads·d], materialised (a matmul on the transposed view is slow). */
+function mergeHeads(o: Arr): Arr {
+  const [b, h, l, d] = o.shape as [number, number, number, number];
+  return o.transpose([0, 2, 1, 3]).reshape([b, l, h * d]);
+}
+
+/** Causal self-attention over a whole sequence (token i sees tokens ≤ i). */
+export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, temp: number | Arr = 1): Arr {
+  const t = x.shape[1]!;
+  const [q, k, v] = projectQkv(p, x, s);
+  const mask = np.tri(t, t, 0, { dtype: np.bool });
+  return linear(p.proj, mergeHeads(attend(q, k, v, mask, temp, s.headDim)));
+}
+
+export function emptyKvCache(batch: number, length: number, s: AttentionShape): KvCache {
+  return { k: np.zeros([batch, s.heads, length, s.headDim]), v: np.zeros([batch, s.heads, length, s.headDim]) };
+}
+
+/**
+ * Attention for L new tokens at positions start..start+L-1 (`start`: int32 scalar array), given a
+ * cache holding earlier positions. Returns the output and the cache with the new keys written.
+ * New token i sees cache slots ≤ start+i; slots beyond are masked, so stale values never leak.
+ */
+export function cachedSelfAttention(
+  p: Attention,
+  x: Arr,
+  cache: KvCache,
+  start: Arr,
+  s: AttentionShape,
+  temp: number | Arr = 1,
+): [Arr, KvCache] {
+  const l = x.shape[1]!;
+  const size = cache.k.shape[2]!;
+  const [q, k, v] = projectQkv(p, x, s);
+  const positions = np.arange(l, undefined, undefined, { dtype: np.int32 }).add(start); // [L]
+  const slots = np.arange(size, undefined, undefined, { dtype: np.int32 });
+  const write = slots.ref.reshape([1, size]).equal(positions.ref.reshape([l, 1])).astype(np.float32); // [L, S]
+  const keepOld = write.ref.sum(0).reshape([size, 1]).mul(-1).add(1); // [S, 1]
+  const writeT = write.transpose().reshape([1, 1, size, l]);
+  const newK = cache.k.mul(keepOld.ref).add(np.matmul(writeT.ref, k));
+  const newV = cache.v.mul(keepOld).add(np.matmul(writeT, v));
+  const mask = slots.reshape([1, size]).lessEqual(positions.reshape([l, 1])); // [L, S]
+  const out = attend(q, newK.ref, newV.ref, mask, temp, s.headDim);
+  return [linear(p.proj, mergeHeads(out)), { k: newK, v: newV }];
+}

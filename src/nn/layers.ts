@@ -1,0 +1,87 @@
+// Pure layers over parameter trees. Weights are stored [in, out] (x @ w): on the wasm backend a
+// matmul against a transposed view is ~30% slower, so PyTorch's [out, in] is transposed at I/O.
+import { np, jnn, random, splitKey, type Arr } from '../engine/index.js';
+
+export type Linear = { w: Arr; b?: Arr };
+export type Norm = { g: Arr; b?: Arr };
+
+export function linear(p: Linear, x: Arr): Arr {
+  const y = np.matmul(x, p.w);
+  return p.b ? y.add(p.b) : y;
+}
+
+/** LayerNorm with a two-pass mean/variance (closer to PyTorch than a one-pass variance). */
+export function layerNorm(p: Norm, x: Arr, eps = 1e-5): Arr {
+  const mu = x.ref.mean(-1, { keepdims: true });
+  const xc = x.sub(mu);
+  const variance = np.square(xc.ref).mean(-1, { keepdims: true });
+  const y = xc.mul(np.reciprocal(np.sqrt(variance.add(eps)))).mul(p.g);
+  return p.b ? y.add(p.b) : y;
+}
+
+/** RMSNorm. `offset` 1 gives STARFlow's zero-initialised `(1 + g)` weight. */
+export function rmsNorm(p: Norm, x: Arr, eps = 1e-6, offset = 0): Arr {
+  const ms = np.square(x.ref).mean(-1, { keepdims: true });
+  const y = x.mul(np.reciprocal(np.sqrt(ms.add(eps))));
+  return y.mul(offset ? p.g.add(offset) : p.g);
+}
+
+/** GELU with the exact erf (jax-js's default is the tanh approximation). */
+export function gelu(x: Arr): Arr {
+  return jnn.gelu(x, { approximate: false });
+}
+
+export type Mlp = { fc1: Linear; fc2: Linear };
+export function mlp(p: Mlp, x: Arr): Arr {
+  return linear(p.fc2, gelu(linear(p.fc1, x)));
+}
+
+/** SwiGLU feed-forward: fc2(silu(gate(x)) * up(x)). */
+export type SwiGlu = { gate: Linear; up: Linear; fc2: Linear };
+export function swiglu(p: SwiGlu, x: Arr): Arr {
+  return linear(p.fc2, jnn.silu(linear(p.gate, x.ref)).mul(linear(p.up, x)));
+}
+
+/** Rows of an embedding table; a negative id selects the mean row (TARFlow's dropped label). */
+export function embed(table: Arr, ids: Arr): Arr {
+  const n = table.shape[0]!;
+  const oneHot = jnn.oneHot(np.maximum(ids.ref, 0), n).astype(np.float32);
+  const uniform = np.fullLike(oneHot.ref, 1 / n);
+  const dropped = ids.less(0).reshape([-1, 1]);
+  return np.matmul(np.where(dropped, uniform, oneHot), table);
+}
+
+// ---- initialisers (PyTorch's defaults, which the reference relies on) ----
+
+/** PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias. */
+export function initLinear(key: Arr, fanIn: number, fanOut: number, opts: { bias?: boolean; zeroWeight?: boolean } = {}): Linear {
+  const [kw, kb] = splitKey(key);
+  const bound = 1 / Math.sqrt(fanIn);
+  const w = opts.zeroWeight
+    ? (kw!.dispose(), np.zeros([fanIn, fanOut]))
+    : random.uniform(kw!, [fanIn, fanOut], { minval: -bound, maxval: bound });
+  if (opts.bias === false) {
+    kb!.dispose();
+    return { w };
+  }
+  return { w, b: random.uniform(kb!, [fanOut], { minval: -bound, maxval: bound }) };
+}
+
+export function initNorm(width: number, opts: { bias?: boolean; zero?: boolean } = {}): Norm {
+  const g = opts.zero ? np.zeros([width]) : np.ones([width]);
+  return opts.bias === false ? { g } : { g, b: np.zeros([width]) };
+}
+
+export function initNormal(key: Arr, shape: number[], std: number): Arr {
+  return random.normal(key, shape).mul(std);
+}
+
+export function initMlp(key: Arr, width: number, hidden: number): Mlp {
+  const [k1, k2] = splitKey(key);
+  return { fc1: initLinear(k1!, width, hidden), fc2: initLinear(k2!, hidden, width) };
+}
+
+export function initSwiGlu(key: Arr, width: number, hidden: number): SwiGlu {
+  const [k1, k2, k3] = splitKey(key, 3);
+  return { gate: initLinear(k1!, width, hidden), up: initLinear(k2!, width, hidden), fc2: initLinear(k3!, hidden, width) };
+}
