@@ -130,7 +130,7 @@ export function blockForward(
 ): { z: Arr; logdet: Arr } {
   const shape = attentionShape(cfg);
   if (flipped) x = flipTokens(x);
-  const pos = flipped ? np.flip(block.pos, 0) : block.pos;
+  const pos = flipped ? np.flip(block.pos, 0) : block.pos; // embeddings stay tied to their patches
   let h = linear(block.projIn, x.ref).add(pos);
   const cls = classBias(block, labels);
   if (cls) h = h.add(cls);
@@ -233,6 +233,6 @@ export function blockStep(
 }
 
 /** Position table of block i in the order its tokens are processed. */
-export function blockPositions(block: Block, blockIndex: number): Arr {
-  return isFlipped(blockIndex) ? np.flip(block.pos, 0) : block.pos;
+export function blockPositions(pos: Arr, blockIndex: number): Arr {
+  return isFlipped(blockIndex) ? np.flip(pos, 0) : pos;
 }

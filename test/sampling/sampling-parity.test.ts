@@ -1,0 +1,53 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import '../setup.js';
+import { fromF32, toF32 } from '../../src/engine/index.js';
+import { type TarFlowParams } from '../../src/models/tarflow.js';
+import { fromReferenceStateDict } from '../../src/io/reference-names.js';
+import { paramsFromHost } from '../../src/nn/params.js';
+import { sampleFromNoise, NO_GUIDANCE, type BlockPlan, type Guidance } from '../../src/sampling/solvers.js';
+import { loadFixture, fixtureStateDict, fixtureConfig, detTensor, maxAbsDiff, type FixtureCase } from '../fixture.js';
+
+const fx = loadFixture();
+const noise = detTensor([2, 16, 4], 0.9, 0.4, 1.0);
+const SEQ: BlockPlan = { kind: 'sequential' };
+
+function model(c: FixtureCase) {
+  const cfg = fixtureConfig(c);
+  return { cfg, params: paramsFromHost<TarFlowParams>(fromReferenceStateDict(fixtureStateDict(c), cfg)) };
+}
+
+async function run(c: FixtureCase, labels: number[] | undefined, guidance: Guidance, plan: BlockPlan = SEQ) {
+  const { cfg, params } = model(c);
+  const r = await sampleFromNoise(params, cfg, fromF32(noise.data, noise.shape), labels, { plans: [plan, plan], guidance });
+  return { x: await toF32(r.images), stats: r.stats };
+}
+
+const cases: [string, FixtureCase, number[] | undefined, Guidance, string][] = [
+  ['unconditional', fx.uncond, undefined, NO_GUIDANCE, 'sample_uncond'],
+  ['class, guidance 0', fx.cond3, [0, 2], NO_GUIDANCE, 'sample_cfg0'],
+  ['class, guidance 1.5', fx.cond3, [0, 2], { ...NO_GUIDANCE, weight: 1.5 }, 'sample_cfg1.5'],
+  ['class, guidance 1.5 annealed', fx.cond3, [0, 2], { ...NO_GUIDANCE, weight: 1.5, annealed: true }, 'sample_cfg1.5_annealed'],
+  ['class, guidance 1.5, attention temperature 0.5', fx.cond3, [0, 2], { ...NO_GUIDANCE, weight: 1.5, attnTemp: 0.5 }, 'sample_cfg1.5_attn_temp0.5'],
+];
+
+for (const [name, c, labels, g, key] of cases) {
+  test(`sequential sampling matches ml-tarflow: ${name} (1e-3 absolute)`, async () => {
+    const { x } = await run(c, labels, g);
+    const expected = c[key] as number[];
+    const d = maxAbsDiff(x, expected);
+    assert.ok(d < 1e-3, `max abs diff ${d}`);
+  });
+}
+
+test('Jacobi and GS-Jacobi reach the sequential result, reporting iterations', async () => {
+  const g: Guidance = { ...NO_GUIDANCE, weight: 1.5 };
+  const seq = await run(fx.cond3, [0, 2], g);
+  const jac = await run(fx.cond3, [0, 2], g, { kind: 'jacobi', modules: 1, maxIter: 100, tol: 1e-9, init: 'z' });
+  const gs = await run(fx.cond3, [0, 2], g, { kind: 'jacobi', modules: 3, maxIter: 100, tol: 1e-9, init: 'zeros' });
+  assert.ok(maxAbsDiff(jac.x, seq.x) < 1e-4, `jacobi ${maxAbsDiff(jac.x, seq.x)}`);
+  assert.ok(maxAbsDiff(gs.x, seq.x) < 1e-4, `gs-jacobi ${maxAbsDiff(gs.x, seq.x)}`);
+  for (const s of jac.stats) assert.equal(s.iterations.length, 1);
+  for (const s of gs.stats) assert.equal(s.iterations.length, 3);
+  for (const s of [...jac.stats, ...gs.stats]) for (const it of s.iterations) assert.ok(it >= 1 && it <= 15);
+});
