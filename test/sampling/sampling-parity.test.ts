@@ -5,6 +5,7 @@ import { fromF32, toF32 } from '../../src/engine/index.js';
 import { type TarFlowParams } from '../../src/models/tarflow.js';
 import { fromReferenceStateDict } from '../../src/io/reference-names.js';
 import { paramsFromHost } from '../../src/nn/params.js';
+import { denoise } from '../../src/sampling/denoise.js';
 import { sampleFromNoise, NO_GUIDANCE, type BlockPlan, type Guidance } from '../../src/sampling/solvers.js';
 import { loadFixture, fixtureStateDict, fixtureConfig, detTensor, maxAbsDiff, type FixtureCase } from '../fixture.js';
 
@@ -51,3 +52,17 @@ test('Jacobi and GS-Jacobi reach the sequential result, reporting iterations', a
   for (const s of gs.stats) assert.equal(s.iterations.length, 3);
   for (const s of [...jac.stats, ...gs.stats]) for (const it of s.iterations) assert.ok(it >= 1 && it <= 15);
 });
+
+for (const [name, c, labels] of [
+  ['unconditional', fx.uncond, undefined],
+  ['3-class', fx.cond3, [0, 2]],
+] as const) {
+  test(`score denoising matches ml-tarflow (${name}): one Tweedie step, σ = 0.1`, async () => {
+    const { cfg, params } = model(c);
+    const d = c.denoise as { sigma: number; lr: number; x_denoised: number[] };
+    const x = detTensor([2, 1, 8, 8], 0.5, 0.3, 0.8);
+    const out = await toF32(denoise(params, cfg, fromF32(x.data, x.shape), labels ? [...labels] : undefined, d.sigma));
+    const diff = maxAbsDiff(out, d.x_denoised);
+    assert.ok(diff < 1e-5, `max abs diff ${diff}`);
+  });
+}
