@@ -1,5 +1,6 @@
-// Starts the engine once per test file, on the wasm backend with one thread unless the
-// environment says otherwise (tests are small: thread hand-offs would cost more than they save).
+// Starts the engine once per test file. STARFLOW_THREADS (set to 1 by `npm test`: tests are small
+// and thread hand-offs would cost more than they save) is read when the shims load, first.
+import '../src/engine/node-shims.js';
 import { startNodeEngine } from '../src/engine/node.js';
 
-export const device = await startNodeEngine({ threads: Number(process.env.STARFLOW_THREADS ?? 1) });
+export const device = await startNodeEngine();

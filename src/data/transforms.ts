@@ -1,5 +1,5 @@
 import type { ImageDataset } from './dataset.js';
-import { epochOrder, type Rng } from './rng.js';
+import { epochOrder, type Rng } from '../engine/rng.js';
 
 export interface Batch {
   /** (B, C, H, W) in [-1, 1]. */

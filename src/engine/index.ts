@@ -6,10 +6,10 @@
 // take `.ref` explicitly. Loops live in TypeScript around jitted steps, with static shapes.
 import * as jax from '@jax-js/jax';
 import { installIteratorHelpers } from './iterator-helpers.js';
+import type { Rng } from './rng.js';
 
 export const np = jax.numpy;
 export const jnn = jax.nn;
-export const random = jax.random;
 export const lax = jax.lax;
 export { jit, grad, valueAndGrad, vjp, jvp, vmap, tree, blockUntilReady } from '@jax-js/jax';
 const { tree, blockUntilReady } = jax;
@@ -123,30 +123,23 @@ export function countParams(t: JsTree<Arr>): number {
 }
 
 // ---- randomness ----
+// Random numbers are drawn on the host from a seeded generator and uploaded. jax-js 0.1.25's
+// device PRNG fails with wasm worker threads (its kernels link against an unshared memory), and
+// host draws give the same numbers on every device and thread count: a seed means one thing.
+export { Rng } from './rng.js';
 
-/** A PRNG key from an integer seed (jax-style threefry keys). */
-export function keyFromSeed(seed: number): Arr {
-  return random.key(seed >>> 0);
+/** Standard normal values of a shape from a generator. */
+export function normalArray(rng: Rng, shape: number[], std = 1): Arr {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = std * rng.normal();
+  return np.array(data, { shape });
 }
 
-/** Splits a key into `n` independent keys (consumes it). */
-export function splitKey(key: Arr, n = 2): Arr[] {
-  const keys = random.split(key, n);
-  return np.unstack(keys, 0);
-}
-
-/**
- * A stream of keys derived from one seed by counter, so a step's randomness depends only on
- * (seed, step), not on how many draws came before: a resumed run sees the same numbers.
- */
-export function keyAt(seed: number, counter: number): Arr {
-  return keyFromSeed(mix32(mix32(seed) ^ counter));
-}
-
-/** A 32-bit integer hash (murmur3's finaliser): nearby inputs give unrelated outputs. */
-export function mix32(x: number): number {
-  let h = x >>> 0;
-  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b) >>> 0;
-  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
-  return (h ^ (h >>> 16)) >>> 0;
+/** Uniform values in [lo, hi) of a shape from a generator. */
+export function uniformArray(rng: Rng, shape: number[], lo: number, hi: number): Arr {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = lo + (hi - lo) * rng.uniform();
+  return np.array(data, { shape });
 }

@@ -8,7 +8,7 @@
 // label −1 meaning the mean class embedding; pre-norm layers; zero-initialised output projection;
 // outputs shifted one token so token t depends on tokens < t (token 0 passes through);
 // z = (x − b)·exp(−a); log-det = −mean(a) over tokens and features.
-import { np, splitKey, keyFromSeed, type Arr } from '../engine/index.js';
+import { np, Rng, type Arr } from '../engine/index.js';
 import { layerNorm, mlp, linear, embed, initLinear, initNorm, initNormal, initMlp, type Linear, type Norm, type Mlp } from '../nn/layers.js';
 import {
   causalSelfAttention,
@@ -31,27 +31,23 @@ export function initTarFlow(cfg: TarFlowConfig, seed: number): TarFlowParams {
   const { tokens, tokenDim } = tokenShape(cfg);
   const c = cfg.width;
   const shape = attentionShape(cfg);
-  const blockKeys = splitKey(keyFromSeed(seed), cfg.numBlocks);
-  const blocks = blockKeys.map((key): Block => {
-    const [kPos, kCls, kIn, kOut, ...kLayers] = splitKey(key, 4 + cfg.layersPerBlock);
-    const layers = kLayers.map((kl): Layer => {
-      const [ka, km] = splitKey(kl);
-      return {
-        attnNorm: initNorm(c),
-        attn: initAttention(ka!, c, shape),
-        mlpNorm: initNorm(c),
-        mlp: initMlp(km!, c, cfg.mlpRatio * c),
-      };
-    });
+  const root = new Rng(seed);
+  const blocks = Array.from({ length: cfg.numBlocks }, (_, b): Block => {
+    const rng = root.fork(b);
+    const layers = Array.from({ length: cfg.layersPerBlock }, (_, l): Layer => ({
+      attnNorm: initNorm(c),
+      attn: initAttention(rng.fork(100 + 2 * l), c, shape),
+      mlpNorm: initNorm(c),
+      mlp: initMlp(rng.fork(101 + 2 * l), c, cfg.mlpRatio * c),
+    }));
     const block: Block = {
-      pos: initNormal(kPos!, [tokens, c], 0.01),
-      projIn: initLinear(kIn!, tokenDim, c),
+      pos: initNormal(rng.fork(0), [tokens, c], 0.01),
+      projIn: initLinear(rng.fork(2), tokenDim, c),
       layers,
       // Zero weight, default bias: the untrained flow is close to, not exactly, the identity.
-      projOut: initLinear(kOut!, c, 2 * tokenDim, { zeroWeight: true }),
+      projOut: initLinear(rng.fork(3), c, 2 * tokenDim, { zeroWeight: true }),
     };
-    if (cfg.numClasses > 0) block.classEmbed = initNormal(kCls!, [cfg.numClasses, c], 0.01);
-    else kCls!.dispose();
+    if (cfg.numClasses > 0) block.classEmbed = initNormal(rng.fork(1), [cfg.numClasses, c], 0.01);
     return block;
   });
   return { blocks };

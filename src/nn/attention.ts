@@ -1,7 +1,7 @@
 // Multi-head attention with a free head size and an attention temperature, plus a fixed-size KV
 // cache. The cache has static shapes, so decoding any position reuses one compiled step: new keys
 // are written through a one-hot matrix and later slots are masked, never sliced or concatenated.
-import { np, jnn, splitKey, type Arr } from '../engine/index.js';
+import { np, jnn, type Arr, type Rng } from '../engine/index.js';
 import { linear, initLinear, type Linear } from './layers.js';
 
 export type Attention = { qkv: Linear; proj: Linear };
@@ -9,10 +9,9 @@ export type AttentionShape = { heads: number; headDim: number };
 /** Keys and values per layer, [B, heads, S, headDim]. */
 export type KvCache = { k: Arr; v: Arr };
 
-export function initAttention(key: Arr, width: number, s: AttentionShape, opts: { bias?: boolean } = {}): Attention {
-  const [k1, k2] = splitKey(key);
+export function initAttention(rng: Rng, width: number, s: AttentionShape, opts: { bias?: boolean } = {}): Attention {
   const inner = s.heads * s.headDim;
-  return { qkv: initLinear(k1!, width, 3 * inner, opts), proj: initLinear(k2!, inner, width, opts) };
+  return { qkv: initLinear(rng.fork(0), width, 3 * inner, opts), proj: initLinear(rng.fork(1), inner, width, opts) };
 }
 
 /** q, k, v as [B, heads, L, headDim]; the qkv features are ordered [q heads | k heads | v heads]. */

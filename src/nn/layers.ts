@@ -1,6 +1,6 @@
 // Pure layers over parameter trees. Weights are stored [in, out] (x @ w): on the wasm backend a
 // matmul against a transposed view is ~30% slower, so PyTorch's [out, in] is transposed at I/O.
-import { np, jnn, random, splitKey, type Arr } from '../engine/index.js';
+import { np, jnn, normalArray, uniformArray, type Arr, type Rng } from '../engine/index.js';
 
 export type Linear = { w: Arr; b?: Arr };
 export type Norm = { g: Arr; b?: Arr };
@@ -54,17 +54,10 @@ export function embed(table: Arr, ids: Arr): Arr {
 // ---- initialisers (PyTorch's defaults, which the reference relies on) ----
 
 /** PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias. */
-export function initLinear(key: Arr, fanIn: number, fanOut: number, opts: { bias?: boolean; zeroWeight?: boolean } = {}): Linear {
-  const [kw, kb] = splitKey(key);
+export function initLinear(rng: Rng, fanIn: number, fanOut: number, opts: { bias?: boolean; zeroWeight?: boolean } = {}): Linear {
   const bound = 1 / Math.sqrt(fanIn);
-  const w = opts.zeroWeight
-    ? (kw!.dispose(), np.zeros([fanIn, fanOut]))
-    : random.uniform(kw!, [fanIn, fanOut], { minval: -bound, maxval: bound });
-  if (opts.bias === false) {
-    kb!.dispose();
-    return { w };
-  }
-  return { w, b: random.uniform(kb!, [fanOut], { minval: -bound, maxval: bound }) };
+  const w = opts.zeroWeight ? np.zeros([fanIn, fanOut]) : uniformArray(rng.fork(0), [fanIn, fanOut], -bound, bound);
+  return opts.bias === false ? { w } : { w, b: uniformArray(rng.fork(1), [fanOut], -bound, bound) };
 }
 
 export function initNorm(width: number, opts: { bias?: boolean; zero?: boolean } = {}): Norm {
@@ -72,16 +65,14 @@ export function initNorm(width: number, opts: { bias?: boolean; zero?: boolean }
   return opts.bias === false ? { g } : { g, b: np.zeros([width]) };
 }
 
-export function initNormal(key: Arr, shape: number[], std: number): Arr {
-  return random.normal(key, shape).mul(std);
+export function initNormal(rng: Rng, shape: number[], std: number): Arr {
+  return normalArray(rng, shape, std);
 }
 
-export function initMlp(key: Arr, width: number, hidden: number): Mlp {
-  const [k1, k2] = splitKey(key);
-  return { fc1: initLinear(k1!, width, hidden), fc2: initLinear(k2!, hidden, width) };
+export function initMlp(rng: Rng, width: number, hidden: number): Mlp {
+  return { fc1: initLinear(rng.fork(0), width, hidden), fc2: initLinear(rng.fork(1), hidden, width) };
 }
 
-export function initSwiGlu(key: Arr, width: number, hidden: number): SwiGlu {
-  const [k1, k2, k3] = splitKey(key, 3);
-  return { gate: initLinear(k1!, width, hidden), up: initLinear(k2!, width, hidden), fc2: initLinear(k3!, hidden, width) };
+export function initSwiGlu(rng: Rng, width: number, hidden: number): SwiGlu {
+  return { gate: initLinear(rng.fork(0), width, hidden), up: initLinear(rng.fork(1), width, hidden), fc2: initLinear(rng.fork(2), hidden, width) };
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { epochOrder, Rng } from '../../src/data/rng.js';
+import { epochOrder, Rng } from '../../src/engine/rng.js';
 
 test('same seed gives the same stream, different seeds differ', () => {
   const a = new Rng(42);

@@ -1,0 +1,60 @@
+// What every command shares: option parsing with clear errors, engine start, and error reporting.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { startNodeEngine } from '../engine/node.js';
+
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
+
+export const ENGINE_OPTIONS: OptionSpec = {
+  device: { type: 'string' },
+  threads: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+};
+
+export const ENGINE_HELP = `Engine:
+  --device NAME        auto (default: WebGPU when an adapter exists, else wasm), wasm, webgpu, cpu;
+                       also STARFLOW_DEVICE
+  --threads N          wasm worker threads (default: all cores; also STARFLOW_THREADS)`;
+
+export function parse(argv: string[], options: OptionSpec): Record<string, string | boolean | undefined> {
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options: { ...ENGINE_OPTIONS, ...options }, strict: true, allowPositionals: true });
+    if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+    return values as Record<string, string | boolean | undefined>;
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    throw new UsageError((e as Error).message.replace(/\. To specify a positional argument.*$/, ''));
+  }
+}
+
+export function intOpt(v: string | boolean | undefined, name: string, min: number, fallback?: number): number {
+  if (v === undefined) {
+    if (fallback === undefined) throw new UsageError(`--${name} is required`);
+    return fallback;
+  }
+  const n = Number(v);
+  if (typeof v !== 'string' || !Number.isInteger(n) || n < min) throw new UsageError(`--${name} must be an integer ≥ ${min}, got '${v}'`);
+  return n;
+}
+
+export function numOpt(v: string | boolean | undefined, name: string, fallback: number, check: (n: number) => boolean = Number.isFinite, what = 'a number'): number {
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (typeof v !== 'string' || v.trim() === '' || !check(n)) throw new UsageError(`--${name} must be ${what}, got '${v}'`);
+  return n;
+}
+
+export function strOpt(v: string | boolean | undefined, name: string): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v === '') throw new UsageError(`--${name} needs a value`);
+  return v;
+}
+
+/** Starts the engine. --threads was already applied by the launcher (bin/starflow.js) before the engine loaded. */
+export async function startEngineFromOptions(o: Record<string, string | boolean | undefined>): Promise<string> {
+  if (o.threads !== undefined) intOpt(o.threads, 'threads', 1);
+  return startNodeEngine({ device: strOpt(o.device, 'device') });
+}

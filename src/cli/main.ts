@@ -1,0 +1,53 @@
+#!/usr/bin/env node
+// starflow: one command per job. Errors are one line (STARFLOW_DEBUG=1 shows stack traces).
+import '../engine/node-shims.js'; // before anything loads the engine
+import { trainCommand, TRAIN_HELP } from './train.js';
+import { sampleCommand, SAMPLE_HELP } from './sample.js';
+import { nllCommand, classifyCommand, NLL_HELP, CLASSIFY_HELP } from './nll.js';
+import { mainJob, MAIN_HELP } from './main-job.js';
+import { infoCommand, INFO_HELP } from './info.js';
+import { UsageError } from './common.js';
+
+const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string; summary: string }> = {
+  train: { run: trainCommand, help: TRAIN_HELP, summary: 'train a model (presets, JSON/YAML configs, resume)' },
+  sample: { run: sampleCommand, help: SAMPLE_HELP, summary: 'draw images: solvers, guidance, denoising' },
+  nll: { run: nllCommand, help: NLL_HELP, summary: 'bits/dim of a dataset' },
+  classify: { run: classifyCommand, help: CLASSIFY_HELP, summary: "classify images by Bayes' rule" },
+  info: { run: infoCommand, help: INFO_HELP, summary: 'show a model directory: config and parameter count' },
+  main: { run: mainJob, help: MAIN_HELP, summary: 'train the mnist preset, write samples and test bits/dim (npm start)' },
+};
+
+const USAGE = `starflow: TARFlow normalizing flows in TypeScript
+
+Usage: starflow <command> [options]     (starflow <command> --help for each)
+
+Commands:
+${Object.entries(COMMANDS).map(([k, c]) => `  ${k.padEnd(10)} ${c.summary}`).join('\n')}
+`;
+
+export async function run(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    console.log(cmd === 'help' && rest[0] && COMMANDS[rest[0]] ? COMMANDS[rest[0]]!.help : USAGE);
+    return 0;
+  }
+  const c = COMMANDS[cmd];
+  if (!c) {
+    console.error(`starflow: unknown command '${cmd}'\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    await c.run(rest);
+    return 0;
+  } catch (e) {
+    const err = e as Error;
+    if (process.env.STARFLOW_DEBUG) console.error(err.stack);
+    const msg = (err?.message ?? String(e)).split('\n').join('\n  ');
+    console.error(`starflow ${cmd}: error: ${msg}`);
+    if (e instanceof UsageError) console.error(`(see starflow ${cmd} --help)`);
+    return e instanceof UsageError ? 2 : 1;
+  }
+}
+
+const code = await run(process.argv.slice(2));
+process.exitCode = code;

@@ -1,0 +1,183 @@
+import path from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { loadModel } from '../io/model.js';
+import { tokenShape } from '../models/config.js';
+import { currentDevice } from '../engine/index.js';
+import { generate } from '../sampling/pipeline.js';
+import { makePlans, SOLVERS } from '../sampling/plan.js';
+import { SamplingError, type Guidance } from '../sampling/solvers.js';
+import { writePngGrid, imageGrid, encodePng } from '../io/png.js';
+import { writeFileAtomic, writeSafetensorsFile, readSafetensorsFile } from '../io/files.js';
+import { fromFloat32, toFloat32, toInt32 } from '../io/safetensors.js';
+import { Progress } from './progress.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
+
+export const SAMPLE_HELP = `starflow sample: draw images from a trained model
+
+Usage:
+  starflow sample --model DIR --n 64 --out samples.png [options]
+
+What to draw:
+  --model DIR            model directory (config.json + model.safetensors)
+  --n N                  number of samples (default 64)
+  --class K              class for every sample (class models; default: 10 per class, cycling)
+  --labels 0,1,2,...     one class per sample (−1 = unconditional)
+  --seed N               noise seed (default 0): the same seed gives the same images on every solver
+
+Guidance:
+  --cfg W                guidance weight (default 0 = none)
+  --guidance-rule R      tarflow (linear on log-scale and shift, default) or starflow (Gaussian product)
+  --annealed             ramp the weight linearly along the sequence
+  --attn-temp T          attention temperature of the negative branch (needed for unconditional models)
+  --guided-blocks 0,1    model block indices that get guidance (default all)
+
+Solver:
+  --solver NAME          ${SOLVERS.join(' | ')} (default sequential: fastest on CPU)
+  --strategy S           gs-jacobi per-block plan, blocks in sampling order: e.g. "0=8x32,*=1x10", "*=seq"
+  --jacobi-tol E         stop a Jacobi module when mean((new−old)²)/mean(new²) < E (default 1e-6)
+  --jacobi-max-iter N    iteration cap per module (default: the module length, which is exact)
+  --jacobi-init z|zeros  initial guess (default z)
+  --batch B              samples per solver batch (default: all at once)
+
+Denoising:
+  --denoise              one score-based (Tweedie) step after sampling
+  --sigma S              noise level for denoising (default: the model's noiseStd)
+  --denoise-lr M         step-size multiplier (default 1 = Tweedie)
+
+Output:
+  --out FILE             .png: a grid; .safetensors: the tensor 'samples' [n, C, H, W]; a directory: one PNG each
+  --noise FILE           start from noise tokens in a .safetensors file instead of drawing them
+  --noise-key NAME       tensor name of the noise (default 'noise'), shape [n, T, D]
+  --labels-key NAME      tensor name of per-sample labels in the noise file
+  --json                 print timing and solver statistics as JSON
+${ENGINE_HELP}`;
+
+function intList(v: string, name: string): number[] {
+  const xs = v.split(',').map((s) => Number(s.trim()));
+  if (xs.some((x) => !Number.isInteger(x))) throw new UsageError(`--${name} must be a comma-separated list of integers, got '${v}'`);
+  return xs;
+}
+
+export async function sampleCommand(argv: string[]): Promise<void> {
+  const o = parse(argv, {
+    model: { type: 'string' },
+    n: { type: 'string' },
+    class: { type: 'string' },
+    labels: { type: 'string' },
+    seed: { type: 'string' },
+    cfg: { type: 'string' },
+    'guidance-rule': { type: 'string' },
+    annealed: { type: 'boolean' },
+    'attn-temp': { type: 'string' },
+    'guided-blocks': { type: 'string' },
+    solver: { type: 'string' },
+    strategy: { type: 'string' },
+    'jacobi-tol': { type: 'string' },
+    'jacobi-max-iter': { type: 'string' },
+    'jacobi-init': { type: 'string' },
+    batch: { type: 'string' },
+    denoise: { type: 'boolean' },
+    sigma: { type: 'string' },
+    'denoise-lr': { type: 'string' },
+    out: { type: 'string' },
+    noise: { type: 'string' },
+    'noise-key': { type: 'string' },
+    'labels-key': { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (o.help) return void console.log(SAMPLE_HELP);
+  const modelDir = strOpt(o.model, 'model');
+  if (!modelDir) throw new UsageError('--model DIR is required (see starflow sample --help)');
+  const out = strOpt(o.out, 'out') ?? 'samples.png';
+  const seed = intOpt(o.seed, 'seed', 0, 0);
+  const rule = strOpt(o['guidance-rule'], 'guidance-rule') ?? 'tarflow';
+  if (rule !== 'tarflow' && rule !== 'starflow') throw new UsageError(`--guidance-rule must be tarflow or starflow, got '${rule}'`);
+  const init = strOpt(o['jacobi-init'], 'jacobi-init') ?? 'z';
+  if (init !== 'z' && init !== 'zeros') throw new UsageError(`--jacobi-init must be z or zeros, got '${init}'`);
+  const solver = strOpt(o.solver, 'solver') ?? 'sequential';
+  if (!(SOLVERS as readonly string[]).includes(solver)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${SOLVERS.join(', ')})`);
+
+  await startEngineFromOptions(o);
+  const { cfg, params } = await loadModel(modelDir);
+  const { tokens, tokenDim } = tokenShape(cfg);
+
+  let noise: Float32Array | undefined;
+  let fileLabels: number[] | undefined;
+  let n = intOpt(o.n, 'n', 1, 64);
+  if (o.noise) {
+    const f = await readSafetensorsFile(strOpt(o.noise, 'noise')!);
+    const key = strOpt(o['noise-key'], 'noise-key') ?? 'noise';
+    const t = f.tensors.get(key);
+    if (!t) throw new UsageError(`${o.noise} has no tensor '${key}' (it has: ${[...f.tensors.keys()].join(', ')})`);
+    if (t.shape.length !== 3 || t.shape[1] !== tokens || t.shape[2] !== tokenDim) {
+      throw new UsageError(`noise '${key}' must have shape [n, ${tokens}, ${tokenDim}] for this model, got [${t.shape}]`);
+    }
+    noise = toFloat32(t, key);
+    n = t.shape[0]!;
+    const lk = strOpt(o['labels-key'], 'labels-key');
+    if (lk) {
+      const lt = f.tensors.get(lk);
+      if (!lt) throw new UsageError(`${o.noise} has no tensor '${lk}'`);
+      fileLabels = [...toInt32(lt, lk)];
+    }
+  }
+
+  let labels: number[] | undefined;
+  if (cfg.numClasses > 0) {
+    if (fileLabels) labels = fileLabels;
+    else if (o.labels) labels = intList(o.labels as string, 'labels');
+    else if (o.class !== undefined) labels = new Array<number>(n).fill(intOpt(o.class, 'class', -1));
+    else labels = Array.from({ length: n }, (_, i) => Math.floor((i * Math.min(cfg.numClasses, 10)) / n) % cfg.numClasses);
+    if (labels.length !== n) throw new UsageError(`--labels gives ${labels.length} labels for ${n} samples`);
+  } else if (o.class !== undefined || o.labels !== undefined) {
+    throw new SamplingError('this model is unconditional: it takes no --class or --labels');
+  }
+
+  const guidance: Guidance = {
+    weight: numOpt(o.cfg, 'cfg', 0, (x) => x >= 0, 'a number ≥ 0'),
+    rule,
+    annealed: Boolean(o.annealed),
+    attnTemp: numOpt(o['attn-temp'], 'attn-temp', 1, (x) => x > 0, 'a number > 0'),
+    blocks: o['guided-blocks'] ? intList(o['guided-blocks'] as string, 'guided-blocks') : undefined,
+  };
+  const maxIter = o['jacobi-max-iter'] === undefined ? undefined : intOpt(o['jacobi-max-iter'], 'jacobi-max-iter', 1);
+  const plans = makePlans(solver, cfg.numBlocks, tokens, strOpt(o.strategy, 'strategy'), {
+    tol: numOpt(o['jacobi-tol'], 'jacobi-tol', 1e-6, (x) => x >= 0, 'a number ≥ 0'),
+    maxIter,
+    init,
+  });
+  const denoise = o.denoise
+    ? { sigma: numOpt(o.sigma, 'sigma', cfg.noiseStd, (x) => x >= 0, 'a number ≥ 0'), lrScale: numOpt(o['denoise-lr'], 'denoise-lr', 1, (x) => x >= 0, 'a number ≥ 0') }
+    : undefined;
+
+  const bar = new Progress('sample', 100);
+  const r = await generate(params, cfg, {
+    n,
+    labels,
+    plans,
+    guidance,
+    seed,
+    noise,
+    batchSize: o.batch === undefined ? undefined : intOpt(o.batch, 'batch', 1),
+    denoise,
+    onProgress: (done, total) => bar.update(Math.round((100 * done) / total), ''),
+  });
+  bar.update(100);
+
+  if (out.endsWith('.safetensors')) {
+    await writeSafetensorsFile(out, { samples: fromFloat32(r.images, r.shape) }, { solver, seed: String(seed) });
+  } else if (out.endsWith('.png')) {
+    await writePngGrid(out, r.images, r.shape, { nrow: cfg.numClasses > 0 && !o.class && !o.labels ? Math.ceil(n / Math.min(cfg.numClasses, 10)) : Math.ceil(Math.sqrt(n)) });
+  } else {
+    await mkdir(out, { recursive: true });
+    const per = r.shape[1] * r.shape[2] * r.shape[3];
+    for (let i = 0; i < n; i++) {
+      const img = imageGrid(r.images.subarray(i * per, (i + 1) * per), [1, r.shape[1], r.shape[2], r.shape[3]], { nrow: 1, padding: 0 });
+      await writeFileAtomic(path.join(out, `${String(i).padStart(5, '0')}.png`), encodePng(img));
+    }
+  }
+  const iterations = r.stats.map((batch) => batch.map((s) => ({ block: s.block, calls: s.calls, iterations: s.iterations })));
+  const summary = { out, n, seconds: r.seconds, samplesPerSec: n / r.seconds, solver, device: currentDevice(), blocks: iterations[0] };
+  if (o.json) console.log(JSON.stringify(summary));
+  else console.error(`wrote ${n} samples to ${out} in ${r.seconds.toFixed(2)} s (${summary.samplesPerSec.toFixed(1)} samples/s, ${solver})`);
+}

@@ -1,0 +1,132 @@
+import path from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import YAML from 'yaml';
+import { ConfigError } from '../models/config.js';
+import { parseTrainConfig, type TrainConfig } from '../train/config.js';
+import { train, CHECKPOINT_DIR } from '../train/trainer.js';
+import { Progress } from './progress.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
+
+export const TRAIN_HELP = `starflow train: train a TARFlow by maximum likelihood
+
+Usage:
+  starflow train --preset mnist [--out DIR] [--steps N | --minutes M]
+  starflow train --config FILE.{json,yaml} [--out DIR]
+  starflow train --resume DIR [--steps N | --minutes M]
+
+Options:
+  --preset NAME        a named config from presets/ (mnist, mnist-tiny)
+  --config FILE        a training config (JSON or YAML); every field is validated
+  --out DIR            run directory: log.jsonl, samples/, checkpoint/ (default runs/<preset or config name>)
+  --resume DIR         continue the run in DIR from its checkpoint (same data order and randomness)
+  --steps N            stop after N more steps (the learning-rate schedule keeps the config's length)
+  --minutes M          stop after M minutes
+  --schedule-steps N   set the schedule length (the config's 'steps')
+  --noise TYPE         override the noise: gaussian (augmentation, for sampling) or uniform (bits/dim)
+  --seed N             override the seed
+
+Ctrl-C saves a checkpoint and exits; --resume continues from it.
+${ENGINE_HELP}`;
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const PRESET_DIR = path.resolve(here, '../../presets');
+
+export async function readConfigFile(file: string): Promise<unknown> {
+  const text = await readFile(file, 'utf8').catch(() => {
+    throw new UsageError(`cannot read config file '${file}'`);
+  });
+  try {
+    return file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
+  } catch (e) {
+    throw new ConfigError(`${file}: not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(e as Error).message.split('\n')[0]}`);
+  }
+}
+
+export async function loadPreset(name: string): Promise<TrainConfig> {
+  if (!/^[a-z0-9-]+$/.test(name)) throw new UsageError(`unknown preset '${name}'`);
+  const file = path.join(PRESET_DIR, `${name}.json`);
+  const raw = await readFile(file, 'utf8').catch(() => null);
+  if (raw === null) throw new UsageError(`unknown preset '${name}' (look in ${PRESET_DIR})`);
+  return parseTrainConfig(JSON.parse(raw), `preset ${name}`);
+}
+
+export async function trainCommand(argv: string[]): Promise<void> {
+  const o = parse(argv, {
+    preset: { type: 'string' },
+    config: { type: 'string' },
+    out: { type: 'string' },
+    resume: { type: 'string' },
+    steps: { type: 'string' },
+    minutes: { type: 'string' },
+    'schedule-steps': { type: 'string' },
+    noise: { type: 'string' },
+    seed: { type: 'string' },
+  });
+  if (o.help) return void console.log(TRAIN_HELP);
+  const sources = ['preset', 'config', 'resume'].filter((k) => o[k] !== undefined);
+  if (sources.length !== 1) throw new UsageError('give exactly one of --preset, --config or --resume (see starflow train --help)');
+  let cfg: TrainConfig | null = null;
+  let outDir: string;
+  if (o.resume) {
+    outDir = strOpt(o.resume, 'resume')!;
+    if (o.noise || o.seed || o['schedule-steps']) throw new UsageError('--noise, --seed and --schedule-steps cannot change a resumed run');
+  } else {
+    const name = o.preset ? strOpt(o.preset, 'preset')! : path.basename(strOpt(o.config, 'config')!).replace(/\.(json|ya?ml)$/, '');
+    const raw = o.preset ? await loadPreset(name) : parseTrainConfig(await readConfigFile(strOpt(o.config, 'config')!), strOpt(o.config, 'config'));
+    const overrides: Record<string, unknown> = {};
+    if (o.noise !== undefined) overrides.noise = o.noise;
+    if (o.seed !== undefined) overrides.seed = intOpt(o.seed, 'seed', 0);
+    if (o['schedule-steps'] !== undefined) overrides.steps = intOpt(o['schedule-steps'], 'schedule-steps', 1);
+    cfg = parseTrainConfig({ ...raw, ...overrides }, 'command line');
+    outDir = strOpt(o.out, 'out') ?? path.join('runs', name);
+  }
+  const maxSteps = o.steps === undefined ? undefined : intOpt(o.steps, 'steps', 1);
+  const minutes = o.minutes === undefined ? undefined : numOpt(o.minutes, 'minutes', 0, (n) => n > 0, 'a number > 0');
+  const device = await startEngineFromOptions(o);
+
+  const abort = new AbortController();
+  const onSigint = () => {
+    if (abort.signal.aborted) process.exit(130);
+    abort.abort();
+    process.stderr.write('\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)\n');
+  };
+  process.on('SIGINT', onSigint);
+  let bar: Progress | undefined;
+  try {
+    const r = await train(cfg, {
+      outDir,
+      maxSteps,
+      minutes,
+      signal: abort.signal,
+      onEvent: (e) => {
+        switch (e.type) {
+          case 'start':
+            console.error(`${e.resumed ? 'resuming' : 'training'} in ${outDir} on ${device}: ${(e.params / 1e6).toFixed(2)}M parameters, step ${e.step}/${e.totalSteps}`);
+            bar = new Progress('train', e.totalSteps);
+            break;
+          case 'step':
+            bar?.update(e.step, `loss ${e.loss.toFixed(4)} bpd ${e.bpd.toFixed(3)} lr ${e.lr.toExponential(1)} ${e.stepsPerSec.toFixed(2)} it/s`);
+            break;
+          case 'skip':
+            bar?.note(`step ${e.step}: non-finite loss (${e.loss}), step skipped (${e.inARow} in a row)`);
+            break;
+          case 'eval':
+            bar?.note(`step ${e.step}: test bits/dim ${e.bpd.toFixed(4)} (${e.images} images)`);
+            break;
+          case 'samples':
+            bar?.note(`step ${e.step}: samples → ${e.path}`);
+            break;
+          case 'checkpoint':
+            break;
+          case 'stop':
+            bar?.note(`stopped at step ${e.step} (${e.reason}); checkpoint in ${path.join(outDir, CHECKPOINT_DIR)}`);
+            break;
+        }
+      },
+    });
+    console.log(JSON.stringify({ step: r.step, checkpoint: r.checkpoint }));
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}

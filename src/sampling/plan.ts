@@ -1,0 +1,54 @@
+// Solver choice per block, from the CLI's words to BlockPlans.
+// Strategy strings name blocks in sampling order (0 = the first block run), as the GS-Jacobi
+// paper does: "0=8x32,*=1x10" splits the first block into 8 modules of ≤32 Jacobi iterations and
+// solves the others as one module of ≤10 iterations; "seq" is the sequential solver.
+import { SamplingError, type BlockPlan } from './solvers.js';
+
+export type SolverName = 'sequential' | 'jacobi' | 'gs-jacobi';
+export const SOLVERS: readonly SolverName[] = ['sequential', 'jacobi', 'gs-jacobi'];
+
+export type JacobiKnobs = { tol: number; maxIter?: number; init: 'z' | 'zeros' };
+export const JACOBI_DEFAULTS: JacobiKnobs = { tol: 1e-6, init: 'z' };
+
+function parseEntry(text: string, tokens: number, k: JacobiKnobs): BlockPlan {
+  if (text === 'seq' || text === 'sequential') return { kind: 'sequential' };
+  const m = /^(\d+)x(\d+)$/.exec(text);
+  if (!m) throw new SamplingError(`bad strategy entry '${text}' (expected 'seq' or MODULESxMAXITER, e.g. 8x32)`);
+  const modules = Number(m[1]);
+  const maxIter = Number(m[2]);
+  if (modules < 1 || modules > tokens - 1) throw new SamplingError(`modules must be in 1..${tokens - 1}, got ${modules}`);
+  if (maxIter < 1) throw new SamplingError(`the iteration cap must be ≥ 1, got ${maxIter}`);
+  return { kind: 'jacobi', modules, maxIter, tol: k.tol, init: k.init };
+}
+
+/** Plans for every block from a solver name, an optional strategy string and Jacobi knobs. */
+export function makePlans(solver: string, numBlocks: number, tokens: number, strategy?: string, knobs: JacobiKnobs = JACOBI_DEFAULTS): BlockPlan[] {
+  if (!(SOLVERS as readonly string[]).includes(solver)) {
+    throw new SamplingError(`unknown solver '${solver}' (expected one of: ${SOLVERS.join(', ')})`);
+  }
+  const fullIter = knobs.maxIter ?? tokens - 1;
+  if (solver === 'sequential') {
+    if (strategy) throw new SamplingError('--strategy applies to the gs-jacobi solver');
+    return Array.from({ length: numBlocks }, () => ({ kind: 'sequential' }));
+  }
+  if (solver === 'jacobi') {
+    if (strategy) throw new SamplingError('--strategy applies to the gs-jacobi solver');
+    return Array.from({ length: numBlocks }, () => ({ kind: 'jacobi', modules: 1, maxIter: fullIter, tol: knobs.tol, init: knobs.init }));
+  }
+  // gs-jacobi: by default every block in modules of about 8 tokens.
+  const defaultModules = Math.max(1, Math.ceil((tokens - 1) / 8));
+  let fallback: BlockPlan = { kind: 'jacobi', modules: defaultModules, maxIter: fullIter, tol: knobs.tol, init: knobs.init };
+  const chosen = new Map<number, BlockPlan>();
+  for (const part of (strategy ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+    const [who, what] = part.split('=');
+    if (who === undefined || what === undefined) throw new SamplingError(`bad strategy entry '${part}' (expected BLOCK=PLAN or *=PLAN)`);
+    const plan = parseEntry(what.trim(), tokens, knobs);
+    if (who.trim() === '*') fallback = plan;
+    else {
+      const b = Number(who);
+      if (!Number.isInteger(b) || b < 0 || b >= numBlocks) throw new SamplingError(`strategy names block ${who}, but blocks are 0..${numBlocks - 1} (in sampling order)`);
+      chosen.set(b, plan);
+    }
+  }
+  return Array.from({ length: numBlocks }, (_, i) => chosen.get(i) ?? fallback);
+}

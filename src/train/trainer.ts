@@ -1,0 +1,307 @@
+// Maximum-likelihood training of a TARFlow: AdamW with warm-up + cosine, gradient clipping and an
+// EMA of the weights, all in one jitted step. The run is a pure function of (config, seed, step):
+// batch indices, noise and label drops at step s depend only on the seed and s, so a run resumed
+// from a checkpoint reproduces the uninterrupted run's losses.
+import path from 'node:path';
+import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { np, jit, valueAndGrad, keep, release, fromF32, fromI32, toF32, toNumber, countParams, type Arr } from '../engine/index.js';
+import { initTarFlow, forward, flowLoss, bitsPerDim, type TarFlowParams } from '../models/tarflow.js';
+import { tokenShape, type TarFlowConfig } from '../models/config.js';
+import { paramsToHost, paramsFromHost, paramShapes } from '../nn/params.js';
+import { ADAMW_DEFAULTS, adamScalars, adamwUpdate, clipByGlobalNorm, cosineLr, emaUpdate, initAdamState, type AdamWConfig } from '../nn/optim.js';
+import { loadDataset } from '../data/load.js';
+import { BatchSampler, makeBatch, addGaussianNoise, uniformDequantize, dropLabels } from '../data/transforms.js';
+import { Rng } from '../engine/rng.js';
+import type { ImageDataset } from '../data/dataset.js';
+import { saveCheckpoint, loadCheckpoint, checkWeightsAgainst, type FlatTensors } from '../io/checkpoint.js';
+import { writePngGrid } from '../io/png.js';
+import { sampleFromNoise, NO_GUIDANCE } from '../sampling/solvers.js';
+import { drawNoise } from '../sampling/pipeline.js';
+import { parseTrainConfig, type TrainConfig } from './config.js';
+
+export type TrainEvent =
+  | { type: 'start'; step: number; totalSteps: number; params: number; resumed: boolean }
+  | { type: 'step'; step: number; totalSteps: number; loss: number; bpd: number; lr: number; gradNorm: number; stepsPerSec: number; etaSec: number }
+  | { type: 'skip'; step: number; loss: number; inARow: number }
+  | { type: 'eval'; step: number; bpd: number; images: number }
+  | { type: 'samples'; step: number; path: string }
+  | { type: 'checkpoint'; step: number; dir: string }
+  | { type: 'stop'; step: number; reason: 'done' | 'time' | 'interrupted' };
+
+export type TrainOptions = {
+  outDir: string;
+  /** Stop after this many steps in this invocation (the schedule still spans `config.steps`). */
+  maxSteps?: number;
+  /** Stop after this many minutes of training in this invocation. */
+  minutes?: number;
+  signal?: AbortSignal;
+  onEvent?: (e: TrainEvent) => void;
+};
+
+export class TrainingError extends Error {
+  override name = 'TrainingError';
+}
+
+type State = { params: TarFlowParams; m: TarFlowParams; v: TarFlowParams; ema: TarFlowParams };
+
+export const CHECKPOINT_DIR = 'checkpoint';
+
+/** Nats per dimension → bits per dimension on 8-bit data (the log 128 bin term included). */
+export function lossToBpd(loss: number): number {
+  return (loss + 0.5 * Math.log(2 * Math.PI) + Math.log(128)) / Math.LN2;
+}
+
+function makeTrainStep(cfg: TrainConfig) {
+  const opt: AdamWConfig = { ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2, weightDecay: cfg.weightDecay };
+  const m = cfg.model;
+  const lossFn = (p: TarFlowParams, x: Arr, y: Arr) => {
+    const r = forward(p, m, x, m.numClasses > 0 ? y : (y.dispose(), undefined));
+    r.blockZ2.dispose();
+    return flowLoss(r.z, r.logdet);
+  };
+  return jit((s: State, x: Arr, y: Arr, lr: Arr, bc1: Arr, bc2: Arr) => {
+    const [loss, grads] = valueAndGrad(lossFn)(keep(s.params), x, y);
+    const clipped = clipByGlobalNorm(grads, cfg.gradClip);
+    const next = adamwUpdate(s.params, clipped.grads, { m: s.m, v: s.v }, lr, bc1, bc2, opt);
+    const ema = cfg.emaDecay > 0 ? emaUpdate(s.ema, keep(next.params), cfg.emaDecay) : (release(s.ema), keep(next.params));
+    return { state: { params: next.params, m: next.state.m, v: next.state.v, ema }, loss, gradNorm: clipped.norm };
+  });
+}
+
+/** Per-sample bits/dim of images under a model (labels −1 or a class each). */
+const bpdFns = new Map<string, (p: TarFlowParams, x: Arr, y: Arr) => Arr>();
+export function bitsPerDimOf(params: TarFlowParams, cfg: TarFlowConfig, x: Arr, y: Arr): Arr {
+  const key = JSON.stringify(cfg);
+  let f = bpdFns.get(key);
+  if (!f) {
+    f = jit((p: TarFlowParams, x: Arr, y: Arr) => {
+      const r = forward(p, cfg, x, cfg.numClasses > 0 ? y : (y.dispose(), undefined));
+      r.blockZ2.dispose();
+      return bitsPerDim(r.z, r.logdet);
+    }) as unknown as (p: TarFlowParams, x: Arr, y: Arr) => Arr;
+    bpdFns.set(key, f);
+  }
+  return f(keep(params), x, y);
+}
+
+/**
+ * Mean bits/dim over the first `n` images of a dataset, uniformly dequantised with a fixed seed
+ * (as the reference evaluates likelihood). Class models are evaluated as p(x | true label).
+ */
+export async function evaluateBpd(
+  params: TarFlowParams,
+  cfg: TarFlowConfig,
+  ds: ImageDataset,
+  n: number,
+  opts: { batchSize?: number; seed?: number; onBatch?: (done: number, total: number) => void } = {},
+): Promise<{ mean: number; perImage: Float32Array }> {
+  const total = Math.min(n, ds.n);
+  const bs = Math.min(opts.batchSize ?? 200, total);
+  const rng = new Rng(opts.seed ?? 1234);
+  const out = new Float32Array(total);
+  for (let start = 0; start < total; start += bs) {
+    // Static batch shape: the last batch is padded with repeats and the padding ignored.
+    const idx = Array.from({ length: bs }, (_, i) => Math.min(start + i, total - 1));
+    const batch = makeBatch(ds, idx);
+    const x = uniformDequantize(batch.x, rng);
+    const bpd = await toF32(bitsPerDimOf(params, cfg, fromF32(x, [bs, ds.channels, ds.height, ds.width]), fromI32(batch.y, [bs])));
+    for (let i = 0; i < bs && start + i < total; i++) out[start + i] = bpd[i]!;
+    opts.onBatch?.(Math.min(start + bs, total), total);
+  }
+  let s = 0;
+  for (const v of out) s += v;
+  return { mean: s / total, perImage: out };
+}
+
+/** A grid of samples: one row per class (class models) or 64 unconditional samples, sequential solver. */
+export async function sampleGrid(params: TarFlowParams, cfg: TarFlowConfig, file: string, seed: number): Promise<void> {
+  const perClass = cfg.numClasses > 0 ? 10 : 0;
+  const n = cfg.numClasses > 0 ? perClass * Math.min(cfg.numClasses, 10) : 64;
+  const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => Math.floor(i / perClass)) : undefined;
+  const { tokens, tokenDim } = tokenShape(cfg);
+  const z = fromF32(await drawNoise(cfg, n, seed), [n, tokens, tokenDim]);
+  const plans = Array.from({ length: cfg.numBlocks }, () => ({ kind: 'sequential' as const }));
+  const { images } = await sampleFromNoise(params, cfg, z, labels, { plans, guidance: NO_GUIDANCE });
+  const data = await toF32(images);
+  await writePngGrid(file, data, [n, cfg.inChannels, cfg.imgSize, cfg.imgSize], { nrow: perClass || 8 });
+}
+
+function prefixed(prefix: string, t: FlatTensors): FlatTensors {
+  return new Map([...t].map(([k, v]) => [`${prefix}.${k}`, v]));
+}
+
+function unprefixed(prefix: string, t: FlatTensors): FlatTensors {
+  const p = `${prefix}.`;
+  return new Map([...t].filter(([k]) => k.startsWith(p)).map(([k, v]) => [k.slice(p.length), v]));
+}
+
+type TrainerState = { version: 1; step: number; train: TrainConfig; badSteps: number };
+
+async function saveRun(dir: string, cfg: TrainConfig, state: State, step: number, badSteps: number): Promise<void> {
+  const trainer: TrainerState = { version: 1, step, train: cfg, badSteps };
+  await saveCheckpoint(dir, {
+    config: cfg.model,
+    // model.safetensors holds the weights to sample with: the EMA when there is one.
+    model: await paramsToHost(state.ema),
+    optimizer: new Map([
+      ...prefixed('params', await paramsToHost(state.params)),
+      ...prefixed('m', await paramsToHost(state.m)),
+      ...prefixed('v', await paramsToHost(state.v)),
+    ]),
+    trainer,
+  });
+}
+
+async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: State; step: number; badSteps: number }> {
+  const ck = await loadCheckpoint(dir);
+  const t = ck.trainer as TrainerState | undefined;
+  if (!t || t.version !== 1 || !ck.optimizer) {
+    throw new TrainingError(`${dir} is a model checkpoint without training state (trainer.json, optimizer.safetensors): it cannot be resumed`);
+  }
+  const cfg = parseTrainConfig(t.train, `${dir}/trainer.json: train`);
+  const shapes = expectedShapes(cfg.model);
+  checkWeightsAgainst(shapes, ck.model, `${dir}/model.safetensors`);
+  const parts = ['params', 'm', 'v'].map((p) => {
+    const flat = unprefixed(p, ck.optimizer!);
+    checkWeightsAgainst(shapes, flat, `${dir}/optimizer.safetensors (${p})`);
+    return paramsFromHost<TarFlowParams>(flat);
+  }) as [TarFlowParams, TarFlowParams, TarFlowParams];
+  const state: State = { params: parts[0], m: parts[1], v: parts[2], ema: paramsFromHost<TarFlowParams>(ck.model) };
+  return { cfg, state, step: t.step, badSteps: t.badSteps };
+}
+
+/** Parameter names and shapes a config implies. */
+export function expectedShapes(cfg: TarFlowConfig): Map<string, number[]> {
+  const p = initTarFlow(cfg, 0);
+  const shapes = paramShapes(p);
+  release(p);
+  return shapes;
+}
+
+/**
+ * Trains (or resumes) a run in `outDir`: logs to `log.jsonl`, writes sample grids to `samples/`
+ * and an atomic checkpoint to `checkpoint/`. Resuming reads that checkpoint and continues.
+ */
+export async function train(config: TrainConfig | null, opts: TrainOptions): Promise<{ step: number; checkpoint: string }> {
+  const ckDir = path.join(opts.outDir, CHECKPOINT_DIR);
+  const emit = opts.onEvent ?? (() => {});
+  let cfg: TrainConfig;
+  let state: State;
+  let step = 0;
+  let badSteps = 0;
+  let resumed = false;
+  if (config === null) {
+    ({ cfg, state, step, badSteps } = await loadRun(ckDir));
+    resumed = true;
+  } else {
+    cfg = config;
+    const params = initTarFlow(cfg.model, cfg.seed);
+    const adam = initAdamState(params);
+    state = { params, m: adam.m, v: adam.v, ema: keep(params) }; // the EMA starts at the initial weights
+  }
+  await mkdir(path.join(opts.outDir, 'samples'), { recursive: true });
+  const logFile = path.join(opts.outDir, 'log.jsonl');
+  const log = (e: object) => appendFile(logFile, JSON.stringify(e) + '\n');
+
+  const m = cfg.model;
+  const shape = { size: m.imgSize, channels: m.inChannels };
+  const trainData = await loadDataset(cfg.data.train, shape);
+  const testData = cfg.evalEvery > 0 ? await loadDataset(cfg.data.test, shape) : undefined;
+  if (m.numClasses > 0 && trainData.numClasses > m.numClasses) {
+    throw new TrainingError(`the data has ${trainData.numClasses} classes but model.numClasses is ${m.numClasses}`);
+  }
+  const sampler = new BatchSampler(trainData.n, cfg.batchSize, cfg.seed);
+  const stepFn = makeTrainStep(cfg);
+  const nParams = countParams(state.params);
+  emit({ type: 'start', step, totalSteps: cfg.steps, params: nParams, resumed });
+
+  const stopAt = Math.min(cfg.steps, opts.maxSteps !== undefined ? step + opts.maxSteps : Infinity);
+  const deadline = opts.minutes !== undefined ? Date.now() + opts.minutes * 60_000 : Infinity;
+  let reason: 'done' | 'time' | 'interrupted' = 'done';
+  let lastCheckpoint = step;
+  const t0 = performance.now();
+  const firstStep = step;
+  const { channels, height, width } = trainData;
+
+  while (step < cfg.steps) {
+    if (step >= stopAt) break;
+    if (opts.signal?.aborted) {
+      reason = 'interrupted';
+      break;
+    }
+    if (Date.now() >= deadline) {
+      reason = 'time';
+      break;
+    }
+    // Everything random at this step is derived from (seed, step).
+    const rng = new Rng(cfg.seed).fork(step + 1);
+    const batch = makeBatch(trainData, sampler.batchIndices(step), { flip: cfg.data.flip, rng });
+    const x = cfg.noise === 'uniform' ? uniformDequantize(batch.x, rng) : addGaussianNoise(batch.x, m.noiseStd, rng);
+    const y = dropLabels(batch.y, cfg.labelDrop, rng);
+    const lr = cosineLr({ lr: cfg.lr, minLr: cfg.minLr, warmupSteps: cfg.warmupSteps, totalSteps: cfg.steps }, step);
+    const { bc1, bc2 } = adamScalars({ ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2 }, step + 1);
+    const out = stepFn(
+      keep(state),
+      fromF32(x, [cfg.batchSize, channels, height, width]),
+      fromI32(y, [cfg.batchSize]),
+      np.array(lr),
+      np.array(bc1),
+      np.array(bc2),
+    );
+    const loss = await toNumber(out.loss);
+    const gradNorm = await toNumber(out.gradNorm);
+    if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+      release(out.state); // keep the last good weights
+      badSteps++;
+      emit({ type: 'skip', step, loss, inARow: badSteps });
+      await log({ step, skipped: true, loss: String(loss) });
+      if (badSteps >= cfg.maxBadSteps) {
+        throw new TrainingError(
+          `training diverged: ${badSteps} non-finite losses in a row (last at step ${step}); ` +
+            `the last good checkpoint (step ${lastCheckpoint}) is in ${ckDir}. Lower 'lr' or raise 'warmupSteps' and resume or restart.`,
+        );
+      }
+      step++;
+      continue;
+    }
+    release(state);
+    state = out.state;
+    badSteps = 0;
+    step++;
+
+    if (step % cfg.logEvery === 0 || step === stopAt) {
+      const elapsed = (performance.now() - t0) / 1000;
+      const stepsPerSec = (step - firstStep) / elapsed;
+      const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: lossToBpd(loss), lr, gradNorm, stepsPerSec, etaSec: (Math.min(stopAt, cfg.steps) - step) / stepsPerSec };
+      emit(e);
+      await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
+    }
+    if (testData && cfg.evalEvery > 0 && step % cfg.evalEvery === 0) {
+      const r = await evaluateBpd(state.ema, m, testData, cfg.evalImages);
+      emit({ type: 'eval', step, bpd: r.mean, images: Math.min(cfg.evalImages, testData.n) });
+      await log({ step, testBpd: r.mean, time: Date.now() });
+    }
+    if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
+      const file = path.join(opts.outDir, 'samples', `step-${String(step).padStart(6, '0')}.png`);
+      await sampleGrid(state.ema, m, file, cfg.seed);
+      emit({ type: 'samples', step, path: file });
+    }
+    if (step % cfg.checkpointEvery === 0) {
+      await saveRun(ckDir, cfg, state, step, badSteps);
+      lastCheckpoint = step;
+      emit({ type: 'checkpoint', step, dir: ckDir });
+    }
+  }
+  if (lastCheckpoint !== step || !resumed) {
+    await saveRun(ckDir, cfg, state, step, badSteps);
+    emit({ type: 'checkpoint', step, dir: ckDir });
+  }
+  emit({ type: 'stop', step, reason });
+  release(state);
+  return { step, checkpoint: ckDir };
+}
+
+export async function readLog(outDir: string): Promise<object[]> {
+  const text = await readFile(path.join(outDir, 'log.jsonl'), 'utf8').catch(() => '');
+  return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as object);
+}
