@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { ImageDataset } from '../../src/data/dataset.js';
-import { Rng } from '../../src/data/rng.js';
+import { Rng } from '../../src/engine/rng.js';
 import { addGaussianNoise, BatchSampler, dropLabels, makeBatch, parseDataSpec, uniformDequantize } from '../../src/data/transforms.js';
 
 // 40 images, 2x3x4, with pixel value depending on (image, channel, row, col).
