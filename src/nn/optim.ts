@@ -8,6 +8,7 @@ export type AdamState<P> = { m: P; v: P };
 
 export const ADAMW_DEFAULTS: AdamWConfig = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 1e-4 };
 
+/** Zero moments shaped like `params` (borrowed, not consumed). */
 export function initAdamState<P extends JsTree<Arr>>(params: P): AdamState<P> {
   return { m: mapTree((p) => np.zerosLike(p), keep(params)), v: mapTree((p) => np.zerosLike(p), keep(params)) };
 }

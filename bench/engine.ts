@@ -1,0 +1,455 @@
+// Engine benchmark: jax-js (wasm, 1 and 2 threads) against PyTorch (1 thread) on
+//   1. float32 matmul GFLOP/s at n = 256, 512, 1024 (jitted, median after warm-up);
+//   2. ms per jitted fwd+bwd+clip+AdamW step of the micro transformer (a one-block TARFlow:
+//      4 layers, width 128, 4 heads of 32, MLP ×4, batch 64 × 16 tokens of dim 4).
+// The thread count of the wasm backend is fixed when the engine starts, so every measurement
+// runs in a child process (`tsx bench/engine.ts --worker ...`, or bench/torch/micro_step.py)
+// that prints one JSON line. The parent runs the three contenders in interleaved rounds, so
+// slow phases of a shared machine hit all of them, and reports medians and time ratios.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+// Type-only: erased, so the parent process never loads jax-js.
+import type { Arr } from '../src/engine/index.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..');
+const SIZES = [256, 512, 1024];
+const OPENBLAS_DIRS = ['/usr/lib/x86_64-linux-gnu/openblas-pthread', '/usr/lib/aarch64-linux-gnu/openblas-pthread'];
+
+// ---- shared shapes of the measurements (what a worker prints) ----
+
+type MatmulResult = { n: number; warmup: number; samplesMs: number[]; medianMs: number; gflops: number };
+type StepResult = {
+  batch: number;
+  tokens: number;
+  params: number;
+  /** First call: tracing + compilation + one step (jax-js); the first eager step (torch). */
+  firstCallMs: number;
+  /** jax-js only: the same step settled with one blockUntilReady over the whole output tree. */
+  treeSettleMs?: number[];
+  warmup: number;
+  samplesMs: number[];
+  medianMs: number;
+  lossFirst: number;
+  lossLast: number;
+};
+type WorkerResult = {
+  kind: 'jax-js' | 'torch';
+  threads: number;
+  version: string;
+  device?: string;
+  matmul: MatmulResult[];
+  step: StepResult;
+};
+
+// ---- statistics ----
+
+export function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const gflops = (n: number, ms: number) => (2 * n ** 3) / (ms * 1e6);
+
+// ---- flags ----
+
+type Options = { quick: boolean; rounds: number; json: string | null; python: string; torchBlas: 'auto' | 'system' };
+
+function parseFlags(args: string[]): Options {
+  const o: Options = { quick: false, rounds: 3, json: null, python: process.env.BENCH_PYTHON ?? '/usr/bin/python3', torchBlas: 'auto' };
+  let roundsGiven = false;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const value = (): string => {
+      const v = args[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (a === '--quick') o.quick = true;
+    else if (a === '--rounds') {
+      o.rounds = Number(value());
+      roundsGiven = true;
+      if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new Error(`--rounds must be a positive integer`);
+    } else if (a === '--json') o.json = value();
+    else if (a === '--python') o.python = value();
+    else if (a === '--torch-blas') {
+      const v = value();
+      if (v !== 'auto' && v !== 'system') throw new Error(`--torch-blas must be auto or system`);
+      o.torchBlas = v;
+    }
+    else throw new Error(`unknown flag '${a}' (expected --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system)`);
+  }
+  if (o.quick && !roundsGiven) o.rounds = 1;
+  return o;
+}
+
+/** Repetitions per measurement: [matmul reps per size], step warm-up calls, timed steps. */
+function plan(quick: boolean) {
+  return quick
+    ? { mmWarmup: 1, mmReps: { 256: 5, 512: 3, 1024: 2 } as Record<number, number>, stepWarmup: 1, steps: 3 }
+    : { mmWarmup: 2, mmReps: { 256: 30, 512: 12, 1024: 5 } as Record<number, number>, stepWarmup: 2, steps: 12 };
+}
+
+// ---- the worker: one jax-js engine with a fixed thread count ----
+
+async function worker(args: string[]): Promise<void> {
+  const get = (flag: string, dflt: string) => {
+    const i = args.indexOf(flag);
+    return i >= 0 && args[i + 1] !== undefined ? args[i + 1]! : dflt;
+  };
+  const threads = Number(get('--threads', '1'));
+  const p = plan(args.includes('--quick'));
+  // The thread count is fixed when the shims are evaluated (src/engine/node-shims.ts reads
+  // STARFLOW_THREADS), which must happen before jax-js is first imported: dynamic imports only.
+  process.env.STARFLOW_THREADS = String(threads);
+  const { startNodeEngine, engineThreads } = await import('../src/engine/node.js');
+  const device = await startNodeEngine({ device: 'wasm' });
+  const usedThreads = engineThreads;
+  const E = await import('../src/engine/index.js');
+  const { np, jit, Rng, uniformArray, settle } = E;
+
+  // 1. matmul
+  const matmul: MatmulResult[] = [];
+  const mm = jit((a: Arr, b: Arr) => np.matmul(a, b));
+  for (const n of SIZES) {
+    const a = uniformArray(new Rng(7).fork(n), [n, n], -1, 1);
+    const b = uniformArray(new Rng(8).fork(n), [n, n], -1, 1);
+    await settle([a, b]);
+    const once = async () => {
+      const t0 = performance.now();
+      const c = mm(a.ref, b.ref);
+      await c.blockUntilReady();
+      const ms = performance.now() - t0;
+      c.dispose();
+      return ms;
+    };
+    for (let i = 0; i < p.mmWarmup; i++) await once();
+    const samplesMs: number[] = [];
+    for (let i = 0; i < (p.mmReps[n] ?? 5); i++) samplesMs.push(await once());
+    a.dispose();
+    b.dispose();
+    const med = median(samplesMs);
+    matmul.push({ n, warmup: p.mmWarmup, samplesMs, medianMs: med, gflops: gflops(n, med) });
+  }
+  mm.dispose();
+
+  // 2. the training step
+  const step = await stepBench(E, p.stepWarmup, p.steps);
+
+  const version = JSON.parse(readFileSync(path.join(ROOT, 'node_modules/@jax-js/jax/package.json'), 'utf8')).version as string;
+  const out: WorkerResult = { kind: 'jax-js', threads: usedThreads, version, device, matmul, step };
+  process.stdout.write(JSON.stringify(out) + '\n');
+}
+
+export const MICRO_CONFIG = {
+  model: 'tarflow',
+  inChannels: 1,
+  imgSize: 8,
+  patchSize: 2,
+  width: 128,
+  headDim: 32,
+  numBlocks: 1,
+  layersPerBlock: 4,
+  mlpRatio: 4,
+  numClasses: 0,
+} as const;
+export const MICRO_BATCH = 64;
+export const MICRO_LR = 1e-4;
+
+async function stepBench(E: typeof import('../src/engine/index.js'), warmup: number, steps: number): Promise<StepResult> {
+  const { jit, valueAndGrad, Rng, normalArray, keep, settle, fromF32, toNumber, countParams, release } = E;
+  const { parseModelConfig, tokenShape } = await import('../src/models/config.js');
+  const { initTarFlow, forward, flowLoss } = await import('../src/models/tarflow.js');
+  const optim = await import('../src/nn/optim.js');
+  type P = import('../src/models/tarflow.js').TarFlowParams;
+  type S = import('../src/nn/optim.js').AdamState<P>;
+
+  const cfg = parseModelConfig({ ...MICRO_CONFIG });
+  const { tokens } = tokenShape(cfg);
+  let params = initTarFlow(cfg, 0);
+  // projOut is zero-initialised; random weights make the whole backward pass do real work.
+  params.blocks.forEach((b, i) => {
+    b.projOut.w.dispose();
+    b.projOut.w = normalArray(new Rng(11).fork(i), [cfg.width, 2 * cfg.inChannels * cfg.patchSize ** 2], 0.01);
+  });
+  let state: S = optim.initAdamState(params);
+  const nParams = countParams(params); // reads shapes only
+  const x = normalArray(new Rng(12), [MICRO_BATCH, cfg.inChannels, cfg.imgSize, cfg.imgSize]);
+  await settle([params, state, x]);
+
+  const lossOf = (p: P, xs: Arr): Arr => {
+    const r = forward(p, cfg, xs);
+    r.blockZ2.dispose();
+    return flowLoss(r.z, r.logdet);
+  };
+  const trainStep = jit((p: P, s: S, xs: Arr, lr: Arr, bc1: Arr, bc2: Arr) => {
+    const [loss, grads] = valueAndGrad(lossOf)(keep(p), xs);
+    const { grads: clipped, norm } = optim.clipByGlobalNorm(grads, 1.0);
+    const next = optim.adamwUpdate(p, clipped, s, lr, bc1, bc2, optim.ADAMW_DEFAULTS);
+    return { params: next.params, state: next.state, loss, norm };
+  });
+
+  // Outputs are awaited one leaf at a time: blockUntilReady(tree) awaits every leaf at once,
+  // and each leaf then walks every pending kernel (see bench/README.md); ~0.3 s per step here.
+  const settleLeaves = async (tr: Parameters<typeof E.leaves>[0]) => {
+    for (const leaf of E.leaves(tr)) await leaf.blockUntilReady();
+  };
+  let t = 0;
+  const scalar = (v: number) => fromF32(Float32Array.of(v), []);
+  const once = async (treeSettle = false): Promise<{ ms: number; loss: Arr }> => {
+    t += 1;
+    const { bc1, bc2 } = optim.adamScalars(optim.ADAMW_DEFAULTS, t);
+    const args = [scalar(MICRO_LR), scalar(bc1), scalar(bc2)] as const;
+    const t0 = performance.now();
+    const r = trainStep(params, state, x.ref, ...args);
+    await (treeSettle ? settle(r) : settleLeaves(r));
+    const ms = performance.now() - t0;
+    params = r.params;
+    state = r.state;
+    r.norm.dispose();
+    return { ms, loss: r.loss };
+  };
+
+  const first = await once();
+  const lossFirst = await toNumber(first.loss);
+  for (let i = 1; i < warmup; i++) (await once()).loss.dispose();
+  const samplesMs: number[] = [];
+  let lossLast = NaN;
+  for (let i = 0; i < steps; i++) {
+    const r = await once();
+    samplesMs.push(r.ms);
+    if (i === steps - 1) lossLast = await toNumber(r.loss);
+    else r.loss.dispose();
+  }
+  const treeSettleMs: number[] = [];
+  for (let i = 0; i < Math.max(2, steps >> 1); i++) {
+    const r = await once(true);
+    treeSettleMs.push(r.ms);
+    r.loss.dispose();
+  }
+  trainStep.dispose();
+  release(params);
+  release(state);
+  x.dispose();
+  return {
+    batch: MICRO_BATCH,
+    tokens,
+    params: nParams,
+    firstCallMs: first.ms,
+    warmup,
+    samplesMs,
+    medianMs: median(samplesMs),
+    treeSettleMs,
+    lossFirst,
+    lossLast,
+  };
+}
+
+// ---- the parent: rounds of child processes ----
+
+type Contender = { id: string; label: string; run: () => Promise<WorkerResult> };
+
+function runChild(cmd: string, args: string[], label: string, env: Record<string, string> = {}): Promise<WorkerResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const line = stdout.trim().split('\n').at(-1) ?? '';
+      if (code !== 0 || !line.startsWith('{')) {
+        reject(new Error(`${label} failed (exit ${code}):\n${stderr.trim() || stdout.trim()}`));
+        return;
+      }
+      resolve(JSON.parse(line) as WorkerResult);
+    });
+  });
+}
+
+function torchVersion(python: string): { ok: true; version: string } | { ok: false; why: string } {
+  const r = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
+  if (r.error) return { ok: false, why: `${python} could not be run (${r.error.message})` };
+  if (r.status !== 0) return { ok: false, why: `'import torch' fails under ${python}: ${(r.stderr || '').trim().split('\n').at(-1)}` };
+  return { ok: true, version: r.stdout.trim() };
+}
+
+type Summary = {
+  id: string;
+  label: string;
+  threads: number;
+  version: string;
+  matmul: { n: number; medianMs: number; gflops: number; roundGflops: number[] }[];
+  step: { medianMs: number; treeSettleMs?: number; roundMedianMs: number[]; firstCallMs: number; roundFirstCallMs: number[]; lossFirst: number; lossLast: number; params: number };
+};
+
+function summarise(id: string, label: string, rs: WorkerResult[]): Summary {
+  const r0 = rs[0]!;
+  return {
+    id,
+    label,
+    threads: r0.threads,
+    version: r0.version,
+    matmul: SIZES.map((n) => {
+      const per = rs.map((r) => r.matmul.find((m) => m.n === n)!);
+      // Pooled over rounds: every timed call counts once.
+      const med = median(per.flatMap((m) => m.samplesMs));
+      return { n, medianMs: med, gflops: gflops(n, med), roundGflops: per.map((m) => m.gflops) };
+    }),
+    step: {
+      medianMs: median(rs.flatMap((r) => r.step.samplesMs)),
+      ...(r0.step.treeSettleMs ? { treeSettleMs: median(rs.flatMap((r) => r.step.treeSettleMs ?? [])) } : {}),
+      roundMedianMs: rs.map((r) => r.step.medianMs),
+      firstCallMs: median(rs.map((r) => r.step.firstCallMs)),
+      roundFirstCallMs: rs.map((r) => r.step.firstCallMs),
+      lossFirst: r0.step.lossFirst,
+      lossLast: rs.at(-1)!.step.lossLast,
+      params: r0.step.params,
+    },
+  };
+}
+
+const fmt = (x: number, digits = 1) => (Number.isFinite(x) ? x.toFixed(digits) : '—');
+
+function markdown(sums: Summary[], torch: Summary | undefined, torchNote: string | null, torchBlas?: string | null): string {
+  const ts = sums.filter((s) => s.id !== 'torch');
+  const cols = [...ts, ...(torch ? [torch] : [])];
+  const head = ['', ...cols.map((c) => c.label), ...(torch ? ts.map((c) => `${c.label} / torch`) : [])];
+  const rows: string[][] = [];
+  for (const n of SIZES) {
+    const g = (s: Summary) => s.matmul.find((m) => m.n === n)!;
+    rows.push([
+      `matmul ${n}³ GFLOP/s`,
+      ...cols.map((c) => fmt(g(c).gflops, 2)),
+      ...(torch ? ts.map((c) => `${fmt(g(c).medianMs / g(torch).medianMs, 2)}×`) : []),
+    ]);
+  }
+  rows.push([
+    'train step ms (median)',
+    ...cols.map((c) => fmt(c.step.medianMs)),
+    ...(torch ? ts.map((c) => `${fmt(c.step.medianMs / torch.step.medianMs, 2)}×`) : []),
+  ]);
+  rows.push([
+    'train step ms, settle(tree)',
+    ...cols.map((c) => (c.step.treeSettleMs !== undefined ? fmt(c.step.treeSettleMs) : '—')),
+    ...(torch ? ts.map((c) => `${fmt((c.step.treeSettleMs ?? NaN) / torch.step.medianMs, 2)}×`) : []),
+  ]);
+  rows.push([
+    'first call ms (compile)',
+    ...cols.map((c) => fmt(c.step.firstCallMs, 0)),
+    ...(torch ? ts.map(() => '') : []),
+  ]);
+  const line = (r: string[]) => `| ${r.join(' | ')} |`;
+  const table = [line(head), line(head.map((_, i) => (i === 0 ? '---' : '---:'))), ...rows.map(line)].join('\n');
+  const notes = [
+    'Ratios are time ratios jax-js / torch (ms per matmul or per step): above 1× jax-js is slower.',
+    'First call: jax-js traces and compiles the jitted step and runs it once; torch has no compile (its first eager step).',
+  ];
+  if (torchNote) notes.unshift(`**PyTorch not measured:** ${torchNote}`);
+  if (torchBlas !== undefined && torch) notes.push(`torch BLAS: ${torchBlas ? `OpenBLAS (${torchBlas}), 1 thread` : 'the system libblas.so.3'}.`);
+  notes.push('Step: leaves awaited one by one; "settle(tree)" row: the same step awaited with one blockUntilReady over the whole output tree (src/engine settle()).');
+  return `${table}\n\n${notes.map((n) => `- ${n}`).join('\n')}\n`;
+}
+
+export async function main(args: string[]): Promise<void> {
+  const o = parseFlags(args);
+  const p = plan(o.quick);
+  const quickArg = o.quick ? ['--quick'] : [];
+  const self = fileURLToPath(import.meta.url);
+  const tsxArgs = (threads: number) => ['--import', 'tsx', self, '--worker', '--threads', String(threads), ...quickArg];
+  const contenders: Contender[] = [1, 2].map((threads) => ({
+    id: `jaxjs-${threads}t`,
+    label: `jax-js wasm ${threads} thr`,
+    run: () => runChild(process.execPath, tsxArgs(threads), `jax-js worker (${threads} threads)`, { STARFLOW_THREADS: String(threads) }),
+  }));
+  const tv = torchVersion(o.python);
+  // Debian's python3-torch calls sgemm through libblas.so.3, by default the netlib reference BLAS
+  // (~2.5 GFLOP/s). With libopenblas0-pthread installed, the torch child loads OpenBLAS instead
+  // (LD_LIBRARY_PATH, this process only): a fair baseline. --torch-blas system keeps the default.
+  const torchBlas = o.torchBlas === 'system' ? null : OPENBLAS_DIRS.find((d) => existsSync(path.join(d, 'libblas.so.3'))) ?? null;
+  let torchNote: string | null = null;
+  if (tv.ok) {
+    const script = path.join(HERE, 'torch', 'micro_step.py');
+    const pyArgs = [
+      script,
+      '--sizes', SIZES.join(','),
+      '--mm-warmup', String(p.mmWarmup),
+      '--mm-reps', SIZES.map((n) => p.mmReps[n]).join(','),
+      '--warmup', String(p.stepWarmup),
+      '--steps', String(p.steps),
+      '--batch', String(MICRO_BATCH),
+    ];
+    const env: Record<string, string> = { OMP_NUM_THREADS: '1', OPENBLAS_NUM_THREADS: '1', MKL_NUM_THREADS: '1' };
+    if (torchBlas) env.LD_LIBRARY_PATH = [torchBlas, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':');
+    contenders.push({ id: 'torch', label: `torch ${tv.version} 1 thr`, run: () => runChild(o.python, pyArgs, 'torch twin', env) });
+  } else {
+    torchNote = `${tv.why}. Install it with \`apt-get install -y python3-torch\` (or set BENCH_PYTHON). Only jax-js numbers are reported.`;
+    console.log(`\n!! PyTorch is missing: ${torchNote}\n`);
+  }
+
+  const cores = os.availableParallelism?.() ?? os.cpus().length;
+  console.log(`engine bench: ${o.rounds} round(s)${o.quick ? ' (quick)' : ''}, ${cores} cores (${os.cpus()[0]?.model ?? '?'}), node ${process.version}`);
+  const results = new Map<string, WorkerResult[]>(contenders.map((c) => [c.id, []]));
+  for (let round = 1; round <= o.rounds; round++) {
+    for (const c of contenders) {
+      const t0 = performance.now();
+      const r = await c.run();
+      results.get(c.id)!.push(r);
+      const mm = r.matmul.map((m) => `${m.n}: ${fmt(m.gflops, 2)}`).join(', ');
+      console.log(
+        `round ${round}/${o.rounds}  ${c.label.padEnd(22)} step ${fmt(r.step.medianMs).padStart(7)} ms  first ${fmt(r.step.firstCallMs, 0).padStart(6)} ms  GFLOP/s ${mm}  (${fmt((performance.now() - t0) / 1000)} s)`,
+      );
+    }
+  }
+  const sums = contenders.map((c) => summarise(c.id, c.label, results.get(c.id)!));
+  const torch = sums.find((s) => s.id === 'torch');
+  const md = markdown(sums, torch, torchNote, tv.ok ? torchBlas : undefined);
+  console.log(`\n${md}`);
+
+  const date = new Date().toISOString().slice(0, 10);
+  const base = path.join(HERE, 'results', `engine-${date}${o.quick ? '-quick' : ''}`);
+  const jsonPath = o.json ? path.resolve(o.json) : `${base}.json`;
+  const mdPath = jsonPath.replace(/\.json$/, '') + '.md';
+  const gitHead = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout?.trim() || null;
+  const report = {
+    bench: 'engine',
+    date: new Date().toISOString(),
+    quick: o.quick,
+    rounds: o.rounds,
+    plan: p,
+    machine: { cores, cpu: os.cpus()[0]?.model ?? null, node: process.version, platform: `${process.platform}-${process.arch}`, gitHead },
+    model: { ...MICRO_CONFIG, batch: MICRO_BATCH, lr: MICRO_LR, optimizer: 'AdamW(0.9, 0.95, eps 1e-8, wd 1e-4) + clip 1.0' },
+    torch: tv.ok ? { version: tv.version, python: o.python, blas: torchBlas ? `OpenBLAS (${torchBlas})` : 'system libblas.so.3' } : { missing: torchNote },
+    summary: sums,
+    ratios: torch
+      ? Object.fromEntries(
+          sums
+            .filter((s) => s.id !== 'torch')
+            .map((s) => [
+              `${s.id}/torch`,
+              {
+                stepTime: s.step.medianMs / torch.step.medianMs,
+                matmulTime: Object.fromEntries(s.matmul.map((m, i) => [m.n, m.medianMs / torch.matmul[i]!.medianMs])),
+              },
+            ]),
+        )
+      : null,
+    raw: Object.fromEntries(results),
+    markdown: md,
+  };
+  mkdirSync(path.dirname(jsonPath), { recursive: true });
+  writeFileSync(jsonPath, JSON.stringify(report, null, 2) + '\n');
+  writeFileSync(mdPath, `# engine bench, ${report.date}\n\n${md}`);
+  console.log(`wrote ${path.relative(process.cwd(), jsonPath)} and ${path.relative(process.cwd(), mdPath)}`);
+}
+
+// Run as a worker when started directly (`tsx bench/engine.ts --worker ...`).
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url) && process.argv.includes('--worker')) {
+  await worker(process.argv.slice(2));
+}

@@ -1,0 +1,34 @@
+// Benchmark entry: `npm run bench -- <name> [flags]`. Each benchmark lives in its own file under
+// bench/ and exports `main(args)`; add a line to BENCHES to register a new one.
+type BenchModule = { main(args: string[]): Promise<void> };
+
+const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }> = {
+  engine: {
+    what: 'matmul GFLOP/s and the micro-transformer fwd+bwd+AdamW step, jax-js wasm (1 and 2 threads) vs PyTorch',
+    load: () => import('./engine.js'),
+  },
+  // sampling: { what: '...', load: () => import('./sampling.js') },
+  // train: { what: '...', load: () => import('./train.js') },
+};
+
+function usage(): string {
+  const lines = Object.entries(BENCHES).map(([name, b]) => `  ${name.padEnd(10)} ${b.what}`);
+  return `usage: npm run bench -- <name> [flags]\n\nbenchmarks:\n${lines.join('\n')}\n\nsee bench/README.md for the flags of each`;
+}
+
+const [name, ...rest] = process.argv.slice(2);
+if (!name || name === '--help' || name === '-h') {
+  console.log(usage());
+  process.exit(name ? 0 : 1);
+}
+const bench = BENCHES[name];
+if (!bench) {
+  console.error(`unknown benchmark '${name}'\n\n${usage()}`);
+  process.exit(1);
+}
+try {
+  await (await bench.load()).main(rest);
+} catch (err) {
+  console.error(err instanceof Error ? (err.stack ?? err.message) : err);
+  process.exit(1);
+}
