@@ -1,7 +1,7 @@
 // Multi-head attention with a free head size and an attention temperature, plus a fixed-size KV
 // cache. The cache has static shapes, so decoding any position reuses one compiled step: new keys
 // are written through a one-hot matrix and later slots are masked, never sliced or concatenated.
-import { np, jnn, type Arr, type Rng } from '../engine/index.js';
+import { np, jnn, materialize, type Arr, type Rng } from '../engine/index.js';
 import { linear, initLinear, type Linear } from './layers.js';
 
 export type Attention = { qkv: Linear; proj: Linear };
@@ -34,10 +34,10 @@ function attend(q: Arr, k: Arr, v: Arr, mask: Arr, temp: number | Arr, headDim: 
   return np.matmul(probs, v);
 }
 
-/** [B, heads, L, d] → [B, L, heads·d], materialised (a matmul on the transposed view is slow). */
+/** [B, heads, L, d] → [B, L, heads·d], materialised for the output projection's matmul. */
 function mergeHeads(o: Arr): Arr {
   const [b, h, l, d] = o.shape as [number, number, number, number];
-  return o.transpose([0, 2, 1, 3]).reshape([b, l, h * d]);
+  return materialize(o.transpose([0, 2, 1, 3]).reshape([b, l, h * d]));
 }
 
 /** Causal self-attention over a whole sequence (token i sees tokens ≤ i). */
