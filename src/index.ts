@@ -1,0 +1,14 @@
+// starflow-ts (Node): the library API the CLI is built on. The shims come first: jax-js builds
+// its wasm backend (and worker pool) when its module loads. Browsers import 'starflow-ts/core'.
+import './engine/node-shims.js';
+export * from './core.js';
+export { startNodeEngine } from './engine/node.js';
+export { loadModel, saveModel } from './io/model.js';
+export { saveCheckpoint, loadCheckpoint, CheckpointError } from './io/checkpoint.js';
+export { loadDataset } from './data/load.js';
+export { loadMnist } from './data/mnist.js';
+export { loadImageFolder } from './data/image-folder.js';
+export { train, evaluateBpd, sampleGrid, TrainingError, type TrainEvent, type TrainOptions } from './train/trainer.js';
+export { parseTrainConfig, type TrainConfig } from './train/config.js';
+export { classify } from './eval/classify.js';
+export { loadPreset } from './cli/train.js';
