@@ -4,10 +4,11 @@ import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  CheckpointError, checkWeightsAgainst, flattenParams, flattenTree, jsonErrorLocation, loadCheckpoint,
-  saveCheckpoint, unflattenParams, unflattenTree, type FlatTensors,
+  CheckpointError, checkWeightsAgainst, jsonErrorLocation, loadCheckpoint,
+  saveCheckpoint, type FlatTensors,
 } from '../../src/io/checkpoint.js';
 import { fromFloat32, fromInt32, SafetensorsError, serializeSafetensors } from '../../src/io/safetensors.js';
+import { flattenTree, unflattenTree } from '../../src/nn/params.js';
 
 async function withTempDir(fn: (root: string) => Promise<void>): Promise<void> {
   const root = await mkdtemp(join(tmpdir(), 'st-ckpt-'));
@@ -211,10 +212,11 @@ test('flatten/unflatten trees with dotted names and array indices', () => {
     blocks: [{ attn: { qkv: { weight: leaf(2) } } }, { attn: { qkv: { weight: leaf(3) } } }],
     norm: leaf(4),
   };
-  const f = flattenParams(tree);
+  const isLeaf = (v: unknown): v is { shape: number[]; data: Float32Array } => typeof v === 'object' && v !== null && (v as { data?: unknown }).data instanceof Float32Array;
+  const f = flattenTree(tree, isLeaf);
   assert.deepEqual([...f.keys()], ['embed.weight', 'blocks.0.attn.qkv.weight', 'blocks.1.attn.qkv.weight', 'norm']);
   assert.equal(f.get('norm'), tree.norm, 'leaves are not copied');
-  assert.deepEqual(unflattenParams(f), tree);
+  assert.deepEqual(unflattenTree(f), tree);
 
   const isNum = (v: unknown): v is number => typeof v === 'number';
   assert.deepEqual(unflattenTree(flattenTree({ a: [1, [2, 3]], b: { '10': 4, '2': 5 } }, isNum)), { a: [1, [2, 3]], b: { '10': 4, '2': 5 } });

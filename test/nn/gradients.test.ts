@@ -32,7 +32,7 @@ import {
 } from '../../src/nn/optim.js';
 import { parseModelConfig } from '../../src/models/config.js';
 import { initTarFlow, forward, flowLoss, type TarFlowParams } from '../../src/models/tarflow.js';
-import { paramsToHost, treeFromNamed } from '../../src/nn/params.js';
+import { paramsToHost, unflattenTree } from '../../src/nn/params.js';
 
 type Host = { data: Float32Array | Int32Array; shape: number[] };
 
@@ -260,7 +260,7 @@ test('TARFlow loss w.r.t. the input and parameters of a tiny model', async (t) =
   const labels = ints([1, -1]);
   const err = await checkGrad(
     (xs, ys, ...ps) => {
-      const params = treeFromNamed(names.map((nm, i) => [nm, ps[i]!] as [string, Arr])) as unknown as TarFlowParams;
+      const params = unflattenTree(new Map(names.map((nm, i) => [nm, ps[i]!] as [string, Arr]))) as unknown as TarFlowParams;
       const r = forward(params, cfg, xs, ys);
       r.blockZ2.dispose();
       // ×100: the loss is a mean over 16·2 dimensions, so its raw gradients are ~1e-2 and the
