@@ -114,5 +114,7 @@ export function parseTrainConfig(raw: unknown, where = 'training config'): Train
     maxBadSteps: num(o, 'maxBadSteps', where, isInt(1), 'an integer ≥ 1'),
   };
   if (cfg.labelDrop > 0 && model.numClasses === 0) cfg.labelDrop = 0;
+  // The model's noiseStd records the Gaussian noise it learned (the σ score denoising undoes).
+  if (cfg.noise === 'uniform') cfg.model = { ...model, noiseStd: 0 };
   return cfg;
 }
