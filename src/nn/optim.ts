@@ -62,9 +62,19 @@ export function clipByGlobalNorm<P extends JsTree<Arr>>(grads: P, maxNorm: numbe
   return { grads: clipped, norm };
 }
 
-/** Exponential moving average of the weights: e ← decay·e + (1 − decay)·p. */
-export function emaUpdate<P extends JsTree<Arr>>(ema: P, params: P, decay: number): P {
-  return mapTree((e, p) => e.mul(decay).add(p.mul(1 - decay)), ema, params);
+/** Exponential moving average of the weights: e ← decay·e + (1 − decay)·p. `decay` may be a scalar array. */
+export function emaUpdate<P extends JsTree<Arr>>(ema: P, params: P, decay: number | Arr): P {
+  if (typeof decay === 'number') return mapTree((e, p) => e.mul(decay).add(p.mul(1 - decay)), ema, params);
+  const keepRate = decay.ref.mul(-1).add(1);
+  const out = mapTree((e, p) => e.mul(decay.ref).add(p.mul(keepRate.ref)), ema, params);
+  decay.dispose();
+  keepRate.dispose();
+  return out;
+}
+
+/** The EMA decay at step t, warmed up as (1 + t)/(10 + t) so early averages are not stuck at the initial weights. */
+export function emaDecayAt(decay: number, step: number): number {
+  return Math.min(decay, (1 + step) / (10 + step));
 }
 
 export type ScheduleConfig = { lr: number; minLr: number; warmupSteps: number; totalSteps: number; warmupFrom?: number };

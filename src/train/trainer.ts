@@ -8,7 +8,7 @@ import { np, jit, valueAndGrad, keep, release, fromF32, fromI32, toF32, toNumber
 import { initTarFlow, forward, flowLoss, bitsPerDim, type TarFlowParams } from '../models/tarflow.js';
 import { tokenShape, type TarFlowConfig } from '../models/config.js';
 import { paramsToHost, paramsFromHost, paramShapes } from '../nn/params.js';
-import { ADAMW_DEFAULTS, adamScalars, adamwUpdate, clipByGlobalNorm, cosineLr, emaUpdate, initAdamState, type AdamWConfig } from '../nn/optim.js';
+import { ADAMW_DEFAULTS, adamScalars, adamwUpdate, clipByGlobalNorm, cosineLr, emaDecayAt, emaUpdate, initAdamState, type AdamWConfig } from '../nn/optim.js';
 import { loadDataset } from '../data/load.js';
 import { BatchSampler, makeBatch, addGaussianNoise, uniformDequantize, dropLabels } from '../data/transforms.js';
 import { Rng } from '../engine/rng.js';
@@ -63,11 +63,11 @@ function makeTrainStep(cfg: TrainConfig) {
     r.blockZ2.dispose();
     return flowLoss(r.z, r.logdet);
   };
-  return jit((s: State, x: Arr, y: Arr, lr: Arr, bc1: Arr, bc2: Arr) => {
+  return jit((s: State, x: Arr, y: Arr, lr: Arr, bc1: Arr, bc2: Arr, emaDecay: Arr) => {
     const [loss, grads] = valueAndGrad(lossFn)(keep(s.params), x, y);
     const clipped = clipByGlobalNorm(grads, cfg.gradClip);
     const next = adamwUpdate(s.params, clipped.grads, { m: s.m, v: s.v }, lr, bc1, bc2, opt);
-    const ema = cfg.emaDecay > 0 ? emaUpdate(s.ema, keep(next.params), cfg.emaDecay) : (release(s.ema), keep(next.params));
+    const ema = cfg.emaDecay > 0 ? emaUpdate(s.ema, keep(next.params), emaDecay) : (release(s.ema), emaDecay.dispose(), keep(next.params));
     return { state: { params: next.params, m: next.state.m, v: next.state.v, ema }, loss, gradNorm: clipped.norm };
   });
 }
@@ -223,6 +223,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   const deadline = opts.minutes !== undefined ? Date.now() + opts.minutes * 60_000 : Infinity;
   let reason: 'done' | 'time' | 'interrupted' = 'done';
   let lastCheckpoint = step;
+  let haveCheckpoint = resumed; // a fresh run has none on disk until its first save
   const t0 = performance.now();
   const firstStep = step;
   const { channels, height, width } = trainData;
@@ -251,6 +252,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
       np.array(lr),
       np.array(bc1),
       np.array(bc2),
+      np.array(emaDecayAt(cfg.emaDecay, step)),
     );
     const loss = await toNumber(out.loss);
     const gradNorm = await toNumber(out.gradNorm);
@@ -262,7 +264,9 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
       if (badSteps >= cfg.maxBadSteps) {
         throw new TrainingError(
           `training diverged: ${badSteps} non-finite losses in a row (last at step ${step}); ` +
-            `the last good checkpoint (step ${lastCheckpoint}) is in ${ckDir}. Lower 'lr' or raise 'warmupSteps' and resume or restart.`,
+            (haveCheckpoint
+              ? `the last good checkpoint (step ${lastCheckpoint}) is in ${ckDir}. Lower 'lr' or raise 'warmupSteps' and resume or restart.`
+              : `no checkpoint was written before that. Lower 'lr' or raise 'warmupSteps' and restart.`),
         );
       }
       step++;
@@ -293,6 +297,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     if (step % cfg.checkpointEvery === 0) {
       await saveRun(ckDir, cfg, state, step, badSteps);
       lastCheckpoint = step;
+      haveCheckpoint = true;
       emit({ type: 'checkpoint', step, dir: ckDir });
     }
   }
