@@ -6,6 +6,9 @@ import { sampleCommand, SAMPLE_HELP } from './sample.js';
 import { nllCommand, classifyCommand, NLL_HELP, CLASSIFY_HELP } from './nll.js';
 import { mainJob, MAIN_HELP } from './main-job.js';
 import { infoCommand, INFO_HELP } from './info.js';
+import { analyzeCommand, ANALYZE_HELP } from './analyze.js';
+import { convertCommand, CONVERT_HELP } from './convert.js';
+import { denoiseCommand, DENOISE_HELP } from './denoise.js';
 import { UsageError } from './common.js';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string; summary: string }> = {
@@ -14,6 +17,9 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   nll: { run: nllCommand, help: NLL_HELP, summary: 'bits/dim of a dataset' },
   classify: { run: classifyCommand, help: CLASSIFY_HELP, summary: "classify images by Bayes' rule" },
   info: { run: infoCommand, help: INFO_HELP, summary: 'show a model directory: config and parameter count' },
+  'analyze-sampling': { run: analyzeCommand, help: ANALYZE_HELP, summary: 'per-block Jacobi diagnostics (CRM, IGM, sweeps) and a gs-jacobi strategy' },
+  convert: { run: convertCommand, help: CONVERT_HELP, summary: 'convert an ml-tarflow checkpoint (.pth or .safetensors) to a model directory' },
+  denoise: { run: denoiseCommand, help: DENOISE_HELP, summary: 'one score-based denoising step on images from a .safetensors file' },
   main: { run: mainJob, help: MAIN_HELP, summary: 'train the mnist preset, write samples and test bits/dim (npm start)' },
 };
 
@@ -33,7 +39,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const c = COMMANDS[cmd];
   if (!c) {
-    console.error(`starflow: unknown command '${cmd}'\n\n${USAGE}`);
+    console.error(`starflow: error: unknown command '${cmd}' (commands: ${Object.keys(COMMANDS).join(', ')}; see starflow --help)`);
     return 2;
   }
   try {
@@ -42,9 +48,11 @@ export async function run(argv: string[]): Promise<number> {
   } catch (e) {
     const err = e as Error;
     if (process.env.STARFLOW_DEBUG) console.error(err.stack);
-    const msg = (err?.message ?? String(e)).split('\n').join('\n  ');
-    console.error(`starflow ${cmd}: error: ${msg}`);
-    if (e instanceof UsageError) console.error(`(see starflow ${cmd} --help)`);
+    // One line: a multi-line message (e.g. the list of mismatched tensors) is folded into it.
+    const [head = '', ...more] = (err?.message ?? String(e)).split('\n').map((l) => l.trim()).filter(Boolean);
+    const msg = more.length ? `${head} ${more.join('; ')}` : head;
+    const hint = e instanceof UsageError && !msg.includes('--help') ? ` (see starflow ${cmd} --help)` : '';
+    console.error(`starflow ${cmd}: error: ${msg}${hint}`);
     return e instanceof UsageError ? 2 : 1;
   }
 }

@@ -218,12 +218,14 @@ export function blockStep(
   if (cls) h = h.add(cls);
   const next: BlockCache = [];
   block.layers.forEach((layer, i) => {
-    const [att, c] = cachedSelfAttention(layer.attn, layerNorm(layer.attnNorm, h.ref), cache[i]!, start.ref, shape, temp);
+    const t = typeof temp === 'number' ? temp : temp.ref;
+    const [att, c] = cachedSelfAttention(layer.attn, layerNorm(layer.attnNorm, h.ref), cache[i]!, start.ref, shape, t);
     next.push(c);
     h = h.add(att);
     h = h.ref.add(mlp(layer.mlp, layerNorm(layer.mlpNorm, h)));
   });
   start.dispose();
+  if (typeof temp !== 'number') temp.dispose();
   const [a, b] = splitAffine(linear(block.projOut, h), cfg);
   return { a, b, cache: next };
 }

@@ -51,11 +51,8 @@ export function lossToBpd(loss: number): number {
   return (loss + 0.5 * Math.log(2 * Math.PI) + Math.log(128)) / Math.LN2;
 }
 
-export function makeTrainStepForBench(cfg: TrainConfig) {
-  return makeTrainStep(cfg);
-}
-
-function makeTrainStep(cfg: TrainConfig) {
+/** The jitted training step: (state, x, y, lr, bc1, bc2, emaDecay) → { state, loss, gradNorm }. */
+export function makeTrainStep(cfg: TrainConfig) {
   const opt: AdamWConfig = { ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2, weightDecay: cfg.weightDecay };
   const m = cfg.model;
   const lossFn = (p: TarFlowParams, x: Arr, y: Arr) => {

@@ -1,0 +1,171 @@
+// Bad input to the CLI gives one line on stderr, `starflow[ <cmd>]: error: ...`, a non-zero exit
+// code and no stack trace (STARFLOW_DEBUG=1 is the only way to see one). Each case spawns
+// bin/starflow.js with STARFLOW_THREADS=1; the model directories are built with the library.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, writeFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import '../setup.js';
+import { release } from '../../src/engine/index.js';
+import { initTarFlow } from '../../src/models/tarflow.js';
+import { parseModelConfig } from '../../src/models/config.js';
+import { saveModel } from '../../src/io/model.js';
+import { saveCheckpoint } from '../../src/io/checkpoint.js';
+import { paramsToHost } from '../../src/nn/params.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BIN = path.resolve(here, '../../bin/starflow.js');
+
+type Result = { code: number | null; stdout: string; stderr: string };
+
+function starflow(args: string[], env: Record<string, string> = {}): Promise<Result> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, STARFLOW_THREADS: '1', STARFLOW_DEBUG: '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Runs the CLI and checks the one-line error; returns the line. */
+async function expectError(args: string[], pattern: RegExp, opts: { prefix?: string; code?: number } = {}): Promise<string> {
+  const r = await starflow(args);
+  const show = `starflow ${args.join(' ')}\nexit ${r.code}\nstderr:\n${r.stderr}\nstdout:\n${r.stdout}`;
+  assert.notEqual(r.code, 0, show);
+  if (opts.code !== undefined) assert.equal(r.code, opts.code, show);
+  const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+  assert.ok(!lines.some((l) => /^\s+at /.test(l)), `no stack trace\n${show}`);
+  assert.equal(lines.length, 1, `one line on stderr\n${show}`);
+  const line = lines[0]!;
+  const prefix = opts.prefix ?? `starflow ${args[0]}: error: `;
+  assert.ok(line.startsWith(prefix), `starts with '${prefix}'\n${show}`);
+  assert.match(line, pattern, show);
+  assert.equal(r.stdout, '', `nothing on stdout\n${show}`);
+  return line;
+}
+
+const MODEL = { model: 'tarflow', inChannels: 1, imgSize: 8, patchSize: 4, width: 16, headDim: 8, numBlocks: 2, layersPerBlock: 1 };
+const TRAIN = { model: { ...MODEL, imgSize: 28, patchSize: 7, numClasses: 10, noiseStd: 0.1 }, batchSize: 8, steps: 2 };
+
+let dir = '';
+let classModel = '';
+let uncondModel = '';
+
+async function writeModelDir(name: string, raw: object): Promise<string> {
+  const cfg = parseModelConfig(raw);
+  const d = path.join(dir, name);
+  const params = initTarFlow(cfg, 0);
+  await saveModel(d, cfg, params);
+  release(params);
+  return d;
+}
+
+before(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'starflow-cli-'));
+  classModel = await writeModelDir('class10', { ...MODEL, numClasses: 10 });
+  uncondModel = await writeModelDir('uncond', MODEL);
+});
+after(() => rm(dir, { recursive: true, force: true }));
+
+describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { concurrency: 3 }, () => {
+  test('unknown command', async () => {
+    await expectError(['frobnicate'], /unknown command 'frobnicate'.*train/, { prefix: 'starflow: error: ', code: 2 });
+  });
+
+  test('unknown option', async () => {
+    await expectError(['train', '--bogus', '1'], /'--bogus'.*see starflow train --help/, { code: 2 });
+  });
+
+  test('train: config that is not valid JSON', async () => {
+    const f = path.join(dir, 'bad.json');
+    await writeFile(f, '{ "model": { "model": "tarflow", }');
+    await expectError(['train', '--config', f], /bad\.json: not valid JSON/);
+  });
+
+  test('train: YAML config with a wrong type names the field', async () => {
+    const f = path.join(dir, 'wrong-type.yaml');
+    await writeFile(
+      f,
+      ['model:', ...Object.entries(TRAIN.model).map(([k, v]) => `  ${k}: ${v}`), 'batchSize: eight', 'steps: 2', ''].join('\n'),
+    );
+    await expectError(['train', '--config', f], /'batchSize' must be an integer ≥ 1, got "eight"/);
+  });
+
+  test('train: config with an unknown field', async () => {
+    const f = path.join(dir, 'unknown-field.json');
+    await writeFile(f, JSON.stringify({ ...TRAIN, batchsize: 8 }));
+    await expectError(['train', '--config', f], /unknown field 'batchsize'/);
+  });
+
+  test('sample: missing model directory', async () => {
+    await expectError(['sample', '--model', path.join(dir, 'missing'), '--n', '1'], /no such checkpoint directory: .*missing/);
+  });
+
+  test('sample: model directory whose config.json is corrupt', async () => {
+    const d = await writeModelDir('corrupt-config', MODEL);
+    await writeFile(path.join(d, 'config.json'), '{"model": "tarflow", "width": 16,');
+    await expectError(['sample', '--model', d, '--n', '1'], /config\.json: invalid JSON at line 1/);
+  });
+
+  test('sample: truncated model.safetensors', async () => {
+    const d = await writeModelDir('truncated', MODEL);
+    const f = path.join(d, 'model.safetensors');
+    const bytes = await readFile(f);
+    await writeFile(f, bytes.subarray(0, Math.floor(bytes.length * 0.6)));
+    await expectError(['sample', '--model', d, '--n', '1'], /model\.safetensors/);
+  });
+
+  test('sample: weights of the wrong shape (the message names the tensor)', async () => {
+    const cfg = parseModelConfig(MODEL);
+    const params = initTarFlow(cfg, 0);
+    const host = await paramsToHost(params);
+    release(params);
+    const name = 'blocks.1.projIn.w';
+    const t = host.get(name);
+    assert.ok(t, `the model has a tensor ${name} (it has ${[...host.keys()].join(', ')})`);
+    host.set(name, { shape: [t.shape[0]! + 1, t.shape[1]!], data: new Float32Array((t.shape[0]! + 1) * t.shape[1]!) });
+    const d = path.join(dir, 'wrong-shape');
+    await saveCheckpoint(d, { config: cfg, model: host });
+    const line = await expectError(['sample', '--model', d, '--n', '1'], /weights do not match the model/);
+    assert.ok(line.includes(`${name}: expected [${t.shape.join(',')}], file has [${t.shape[0]! + 1},${t.shape[1]}]`), line);
+  });
+
+  test('sample: --class 12 on a 10-class model', async () => {
+    await expectError(['sample', '--model', classModel, '--n', '2', '--class', '12'], /class 12 is out of range: this model has classes 0\.\.9/);
+  });
+
+  test('sample: --cfg 1 on an unconditional model without --attn-temp', async () => {
+    await expectError(['sample', '--model', uncondModel, '--n', '2', '--cfg', '1'], /attention temperature.*--attn-temp/);
+  });
+
+  test('sample: --solver foo', async () => {
+    await expectError(['sample', '--model', classModel, '--solver', 'foo'], /unknown solver 'foo' \(expected one of: sequential, jacobi, gs-jacobi\)/, { code: 2 });
+  });
+
+  test('sample: --n 0', async () => {
+    await expectError(['sample', '--model', classModel, '--n', '0'], /--n must be an integer ≥ 1, got '0'/, { code: 2 });
+  });
+
+  test('sample: no --model', async () => {
+    const line = await expectError(['sample', '--n', '2'], /--model DIR is required/, { code: 2 });
+    assert.equal(line.split('--help').length, 2, `the help hint appears once: ${line}`);
+  });
+});
+
+test('STARFLOW_DEBUG=1 shows the stack trace', async () => {
+  const r = await starflow(['sample', '--model', path.join(dir, 'missing')], { STARFLOW_DEBUG: '1' });
+  assert.notEqual(r.code, 0);
+  assert.ok(r.stderr.split('\n').some((l) => /^\s+at /.test(l)), r.stderr);
+  assert.match(r.stderr, /starflow sample: error: no such checkpoint directory/);
+});
+
+
