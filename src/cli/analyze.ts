@@ -2,7 +2,7 @@
 // and a proposed `--strategy` / `--jacobi-init` for the gs-jacobi solver (src/sampling/analyze.ts).
 import { loadModel } from '../io/model.js';
 import { analyzeSampling } from '../sampling/analyze.js';
-import { parse, strOpt, intOpt, numOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
+import { parse, strOpt, intOpt, numOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
 export const ANALYZE_HELP = `starflow analyze-sampling: which blocks are hard for Jacobi iterations
 
@@ -27,8 +27,7 @@ ${ENGINE_HELP}`;
 export async function analyzeCommand(argv: string[]): Promise<void> {
   const o = parse(argv, { model: { type: 'string' }, n: { type: 'string' }, seed: { type: 'string' }, tol: { type: 'string' }, json: { type: 'boolean' } });
   if (o.help) return void console.log(ANALYZE_HELP);
-  const dir = strOpt(o.model, 'model');
-  if (!dir) throw new UsageError('--model DIR is required');
+  const dir = modelDir(o);
   const n = intOpt(o.n, 'n', 1, 8);
   const seed = intOpt(o.seed, 'seed', 0, 0);
   const tol = numOpt(o.tol, 'tol', 1e-6, (x) => x > 0, 'a number > 0');

@@ -1,5 +1,7 @@
 // What every command shares: option parsing with clear errors, engine start, and error reporting.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { startNodeEngine } from '../engine/node.js';
 
 export class UsageError extends Error {
@@ -57,4 +59,15 @@ export function strOpt(v: string | boolean | undefined, name: string): string | 
 export async function startEngineFromOptions(o: Record<string, string | boolean | undefined>): Promise<string> {
   if (o.threads !== undefined) intOpt(o.threads, 'threads', 1);
   return startNodeEngine({ device: strOpt(o.device, 'device') });
+}
+
+/** The small model that ships with the package (trained from the mnist preset; see checkpoints/README.md). */
+export const SHIPPED_MODEL = fileURLToPath(new URL('../../checkpoints/mnist', import.meta.url));
+
+/** --model DIR, or the shipped model when none is given. */
+export function modelDir(o: Record<string, string | boolean | undefined>): string {
+  const dir = strOpt(o.model, 'model');
+  if (dir) return dir;
+  if (existsSync(SHIPPED_MODEL)) return SHIPPED_MODEL;
+  throw new UsageError('--model DIR is required');
 }

@@ -4,7 +4,7 @@ import { fromFloat32 } from '../io/safetensors.js';
 import { fromF32, toF32 } from '../engine/index.js';
 import { denoise } from '../sampling/denoise.js';
 import { readInputs } from './nll.js';
-import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
 export const DENOISE_HELP = `starflow denoise: one score-based (Tweedie) denoising step on images
 
@@ -36,8 +36,7 @@ export async function denoiseCommand(argv: string[]): Promise<void> {
     out: { type: 'string' },
   });
   if (o.help) return void console.log(DENOISE_HELP);
-  const dir = strOpt(o.model, 'model');
-  if (!dir) throw new UsageError('--model DIR is required');
+  const dir = modelDir(o);
   const input = strOpt(o.input, 'input');
   if (!input) throw new UsageError('--input FILE.safetensors is required');
   const out = strOpt(o.out, 'out');

@@ -1,7 +1,7 @@
 import { loadModel } from '../io/model.js';
 import { tokenShape } from '../models/config.js';
 import { countParams } from '../engine/index.js';
-import { parse, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
+import { parse, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
 export const INFO_HELP = `starflow info: show a model directory
 
@@ -12,8 +12,7 @@ ${ENGINE_HELP}`;
 export async function infoCommand(argv: string[]): Promise<void> {
   const o = parse(argv, { model: { type: 'string' }, json: { type: 'boolean' } });
   if (o.help) return void console.log(INFO_HELP);
-  const dir = strOpt(o.model, 'model');
-  if (!dir) throw new UsageError('--model DIR is required');
+  const dir = modelDir(o);
   await startEngineFromOptions(o);
   const { cfg, params } = await loadModel(dir);
   const info = { ...cfg, ...tokenShape(cfg), parameters: countParams(params) };

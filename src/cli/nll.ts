@@ -8,7 +8,7 @@ import { fromF32, fromI32, jit, keep, toF32, type Arr } from '../engine/index.js
 import { forward, flowLoss, bitsPerDim, type TarFlowParams } from '../models/tarflow.js';
 import type { TarFlowConfig } from '../models/config.js';
 import { Progress } from './progress.js';
-import { parse, intOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
+import { parse, intOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
 export const NLL_HELP = `starflow nll: bits/dim of a dataset under a model
 
@@ -54,8 +54,7 @@ async function setup(argv: string[], help: string, o = parse(argv, OPTIONS)) {
     console.log(help);
     return null;
   }
-  const dir = strOpt(o.model, 'model');
-  if (!dir) throw new UsageError('--model DIR is required');
+  const dir = modelDir(o);
   await startEngineFromOptions(o);
   const { cfg, params } = await loadModel(dir);
   const spec = strOpt(o.data, 'data') ?? 'mnist:test';
@@ -140,8 +139,7 @@ function scoresOf(params: TarFlowParams, cfg: TarFlowConfig, x: Arr, y: Arr): Sc
 }
 
 async function nllOfInput(o: Record<string, string | boolean | undefined>): Promise<void> {
-  const dir = strOpt(o.model, 'model');
-  if (!dir) throw new UsageError('--model DIR is required');
+  const dir = modelDir(o);
   if (o.data !== undefined || o.n !== undefined || o.seed !== undefined) throw new UsageError('--input cannot be combined with --data, --n or --seed');
   const file = strOpt(o.input, 'input')!;
   const zOut = strOpt(o['z-out'], 'z-out');

@@ -10,7 +10,7 @@ import { writePngGrid, imageGrid, encodePng } from '../io/png.js';
 import { writeFileAtomic, writeSafetensorsFile, readSafetensorsFile } from '../io/files.js';
 import { fromFloat32, toFloat32, toInt32 } from '../io/safetensors.js';
 import { Progress } from './progress.js';
-import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
 export const SAMPLE_HELP = `starflow sample: draw images from a trained model
 
@@ -18,7 +18,7 @@ Usage:
   starflow sample --model DIR --n 64 --out samples.png [options]
 
 What to draw:
-  --model DIR            model directory (config.json + model.safetensors)
+  --model DIR            model directory (config.json + model.safetensors; default: the shipped checkpoints/mnist)
   --n N                  number of samples (default 64)
   --class K              class for every sample (class models; default: 10 per class, cycling)
   --labels 0,1,2,...     one class per sample (−1 = unconditional)
@@ -86,8 +86,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     json: { type: 'boolean' },
   });
   if (o.help) return void console.log(SAMPLE_HELP);
-  const modelDir = strOpt(o.model, 'model');
-  if (!modelDir) throw new UsageError('--model DIR is required (see starflow sample --help)');
+  const dir = modelDir(o);
   const out = strOpt(o.out, 'out') ?? 'samples.png';
   const seed = intOpt(o.seed, 'seed', 0, 0);
   const rule = strOpt(o['guidance-rule'], 'guidance-rule') ?? 'tarflow';
@@ -98,7 +97,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   if (!(SOLVERS as readonly string[]).includes(solver)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${SOLVERS.join(', ')})`);
 
   await startEngineFromOptions(o);
-  const { cfg, params } = await loadModel(modelDir);
+  const { cfg, params } = await loadModel(dir);
   const { tokens, tokenDim } = tokenShape(cfg);
 
   let noise: Float32Array | undefined;
