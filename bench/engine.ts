@@ -6,18 +6,16 @@
 // runs in a child process (`tsx bench/engine.ts --worker ...`, or bench/torch/micro_step.py)
 // that prints one JSON line. The parent runs the three contenders in interleaved rounds, so
 // slow phases of a shared machine hit all of them, and reports medians and time ratios.
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { median, fmt, runChild as runJsonChild, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag } from './common.js';
 // Type-only: erased, so the parent process never loads jax-js.
 import type { Arr } from '../src/engine/index.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..');
 const SIZES = [256, 512, 1024];
-const OPENBLAS_DIRS = ['/usr/lib/x86_64-linux-gnu/openblas-pthread', '/usr/lib/aarch64-linux-gnu/openblas-pthread'];
+export { median };
 
 // ---- shared shapes of the measurements (what a worker prints) ----
 
@@ -47,13 +45,6 @@ type WorkerResult = {
 
 // ---- statistics ----
 
-export function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 const gflops = (n: number, ms: number) => (2 * n ** 3) / (ms * 1e6);
 
 // ---- flags ----
@@ -61,8 +52,7 @@ const gflops = (n: number, ms: number) => (2 * n ** 3) / (ms * 1e6);
 type Options = { quick: boolean; rounds: number; json: string | null; python: string; torchBlas: 'auto' | 'system' };
 
 function parseFlags(args: string[]): Options {
-  const o: Options = { quick: false, rounds: 3, json: null, python: process.env.BENCH_PYTHON ?? '/usr/bin/python3', torchBlas: 'auto' };
-  let roundsGiven = false;
+  const c = defaultCommonFlags();
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     const value = (): string => {
@@ -70,22 +60,11 @@ function parseFlags(args: string[]): Options {
       if (v === undefined) throw new Error(`${a} needs a value`);
       return v;
     };
-    if (a === '--quick') o.quick = true;
-    else if (a === '--rounds') {
-      o.rounds = Number(value());
-      roundsGiven = true;
-      if (!Number.isInteger(o.rounds) || o.rounds < 1) throw new Error(`--rounds must be a positive integer`);
-    } else if (a === '--json') o.json = value();
-    else if (a === '--python') o.python = value();
-    else if (a === '--torch-blas') {
-      const v = value();
-      if (v !== 'auto' && v !== 'system') throw new Error(`--torch-blas must be auto or system`);
-      o.torchBlas = v;
+    if (!takeCommonFlag(a, value, c)) {
+      throw new Error(`unknown flag '${a}' (expected --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system)`);
     }
-    else throw new Error(`unknown flag '${a}' (expected --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system)`);
   }
-  if (o.quick && !roundsGiven) o.rounds = 1;
-  return o;
+  return { quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 3), json: c.json, python: c.python, torchBlas: c.torchBlas };
 }
 
 /** Repetitions per measurement: [matmul reps per size], step warm-up calls, timed steps. */
@@ -141,7 +120,7 @@ async function worker(args: string[]): Promise<void> {
   // 2. the training step
   const step = await stepBench(E, p.stepWarmup, p.steps);
 
-  const version = JSON.parse(readFileSync(path.join(ROOT, 'node_modules/@jax-js/jax/package.json'), 'utf8')).version as string;
+  const version = jaxVersion();
   const out: WorkerResult = { kind: 'jax-js', threads: usedThreads, version, device, matmul, step };
   process.stdout.write(JSON.stringify(out) + '\n');
 }
@@ -255,29 +234,7 @@ async function stepBench(E: typeof import('../src/engine/index.js'), warmup: num
 type Contender = { id: string; label: string; run: () => Promise<WorkerResult> };
 
 function runChild(cmd: string, args: string[], label: string, env: Record<string, string> = {}): Promise<WorkerResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const line = stdout.trim().split('\n').at(-1) ?? '';
-      if (code !== 0 || !line.startsWith('{')) {
-        reject(new Error(`${label} failed (exit ${code}):\n${stderr.trim() || stdout.trim()}`));
-        return;
-      }
-      resolve(JSON.parse(line) as WorkerResult);
-    });
-  });
-}
-
-function torchVersion(python: string): { ok: true; version: string } | { ok: false; why: string } {
-  const r = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
-  if (r.error) return { ok: false, why: `${python} could not be run (${r.error.message})` };
-  if (r.status !== 0) return { ok: false, why: `'import torch' fails under ${python}: ${(r.stderr || '').trim().split('\n').at(-1)}` };
-  return { ok: true, version: r.stdout.trim() };
+  return runJsonChild<WorkerResult>(cmd, args, label, env);
 }
 
 type Summary = {
@@ -314,8 +271,6 @@ function summarise(id: string, label: string, rs: WorkerResult[]): Summary {
     },
   };
 }
-
-const fmt = (x: number, digits = 1) => (Number.isFinite(x) ? x.toFixed(digits) : '—');
 
 function markdown(sums: Summary[], torch: Summary | undefined, torchNote: string | null, torchBlas?: string | null): string {
   const ts = sums.filter((s) => s.id !== 'torch');
@@ -372,7 +327,7 @@ export async function main(args: string[]): Promise<void> {
   // Debian's python3-torch calls sgemm through libblas.so.3, by default the netlib reference BLAS
   // (~2.5 GFLOP/s). With libopenblas0-pthread installed, the torch child loads OpenBLAS instead
   // (LD_LIBRARY_PATH, this process only): a fair baseline. --torch-blas system keeps the default.
-  const torchBlas = o.torchBlas === 'system' ? null : OPENBLAS_DIRS.find((d) => existsSync(path.join(d, 'libblas.so.3'))) ?? null;
+  const { env: torchChildEnv, blas: torchBlas } = torchEnv(o.torchBlas);
   let torchNote: string | null = null;
   if (tv.ok) {
     const script = path.join(HERE, 'torch', 'micro_step.py');
@@ -385,16 +340,15 @@ export async function main(args: string[]): Promise<void> {
       '--steps', String(p.steps),
       '--batch', String(MICRO_BATCH),
     ];
-    const env: Record<string, string> = { OMP_NUM_THREADS: '1', OPENBLAS_NUM_THREADS: '1', MKL_NUM_THREADS: '1' };
-    if (torchBlas) env.LD_LIBRARY_PATH = [torchBlas, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':');
+    const env = torchChildEnv;
     contenders.push({ id: 'torch', label: `torch ${tv.version} 1 thr`, run: () => runChild(o.python, pyArgs, 'torch twin', env) });
   } else {
-    torchNote = `${tv.why}. Install it with \`apt-get install -y python3-torch\` (or set BENCH_PYTHON). Only jax-js numbers are reported.`;
+    torchNote = torchMissingNote(tv.why);
     console.log(`\n!! PyTorch is missing: ${torchNote}\n`);
   }
 
-  const cores = os.availableParallelism?.() ?? os.cpus().length;
-  console.log(`engine bench: ${o.rounds} round(s)${o.quick ? ' (quick)' : ''}, ${cores} cores (${os.cpus()[0]?.model ?? '?'}), node ${process.version}`);
+  const machine = machineInfo();
+  console.log(`engine bench: ${o.rounds} round(s)${o.quick ? ' (quick)' : ''}, ${machine.cores} cores (${machine.cpu ?? '?'}), node ${process.version}`);
   const results = new Map<string, WorkerResult[]>(contenders.map((c) => [c.id, []]));
   for (let round = 1; round <= o.rounds; round++) {
     for (const c of contenders) {
@@ -416,14 +370,13 @@ export async function main(args: string[]): Promise<void> {
   const base = path.join(HERE, 'results', `engine-${date}${o.quick ? '-quick' : ''}`);
   const jsonPath = o.json ? path.resolve(o.json) : `${base}.json`;
   const mdPath = jsonPath.replace(/\.json$/, '') + '.md';
-  const gitHead = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout?.trim() || null;
   const report = {
     bench: 'engine',
     date: new Date().toISOString(),
     quick: o.quick,
     rounds: o.rounds,
     plan: p,
-    machine: { cores, cpu: os.cpus()[0]?.model ?? null, node: process.version, platform: `${process.platform}-${process.arch}`, gitHead },
+    machine,
     model: { ...MICRO_CONFIG, batch: MICRO_BATCH, lr: MICRO_LR, optimizer: 'AdamW(0.9, 0.95, eps 1e-8, wd 1e-4) + clip 1.0' },
     torch: tv.ok ? { version: tv.version, python: o.python, blas: torchBlas ? `OpenBLAS (${torchBlas})` : 'system libblas.so.3' } : { missing: torchNote },
     summary: sums,

@@ -7,8 +7,11 @@ const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }
     what: 'matmul GFLOP/s and the micro-transformer fwd+bwd+AdamW step, jax-js wasm (1 and 2 threads) vs PyTorch',
     load: () => import('./engine.js'),
   },
-  // sampling: { what: '...', load: () => import('./sampling.js') },
-  // train: { what: '...', load: () => import('./train.js') },
+  sampling: {
+    what: 'samples/s of a model: sequential, jacobi, gs-jacobi (jax-js 1/2 threads) vs a PyTorch twin of the reference sampler, equal-output checks, a profile',
+    load: () => import('./sampling.js'),
+  },
+  train: { what: 'ms per TARFlow training step (fwd+bwd+clip+AdamW+EMA), notebook and mnist configs, jax-js wasm 1/2 threads vs a PyTorch twin, loss agreement', load: () => import('./train.js') },
 };
 
 function usage(): string {

@@ -11,7 +11,7 @@ import type { Rng } from './rng.js';
 export const np = jax.numpy;
 export const jnn = jax.nn;
 export const lax = jax.lax;
-export { jit, grad, valueAndGrad, vjp, jvp, vmap, tree } from '@jax-js/jax';
+export { jit, grad, valueAndGrad, vjp, jvp, vmap, tree, profiler } from '@jax-js/jax';
 const { tree } = jax;
 export type Arr = jax.Array;
 export type JsTree<T> = jax.JsTree<T>;

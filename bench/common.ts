@@ -1,0 +1,102 @@
+// Helpers shared by the benchmarks: statistics, child processes that print one JSON line, and
+// the PyTorch contender (python path, torch version, OpenBLAS through LD_LIBRARY_PATH, 1 thread).
+// Nothing here loads jax-js: parent processes stay light and leave the engine to their children.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(BENCH_DIR, '..');
+export const OPENBLAS_DIRS = ['/usr/lib/x86_64-linux-gnu/openblas-pthread', '/usr/lib/aarch64-linux-gnu/openblas-pthread'];
+export const DEFAULT_PYTHON = process.env.BENCH_PYTHON ?? '/usr/bin/python3';
+
+export function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export const fmt = (x: number, digits = 1) => (Number.isFinite(x) ? x.toFixed(digits) : '—');
+
+/** Runs a child process that prints one JSON line last on stdout, and parses it. */
+export function runChild<T>(cmd: string, args: string[], label: string, env: Record<string, string> = {}): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const line = stdout.trim().split('\n').at(-1) ?? '';
+      if (code !== 0 || !line.startsWith('{')) {
+        reject(new Error(`${label} failed (exit ${code}):\n${stderr.trim() || stdout.trim()}`));
+        return;
+      }
+      resolve(JSON.parse(line) as T);
+    });
+  });
+}
+
+/** Arguments that run a TypeScript file as a child through tsx. */
+export function tsxArgs(file: string, args: string[]): string[] {
+  return ['--import', 'tsx', file, ...args];
+}
+
+export function torchVersion(python: string): { ok: true; version: string } | { ok: false; why: string } {
+  const r = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
+  if (r.error) return { ok: false, why: `${python} could not be run (${r.error.message})` };
+  if (r.status !== 0) return { ok: false, why: `'import torch' fails under ${python}: ${(r.stderr || '').trim().split('\n').at(-1)}` };
+  return { ok: true, version: r.stdout.trim() };
+}
+
+export const torchMissingNote = (why: string) =>
+  `${why}. Install it with \`apt-get install -y python3-torch\` (or set BENCH_PYTHON). Only jax-js numbers are reported.`;
+
+/**
+ * The torch child's environment: 1 thread everywhere and, unless `mode` is 'system', OpenBLAS
+ * instead of Debian's reference libblas.so.3 (~2.5 GFLOP/s) when libopenblas0-pthread is installed.
+ */
+export function torchEnv(mode: 'auto' | 'system'): { env: Record<string, string>; blas: string | null } {
+  const blas = mode === 'system' ? null : OPENBLAS_DIRS.find((d) => existsSync(path.join(d, 'libblas.so.3'))) ?? null;
+  const env: Record<string, string> = { OMP_NUM_THREADS: '1', OPENBLAS_NUM_THREADS: '1', MKL_NUM_THREADS: '1' };
+  if (blas) env.LD_LIBRARY_PATH = [blas, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':');
+  return { env, blas };
+}
+
+export function machineInfo() {
+  const cores = os.availableParallelism?.() ?? os.cpus().length;
+  const gitHead = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout?.trim() || null;
+  return { cores, cpu: os.cpus()[0]?.model ?? null, node: process.version, platform: `${process.platform}-${process.arch}`, gitHead, loadavg: os.loadavg() };
+}
+
+/** The installed jax-js version, read from its package.json (no engine import). */
+export function jaxVersion(): string {
+  return JSON.parse(readFileSync(path.join(ROOT, 'node_modules/@jax-js/jax/package.json'), 'utf8')).version as string;
+}
+
+/** Parses the flags every benchmark shares; returns the rest for the benchmark's own. */
+export type CommonFlags = { quick: boolean; rounds: number | null; json: string | null; python: string; torchBlas: 'auto' | 'system' };
+
+export function takeCommonFlag(a: string, value: () => string, o: CommonFlags): boolean {
+  if (a === '--quick') o.quick = true;
+  else if (a === '--rounds') {
+    const n = Number(value());
+    if (!Number.isInteger(n) || n < 1) throw new Error(`--rounds must be a positive integer`);
+    o.rounds = n;
+  } else if (a === '--json') o.json = value();
+  else if (a === '--python') o.python = value();
+  else if (a === '--torch-blas') {
+    const v = value();
+    if (v !== 'auto' && v !== 'system') throw new Error(`--torch-blas must be auto or system`);
+    o.torchBlas = v;
+  } else return false;
+  return true;
+}
+
+export function defaultCommonFlags(): CommonFlags {
+  return { quick: false, rounds: null, json: null, python: DEFAULT_PYTHON, torchBlas: 'auto' };
+}

@@ -1,0 +1,437 @@
+// Training-step benchmark: ms per jitted TARFlow training step (forward + backward + clip 1.0 +
+// AdamW + EMA, `makeTrainStep` of src/train/trainer.ts) for
+//   notebook: the reference notebook's model (28×28×1, patch 4, width 128, 4 blocks × 4 layers,
+//             head size 64 → 2 heads, MLP ×4, 10 classes, batch 64);
+//   mnist:    the project's presets/mnist.json (width 64, head size 32, 4 blocks × 1 layer, batch 64);
+// jax-js wasm with 1 and 2 threads against a PyTorch twin (bench/torch/tarflow_train.py, 1 thread).
+//
+// A prep child builds each config's initial weights (projOut randomised, so the whole backward pass
+// does real work) and one real MNIST batch (Gaussian noise σ = 0.1, 10% of the labels dropped to
+// −1, as the trainer does) and writes them to a safetensors file that every contender loads: both
+// sides start from the same weights on the same data, so their losses must agree (checked).
+// Every measurement runs in its own child process (the wasm thread count is fixed at engine start),
+// in interleaved rounds; medians pool every timed step over the rounds.
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { median, fmt, runChild, tsxArgs, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag } from './common.js';
+// Type-only: erased, so the parent process never loads jax-js.
+import type { TrainConfig } from '../src/train/config.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SELF = fileURLToPath(import.meta.url);
+
+// ---- the configurations ----
+
+const CONFIG_NAMES = ['notebook', 'mnist'] as const;
+type ConfigName = (typeof CONFIG_NAMES)[number];
+
+/** Step hyper-parameters shared by both sides (constant: the schedule is not what is measured). */
+const LR = 1e-4;
+const EMA_DECAY = 0.999;
+const BATCH = 64;
+const SEED = 0;
+
+const NOTEBOOK_MODEL = {
+  model: 'tarflow',
+  inChannels: 1,
+  imgSize: 28,
+  patchSize: 4,
+  width: 128,
+  headDim: 64,
+  numBlocks: 4,
+  layersPerBlock: 4,
+  mlpRatio: 4,
+  numClasses: 10,
+  noiseStd: 0.1,
+} as const;
+
+async function trainConfig(name: ConfigName): Promise<TrainConfig> {
+  const { parseTrainConfig } = await import('../src/train/config.js');
+  const { readFileSync } = await import('node:fs');
+  const raw =
+    name === 'mnist'
+      ? (JSON.parse(readFileSync(path.join(HERE, '..', 'presets', 'mnist.json'), 'utf8')) as Record<string, unknown>)
+      : { model: NOTEBOOK_MODEL, batchSize: BATCH, emaDecay: EMA_DECAY, gradClip: 1.0 };
+  return parseTrainConfig(raw, name);
+}
+
+/** Repetitions: untimed steps after the first call, timed steps per round, rounds. */
+function plan(quick: boolean, name: ConfigName) {
+  const steps = name === 'notebook' ? (quick ? 2 : 3) : quick ? 3 : 8;
+  return { warmup: quick ? 0 : 1, steps };
+}
+
+// ---- shapes of what children print ----
+
+type PrepResult = { config: ConfigName; file: string; params: number; tokens: number; labelsDropped: number };
+type StepResult = {
+  kind: 'jax-js' | 'torch';
+  threads: number;
+  version: string;
+  params: number;
+  /** jax-js: trace + compile + one step; torch: its first eager step. */
+  firstCallMs: number;
+  samplesMs: number[];
+  medianMs: number;
+  /** Loss of every call in order: [0] is at the shared initial weights. */
+  losses: number[];
+  gradNorms: number[];
+  ema: boolean;
+};
+
+// ---- children ----
+
+function argOf(args: string[], flag: string): string {
+  const i = args.indexOf(flag);
+  const v = i >= 0 ? args[i + 1] : undefined;
+  if (v === undefined) throw new Error(`missing ${flag}`);
+  return v;
+}
+
+async function startEngine(threads: number) {
+  // The thread count is read when the shims load, before jax-js is first imported: dynamic imports only.
+  process.env.STARFLOW_THREADS = String(threads);
+  const { startNodeEngine, engineThreads } = await import('../src/engine/node.js');
+  await startNodeEngine({ device: 'wasm' });
+  return engineThreads;
+}
+
+/** Writes one config's initial weights, batch and labels to a safetensors file. */
+async function prep(args: string[]): Promise<void> {
+  const name = argOf(args, '--config') as ConfigName;
+  const file = argOf(args, '--out');
+  await startEngine(1);
+  const E = await import('../src/engine/index.js');
+  const { initTarFlow } = await import('../src/models/tarflow.js');
+  const { tokenShape } = await import('../src/models/config.js');
+  const { paramsToHost } = await import('../src/nn/params.js');
+  const { loadMnist } = await import('../src/data/mnist.js');
+  const { makeBatch, addGaussianNoise, dropLabels } = await import('../src/data/transforms.js');
+  const st = await import('../src/io/safetensors.js');
+  const cfg = await trainConfig(name);
+  const m = cfg.model;
+  const params = initTarFlow(m, SEED);
+  // projOut is zero-initialised: random weights make the whole backward pass do real work.
+  params.blocks.forEach((b, i) => {
+    b.projOut.w.dispose();
+    b.projOut.w = E.normalArray(new E.Rng(11).fork(i), [m.width, 2 * tokenShape(m).tokenDim], 0.01);
+  });
+  const host = await paramsToHost(params);
+  const nParams = E.countParams(params);
+  E.release(params);
+  const ds = await loadMnist('train');
+  const rng = new E.Rng(SEED).fork(1);
+  const batch = makeBatch(ds, Array.from({ length: cfg.batchSize }, (_, i) => i));
+  const x = addGaussianNoise(batch.x, m.noiseStd, rng);
+  const y = dropLabels(batch.y, cfg.labelDrop, rng);
+  const tensors = new Map([...host].map(([k, t]) => [k, st.fromFloat32(t.data, t.shape)] as const));
+  tensors.set('x', st.fromFloat32(x, [cfg.batchSize, m.inChannels, m.imgSize, m.imgSize]));
+  tensors.set('y', st.fromInt32(y, [cfg.batchSize]));
+  writeFileSync(file, st.serializeSafetensors(tensors, { config: JSON.stringify(m), train: JSON.stringify(cfg) }));
+  const out: PrepResult = { config: name, file, params: nParams, tokens: tokenShape(m).tokens, labelsDropped: y.filter((v) => v < 0).length };
+  process.stdout.write(JSON.stringify(out) + '\n');
+}
+
+/** Times the jitted training step on the weights and batch of a prep file. */
+async function worker(args: string[]): Promise<void> {
+  const threads = Number(argOf(args, '--threads'));
+  const file = argOf(args, '--file');
+  const warmup = Number(argOf(args, '--warmup'));
+  const steps = Number(argOf(args, '--steps'));
+  const usedThreads = await startEngine(threads);
+  const E = await import('../src/engine/index.js');
+  const { makeTrainStep } = await import('../src/train/trainer.js');
+  const { initAdamState } = await import('../src/nn/optim.js');
+  const optim = await import('../src/nn/optim.js');
+  const { paramsFromHost } = await import('../src/nn/params.js');
+  const st = await import('../src/io/safetensors.js');
+  const { readFileSync } = await import('node:fs');
+  type P = import('../src/models/tarflow.js').TarFlowParams;
+
+  const f = st.parseSafetensors(new Uint8Array(readFileSync(file)), file);
+  const cfg = JSON.parse(f.metadata.train!) as TrainConfig;
+  const m = cfg.model;
+  const host = new Map(
+    [...f.tensors].filter(([k]) => k.startsWith('blocks.')).map(([k, e]) => [k, { shape: e.shape, data: st.toFloat32(e, k) }] as const),
+  );
+  const params = paramsFromHost<P>(host);
+  const adam = initAdamState(params);
+  let state = { params, m: adam.m, v: adam.v, ema: E.keep(params) };
+  const x = E.fromF32(st.toFloat32(f.tensors.get('x')!), [cfg.batchSize, m.inChannels, m.imgSize, m.imgSize]);
+  const y = E.fromI32(st.toInt32(f.tensors.get('y')!), [cfg.batchSize]);
+  await E.settle([state, x, y]);
+  const nParams = E.countParams(state.params);
+  const stepFn = makeTrainStep({ ...cfg, emaDecay: EMA_DECAY });
+
+  // Leaves are awaited one by one (see bench/README.md, engine: settle(tree) is slower).
+  let t = 0;
+  const losses: number[] = [];
+  const gradNorms: number[] = [];
+  const once = async (): Promise<number> => {
+    t += 1;
+    const { bc1, bc2 } = optim.adamScalars({ ...optim.ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2 }, t);
+    const t0 = performance.now();
+    const out = stepFn(state, x.ref, y.ref, E.np.array(LR), E.np.array(bc1), E.np.array(bc2), E.np.array(EMA_DECAY));
+    for (const leaf of E.leaves(out)) await leaf.blockUntilReady();
+    const ms = performance.now() - t0;
+    state = out.state;
+    losses.push(await E.toNumber(out.loss));
+    gradNorms.push(await E.toNumber(out.gradNorm));
+    return ms;
+  };
+  const firstCallMs = await once();
+  for (let i = 0; i < warmup; i++) await once();
+  const samplesMs: number[] = [];
+  for (let i = 0; i < steps; i++) samplesMs.push(await once());
+  stepFn.dispose();
+  E.release(state);
+  x.dispose();
+  y.dispose();
+  const out: StepResult = {
+    kind: 'jax-js',
+    threads: usedThreads,
+    version: jaxVersion(),
+    params: nParams,
+    firstCallMs,
+    samplesMs,
+    medianMs: median(samplesMs),
+    losses,
+    gradNorms,
+    ema: true,
+  };
+  process.stdout.write(JSON.stringify(out) + '\n');
+}
+
+// ---- the parent ----
+
+type Options = { quick: boolean; rounds: number; json: string | null; python: string; torchBlas: 'auto' | 'system'; configs: ConfigName[] };
+
+function parseFlags(args: string[]): Options {
+  const c = defaultCommonFlags();
+  let configs: ConfigName[] = [...CONFIG_NAMES];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const value = (): string => {
+      const v = args[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (takeCommonFlag(a, value, c)) continue;
+    if (a === '--configs') {
+      const names = value().split(',').map((s) => s.trim()).filter(Boolean);
+      for (const n of names) if (!(CONFIG_NAMES as readonly string[]).includes(n)) throw new Error(`--configs: unknown config '${n}' (expected ${CONFIG_NAMES.join(', ')})`);
+      if (names.length === 0) throw new Error('--configs needs at least one name');
+      configs = names as ConfigName[];
+    } else {
+      throw new Error(`unknown flag '${a}' (expected --configs notebook,mnist, --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system)`);
+    }
+  }
+  return { quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 2), json: c.json, python: c.python, torchBlas: c.torchBlas, configs };
+}
+
+type Contender = { id: string; label: string; run: (file: string, p: { warmup: number; steps: number }) => Promise<StepResult> };
+
+type Summary = {
+  id: string;
+  label: string;
+  medianMs: number;
+  roundMedianMs: number[];
+  firstCallMs: number;
+  roundFirstCallMs: number[];
+  /** Loss at the shared initial weights (first call of round 1). */
+  loss0: number;
+  /** Loss of the last call of round 1 (after the same number of updates on every side). */
+  lossLast: number;
+  params: number;
+  threads: number;
+  ema: boolean;
+};
+
+function summarise(c: Contender, rs: StepResult[]): Summary {
+  const r0 = rs[0]!;
+  return {
+    id: c.id,
+    label: c.label,
+    medianMs: median(rs.flatMap((r) => r.samplesMs)),
+    roundMedianMs: rs.map((r) => r.medianMs),
+    firstCallMs: median(rs.map((r) => r.firstCallMs)),
+    roundFirstCallMs: rs.map((r) => r.firstCallMs),
+    loss0: r0.losses[0]!,
+    lossLast: r0.losses.at(-1)!,
+    params: r0.params,
+    threads: r0.threads,
+    ema: r0.ema,
+  };
+}
+
+const TITLES: Record<ConfigName, string> = {
+  notebook: 'notebook (28², p4, w128, 4×4 layers, 2 heads of 64)',
+  mnist: 'mnist preset (28², p4, w64, 4×1 layers, 2 heads of 32)',
+};
+
+function markdown(
+  configs: ConfigName[],
+  sums: Map<ConfigName, Summary[]>,
+  prepped: Map<ConfigName, PrepResult>,
+  opts: { torchNote: string | null; torchBlas: string | null | undefined; load: number[][] },
+): string {
+  const first = sums.get(configs[0]!)!;
+  const js = first.filter((s) => s.id !== 'torch');
+  const hasTorch = first.some((s) => s.id === 'torch');
+  const head = [
+    'config (batch 64)',
+    'params',
+    ...first.map((s) => `${s.label} ms/step`),
+    ...(hasTorch ? js.map((s) => `${s.label} / torch`) : []),
+    ...first.map((s) => `first call ${s.label} ms`),
+    ...(hasTorch ? ['loss Δ at init', 'loss Δ after last step'] : []),
+  ];
+  const rows = configs.map((name) => {
+    const ss = sums.get(name)!;
+    const torch = ss.find((s) => s.id === 'torch');
+    const jsRows = ss.filter((s) => s.id !== 'torch');
+    const maxDelta = (pick: (s: Summary) => number) =>
+      torch ? Math.max(...jsRows.map((s) => Math.abs(pick(s) - pick(torch)))).toExponential(1) : '—';
+    return [
+      TITLES[name],
+      String(prepped.get(name)!.params),
+      ...ss.map((s) => fmt(s.medianMs)),
+      ...(torch ? jsRows.map((s) => `${fmt(s.medianMs / torch.medianMs, 2)}×`) : []),
+      ...ss.map((s) => fmt(s.firstCallMs, 0)),
+      ...(torch ? [maxDelta((s) => s.loss0), maxDelta((s) => s.lossLast)] : []),
+    ];
+  });
+  const line = (r: string[]) => `| ${r.join(' | ')} |`;
+  const table = [line(head), line(head.map((_, i) => (i === 0 ? '---' : '---:'))), ...rows.map(line)].join('\n');
+  const lossRows = configs.map((name) => {
+    const ss = sums.get(name)!;
+    return `${name}: loss at init ${ss.map((s) => `${s.label} ${s.loss0.toFixed(6)}`).join(', ')}; after the last step ${ss.map((s) => `${s.label} ${s.lossLast.toFixed(6)}`).join(', ')}`;
+  });
+  const notes = [
+    'One step = forward + backward + clip(1.0) + AdamW (β 0.9/0.95, wd 1e-4, lr 1e-4) + EMA (0.999) of the weights, on both sides (the twin: torch._foreach_mul_/_add_ under no_grad).',
+    'Ratios are time ratios jax-js / torch: above 1× jax-js is slower. Medians pool every timed step over the rounds.',
+    'First call: jax-js traces, compiles and runs the jitted step once; torch: its first eager step.',
+    'Data: one real MNIST training batch (images 0..63, Gaussian noise σ 0.1, labels with 10% dropped to −1), the same every step; projOut weights randomised (N(0, 0.01²)) so the backward does real work.',
+    'Both sides load the same initial weights and batch (a safetensors file written by the jax-js side). "loss Δ" is the largest |jax-js − torch| loss at the shared initial weights, and after the same number of updates (round 1).',
+    ...lossRows,
+    `Machine load (1-min load average) before / after each round: ${opts.load.map((l) => l.map((v) => v.toFixed(2)).join(' → ')).join('; ')}.`,
+  ];
+  if (opts.torchNote) notes.unshift(`**PyTorch not measured:** ${opts.torchNote}`);
+  if (opts.torchBlas !== undefined && hasTorch) notes.push(`torch BLAS: ${opts.torchBlas ? `OpenBLAS (${opts.torchBlas}), 1 thread` : 'the system libblas.so.3'}.`);
+  return `${table}\n\n${notes.map((n) => `- ${n}`).join('\n')}\n`;
+}
+
+export async function main(args: string[]): Promise<void> {
+  const o = parseFlags(args);
+  const quickArg = o.quick ? ['--quick'] : [];
+  const contenders: Contender[] = [1, 2].map((threads) => ({
+    id: `jaxjs-${threads}t`,
+    label: `jax-js ${threads} thr`,
+    run: (file, p) =>
+      runChild<StepResult>(
+        process.execPath,
+        tsxArgs(SELF, ['--worker', '--threads', String(threads), '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), ...quickArg]),
+        `jax-js worker (${threads} threads)`,
+        { STARFLOW_THREADS: String(threads) },
+      ),
+  }));
+  const tv = torchVersion(o.python);
+  const { env: torchChildEnv, blas: torchBlas } = torchEnv(o.torchBlas);
+  let torchNote: string | null = null;
+  if (tv.ok) {
+    const script = path.join(HERE, 'torch', 'tarflow_train.py');
+    contenders.push({
+      id: 'torch',
+      label: 'torch 1 thr',
+      run: (file, p) =>
+        runChild<StepResult>(
+          o.python,
+          [script, '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), '--lr', String(LR), '--ema-decay', String(EMA_DECAY), '--threads', '1'],
+          'torch twin',
+          torchChildEnv,
+        ),
+    });
+  } else {
+    torchNote = torchMissingNote(tv.why);
+    console.log(`\n!! PyTorch is missing: ${torchNote}\n`);
+  }
+
+  const machine = machineInfo();
+  console.log(
+    `train bench: ${o.configs.join(', ')}; ${o.rounds} round(s)${o.quick ? ' (quick)' : ''}, ${machine.cores} cores (${machine.cpu ?? '?'}), load ${machine.loadavg.map((l) => l.toFixed(2)).join(' ')}`,
+  );
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'starflow-bench-train-'));
+  try {
+    const prepped = new Map<ConfigName, PrepResult>();
+    for (const name of o.configs) {
+      const file = path.join(tmp, `${name}.safetensors`);
+      const r = await runChild<PrepResult>(process.execPath, tsxArgs(SELF, ['--prep', '--config', name, '--out', file]), `prep (${name})`, { STARFLOW_THREADS: '1' });
+      prepped.set(name, r);
+      console.log(`prepared ${name}: ${r.params} params, ${r.tokens} tokens, ${r.labelsDropped}/${BATCH} labels dropped`);
+    }
+    const results = new Map<string, StepResult[]>();
+    const key = (name: ConfigName, id: string) => `${name}/${id}`;
+    const load: number[][] = [];
+    for (let round = 1; round <= o.rounds; round++) {
+      const before = os.loadavg()[0]!;
+      for (const name of o.configs) {
+        const p = plan(o.quick, name);
+        for (const c of contenders) {
+          const t0 = performance.now();
+          const r = await c.run(prepped.get(name)!.file, p);
+          const k = key(name, c.id);
+          results.set(k, [...(results.get(k) ?? []), r]);
+          console.log(
+            `round ${round}/${o.rounds}  ${name.padEnd(8)} ${c.label.padEnd(12)} step ${fmt(r.medianMs).padStart(8)} ms  first ${fmt(r.firstCallMs, 0).padStart(7)} ms  loss ${r.losses[0]!.toFixed(6)} → ${r.losses.at(-1)!.toFixed(6)}  (${fmt((performance.now() - t0) / 1000)} s, load ${os.loadavg()[0]!.toFixed(2)})`,
+          );
+        }
+      }
+      load.push([before, os.loadavg()[0]!]);
+    }
+    const sums = new Map(o.configs.map((name) => [name, contenders.map((c) => summarise(c, results.get(key(name, c.id))!))] as const));
+    const md = markdown(o.configs, sums, prepped, { torchNote, torchBlas: tv.ok ? torchBlas : undefined, load });
+    console.log(`\n${md}`);
+
+    const date = new Date().toISOString().slice(0, 10);
+    const base = path.join(HERE, 'results', `train-${date}${o.quick ? '-quick' : ''}`);
+    const jsonPath = o.json ? path.resolve(o.json) : `${base}.json`;
+    const mdPath = jsonPath.replace(/\.json$/, '') + '.md';
+    const report = {
+      bench: 'train',
+      date: new Date().toISOString(),
+      quick: o.quick,
+      rounds: o.rounds,
+      plan: Object.fromEntries(o.configs.map((n) => [n, plan(o.quick, n)])),
+      machine,
+      loadPerRound: load,
+      step: { lr: LR, emaDecay: EMA_DECAY, optimizer: 'AdamW(0.9, 0.95, eps 1e-8, wd 1e-4) + clip 1.0 + EMA', data: 'one real MNIST batch (train images 0..63) + N(0, 0.1²) noise, 10% labels dropped' },
+      configs: Object.fromEntries(o.configs.map((n) => [n, { ...prepped.get(n)!, file: undefined }])),
+      torch: tv.ok ? { version: tv.version, python: o.python, blas: torchBlas ? `OpenBLAS (${torchBlas})` : 'system libblas.so.3', ema: true } : { missing: torchNote },
+      summary: Object.fromEntries(sums),
+      ratios: Object.fromEntries(
+        o.configs.map((n) => {
+          const ss = sums.get(n)!;
+          const torch = ss.find((s) => s.id === 'torch');
+          return [n, torch ? Object.fromEntries(ss.filter((s) => s.id !== 'torch').map((s) => [`${s.id}/torch`, s.medianMs / torch.medianMs])) : null];
+        }),
+      ),
+      raw: Object.fromEntries(results),
+      markdown: md,
+    };
+    mkdirSync(path.dirname(jsonPath), { recursive: true });
+    writeFileSync(jsonPath, JSON.stringify(report, null, 2) + '\n');
+    writeFileSync(mdPath, `# train bench, ${report.date}\n\n${md}`);
+    console.log(`wrote ${path.relative(process.cwd(), jsonPath)} and ${path.relative(process.cwd(), mdPath)}`);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+// Run as a child when started directly (`tsx bench/train.ts --worker|--prep ...`).
+if (process.argv[1] && path.resolve(process.argv[1]) === SELF) {
+  const argv = process.argv.slice(2);
+  if (argv.includes('--prep')) await prep(argv);
+  else if (argv.includes('--worker')) await worker(argv);
+}
