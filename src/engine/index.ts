@@ -6,6 +6,7 @@
 // take `.ref` explicitly. Loops live in TypeScript around jitted steps, with static shapes.
 import * as jax from '@jax-js/jax';
 import { installIteratorHelpers } from './iterator-helpers.js';
+import { installInstanceCache } from './instance-cache.js';
 import type { Rng } from './rng.js';
 
 export const np = jax.numpy;
@@ -30,6 +31,7 @@ let started: Device | null = null;
  */
 export async function startEngine(device: Device | 'auto' = 'auto'): Promise<Device> {
   installIteratorHelpers();
+  installInstanceCache();
   if (started && (device === 'auto' || device === started)) return started;
   const wanted: Device[] = device === 'auto' ? ['webgpu', 'wasm'] : [device];
   let available: string[] = [];
