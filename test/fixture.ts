@@ -6,7 +6,8 @@ import { parseModelConfig, type TarFlowConfig } from '../src/models/config.js';
 import type { HostTensor } from '../src/nn/params.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-export const FIXTURE_PATH = path.resolve(here, '../../shared/reference/tarflow-tiny-fixture.json');
+// Numbers computed by apple/ml-tarflow itself (shared/reference/, copied here so a clone is self-contained).
+export const FIXTURE_PATH = path.resolve(here, 'fixtures/tarflow-tiny-fixture.json');
 
 export type FixtureCase = {
   config: Record<string, number | boolean>;
