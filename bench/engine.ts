@@ -26,8 +26,6 @@ type StepResult = {
   params: number;
   /** First call: tracing + compilation + one step (jax-js); the first eager step (torch). */
   firstCallMs: number;
-  /** jax-js only: the same step settled with one blockUntilReady over the whole output tree. */
-  treeSettleMs?: number[];
   warmup: number;
   samplesMs: number[];
   medianMs: number;
@@ -173,20 +171,15 @@ async function stepBench(E: typeof import('../src/engine/index.js'), warmup: num
     return { params: next.params, state: next.state, loss, norm };
   });
 
-  // Outputs are awaited one leaf at a time: blockUntilReady(tree) awaits every leaf at once,
-  // and each leaf then walks every pending kernel (see bench/README.md); ~0.3 s per step here.
-  const settleLeaves = async (tr: Parameters<typeof E.leaves>[0]) => {
-    for (const leaf of E.leaves(tr)) await leaf.blockUntilReady();
-  };
   let t = 0;
   const scalar = (v: number) => fromF32(Float32Array.of(v), []);
-  const once = async (treeSettle = false): Promise<{ ms: number; loss: Arr }> => {
+  const once = async (): Promise<{ ms: number; loss: Arr }> => {
     t += 1;
     const { bc1, bc2 } = optim.adamScalars(optim.ADAMW_DEFAULTS, t);
     const args = [scalar(MICRO_LR), scalar(bc1), scalar(bc2)] as const;
     const t0 = performance.now();
     const r = trainStep(params, state, x.ref, ...args);
-    await (treeSettle ? settle(r) : settleLeaves(r));
+    await settle(r);
     const ms = performance.now() - t0;
     params = r.params;
     state = r.state;
@@ -205,12 +198,6 @@ async function stepBench(E: typeof import('../src/engine/index.js'), warmup: num
     if (i === steps - 1) lossLast = await toNumber(r.loss);
     else r.loss.dispose();
   }
-  const treeSettleMs: number[] = [];
-  for (let i = 0; i < Math.max(2, steps >> 1); i++) {
-    const r = await once(true);
-    treeSettleMs.push(r.ms);
-    r.loss.dispose();
-  }
   trainStep.dispose();
   release(params);
   release(state);
@@ -223,7 +210,6 @@ async function stepBench(E: typeof import('../src/engine/index.js'), warmup: num
     warmup,
     samplesMs,
     medianMs: median(samplesMs),
-    treeSettleMs,
     lossFirst,
     lossLast,
   };
@@ -243,7 +229,7 @@ type Summary = {
   threads: number;
   version: string;
   matmul: { n: number; medianMs: number; gflops: number; roundGflops: number[] }[];
-  step: { medianMs: number; treeSettleMs?: number; roundMedianMs: number[]; firstCallMs: number; roundFirstCallMs: number[]; lossFirst: number; lossLast: number; params: number };
+  step: { medianMs: number; roundMedianMs: number[]; firstCallMs: number; roundFirstCallMs: number[]; lossFirst: number; lossLast: number; params: number };
 };
 
 function summarise(id: string, label: string, rs: WorkerResult[]): Summary {
@@ -261,7 +247,6 @@ function summarise(id: string, label: string, rs: WorkerResult[]): Summary {
     }),
     step: {
       medianMs: median(rs.flatMap((r) => r.step.samplesMs)),
-      ...(r0.step.treeSettleMs ? { treeSettleMs: median(rs.flatMap((r) => r.step.treeSettleMs ?? [])) } : {}),
       roundMedianMs: rs.map((r) => r.step.medianMs),
       firstCallMs: median(rs.map((r) => r.step.firstCallMs)),
       roundFirstCallMs: rs.map((r) => r.step.firstCallMs),
@@ -291,11 +276,6 @@ function markdown(sums: Summary[], torch: Summary | undefined, torchNote: string
     ...(torch ? ts.map((c) => `${fmt(c.step.medianMs / torch.step.medianMs, 2)}×`) : []),
   ]);
   rows.push([
-    'train step ms, settle(tree)',
-    ...cols.map((c) => (c.step.treeSettleMs !== undefined ? fmt(c.step.treeSettleMs) : '—')),
-    ...(torch ? ts.map((c) => `${fmt((c.step.treeSettleMs ?? NaN) / torch.step.medianMs, 2)}×`) : []),
-  ]);
-  rows.push([
     'first call ms (compile)',
     ...cols.map((c) => fmt(c.step.firstCallMs, 0)),
     ...(torch ? ts.map(() => '') : []),
@@ -308,7 +288,6 @@ function markdown(sums: Summary[], torch: Summary | undefined, torchNote: string
   ];
   if (torchNote) notes.unshift(`**PyTorch not measured:** ${torchNote}`);
   if (torchBlas !== undefined && torch) notes.push(`torch BLAS: ${torchBlas ? `OpenBLAS (${torchBlas}), 1 thread` : 'the system libblas.so.3'}.`);
-  notes.push('Step: leaves awaited one by one; "settle(tree)" row: the same step awaited with one blockUntilReady over the whole output tree (src/engine settle()).');
   return `${table}\n\n${notes.map((n) => `- ${n}`).join('\n')}\n`;
 }
 
