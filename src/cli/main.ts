@@ -9,6 +9,7 @@ import { infoCommand, INFO_HELP } from './info.js';
 import { analyzeCommand, ANALYZE_HELP } from './analyze.js';
 import { convertCommand, CONVERT_HELP } from './convert.js';
 import { denoiseCommand, DENOISE_HELP } from './denoise.js';
+import { evalCommand, trainFeaturesCommand, EVAL_HELP, TRAIN_FEATURES_HELP } from './eval.js';
 import { UsageError } from './common.js';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string; summary: string }> = {
@@ -20,6 +21,8 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   'analyze-sampling': { run: analyzeCommand, help: ANALYZE_HELP, summary: 'per-block Jacobi diagnostics (CRM, IGM, sweeps) and a gs-jacobi strategy' },
   convert: { run: convertCommand, help: CONVERT_HELP, summary: 'convert an ml-tarflow checkpoint (.pth or .safetensors) to a model directory' },
   denoise: { run: denoiseCommand, help: DENOISE_HELP, summary: 'one score-based denoising step on images from a .safetensors file' },
+  eval: { run: evalCommand, help: EVAL_HELP, summary: 'sample quality: Fréchet distance, KID, precision/recall, class accuracy; report' },
+  'train-features': { run: trainFeaturesCommand, help: TRAIN_FEATURES_HELP, summary: 'train the MNIST classifier behind starflow eval' },
   main: { run: mainJob, help: MAIN_HELP, summary: 'train the mnist preset, write samples and test bits/dim (npm start)' },
 };
 

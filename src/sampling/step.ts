@@ -94,9 +94,10 @@ function advance(spec: StepSpec, inp: StepInputs): StepOutputs {
   const fresh = zChunk.mul(np.exp(ab[0])).add(ab[1]); // [B, L, D]
   const old = np.matmul(write.ref, inp.x.ref);
   const change = np.square(fresh.ref.sub(old)).mean().div(np.square(fresh.ref).mean().add(1e-12));
-  // Scatter the chunk back: x ← x·(1 − covered) + writeᵀ·fresh.
-  const covered = write.ref.sum(1).reshape([1, t, 1]);
-  const x = inp.x.mul(covered.mul(-1).add(1)).add(np.matmul(write.transpose([0, 2, 1]), fresh));
+  // Scatter the chunk back into positions start+1..start+L (one `where` pass over x).
+  const covered = write.ref.sum(1).reshape([1, t, 1]).greater(0);
+  const placed = l === 1 ? (write.dispose(), fresh) : np.matmul(write.transpose([0, 2, 1]), fresh);
+  const x = np.where(covered, placed, inp.x);
   return { x, cache, change };
 }
 
