@@ -19,7 +19,7 @@ function projectQkv(p: Attention, x: Arr, s: AttentionShape): [Arr, Arr, Arr] {
   const [b, l] = x.shape as [number, number, number];
   const qkv = linear(p.qkv, x).reshape([b, l, 3, s.heads, s.headDim]).transpose([2, 0, 3, 1, 4]);
   const [q, k, v] = np.unstack(qkv, 0) as [Arr, Arr, Arr];
-  return [q, k, v];
+  return [materialize(q), materialize(k), materialize(v)];
 }
 
 /**
@@ -27,11 +27,14 @@ function projectQkv(p: Attention, x: Arr, s: AttentionShape): [Arr, Arr, Arr] {
  * array broadcastable to [B, 1, 1, 1], so rows of one batch can use different temperatures.
  */
 function attend(q: Arr, k: Arr, v: Arr, mask: Arr, temp: number | Arr, headDim: number): Arr {
-  const scale = 1 / Math.sqrt(headDim);
-  let logits = np.matmul(q, np.swapaxes(k, -1, -2)).mul(scale);
-  logits = typeof temp === 'number' ? (temp === 1 ? logits : logits.div(temp)) : logits.div(temp);
+  // Batched matmuls run faster over one merged batch axis than over (B, heads) on wasm (~16%).
+  const [b, h, l, d] = q.shape as [number, number, number, number];
+  const s = k.shape[2]!;
+  const kT = materialize(np.swapaxes(k.reshape([b * h, s, d]), -1, -2));
+  let logits = np.matmul(q.reshape([b * h, l, d]), kT).reshape([b, h, l, s]).mul(1 / Math.sqrt(headDim));
+  if (typeof temp !== 'number' || temp !== 1) logits = logits.div(temp);
   const probs = jnn.softmax(np.where(mask, logits, -Infinity), -1);
-  return np.matmul(probs, v);
+  return np.matmul(probs.reshape([b * h, l, s]), v.reshape([b * h, s, d])).reshape([b, h, l, d]);
 }
 
 /** [B, heads, L, d] → [B, L, heads·d], materialised for the output projection's matmul. */
