@@ -176,7 +176,10 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     }
   }
   const iterations = r.stats.map((batch) => batch.map((s) => ({ block: s.block, calls: s.calls, iterations: s.iterations })));
-  const summary = { out, n, seconds: r.seconds, samplesPerSec: n / r.seconds, solver, device: currentDevice(), blocks: iterations[0] };
+  const summary = { out, n, seconds: r.seconds, samplesPerSec: n / r.seconds, solver, device: currentDevice(), redrawn: r.redrawn, nonFinite: r.nonFinite, blocks: iterations[0] };
+  if (r.redrawn > 0 || r.nonFinite > 0) {
+    console.error(`note: ${r.redrawn} sample(s) overflowed and were drawn again; ${r.nonFinite} remain non-finite (an undertrained model or strong guidance)`);
+  }
   if (o.json) console.log(JSON.stringify(summary));
   else console.error(`wrote ${n} samples to ${out} in ${r.seconds.toFixed(2)} s (${summary.samplesPerSec.toFixed(1)} samples/s, ${solver})`);
 }

@@ -21,7 +21,21 @@ export type GenerateOptions = {
   onProgress?: (done: number, total: number) => void;
 };
 
-export type GenerateResult = { images: Float32Array; shape: [number, number, number, number]; stats: BlockStats[][]; seconds: number };
+export type GenerateResult = {
+  images: Float32Array;
+  shape: [number, number, number, number];
+  stats: BlockStats[][];
+  seconds: number;
+  /** Samples drawn again because their inverse overflowed (counted per attempt). */
+  redrawn: number;
+  /** Samples still non-finite after the redraws (or with caller-given noise). */
+  nonFinite: number;
+};
+
+/** A seed for redraw round `round`, unrelated to the seeds a user would pick. */
+function mix(seed: number, round: number): number {
+  return (Math.imul(seed ^ 0x5bd1e995, 0x9e3779b1) + round * 0x85ebca6b) >>> 0;
+}
 
 /** Draws n × T × D standard normal noise tokens from a seed (the same for every solver). */
 export async function drawNoise(cfg: TarFlowConfig, n: number, seed: number): Promise<Float32Array> {
@@ -44,19 +58,30 @@ export async function generate(params: TarFlowParams, cfg: TarFlowConfig, o: Gen
   const images = new Float32Array(o.n * dims);
   const stats: BlockStats[][] = [];
   const t0 = performance.now();
+  const sampleBatch = async (z: Float32Array, labels: number[] | undefined, progress: (done: number, total: number) => void) => {
+    const b = z.length / (tokens * tokenDim);
+    const r = await sampleFromNoise(params, cfg, fromF32(z, [b, tokens, tokenDim]), labels, { plans: o.plans, guidance: o.guidance, onStep: progress });
+    stats.push(r.stats);
+    const x: Arr = o.denoise ? denoise(params, cfg, r.images, labels, o.denoise.sigma, o.denoise.lrScale) : r.images;
+    return toF32(x);
+  };
   for (let start = 0; start < o.n; start += bs) {
     const b = Math.min(bs, o.n - start);
-    const z = fromF32(noise.subarray(start * tokens * tokenDim, (start + b) * tokens * tokenDim), [b, tokens, tokenDim]);
-    const labels = o.labels?.slice(start, start + b);
-    const r = await sampleFromNoise(params, cfg, z, labels, {
-      plans: o.plans,
-      guidance: o.guidance,
-      onStep: (done, total) => o.onProgress?.(start * total + done * b, o.n * total),
-    });
-    let x: Arr = r.images;
-    if (o.denoise) x = denoise(params, cfg, x, labels, o.denoise.sigma, o.denoise.lrScale);
-    images.set(await toF32(x), start * dims);
-    stats.push(r.stats);
+    const z = noise.subarray(start * tokens * tokenDim, (start + b) * tokens * tokenDim);
+    images.set(await sampleBatch(z, o.labels?.slice(start, start + b), (done, total) => o.onProgress?.(start * total + done * b, o.n * total)), start * dims);
   }
-  return { images, shape: [o.n, cfg.inChannels, cfg.imgSize, cfg.imgSize], stats, seconds: (performance.now() - t0) / 1000 };
+  // An inverse can overflow where the flow is poorly trained; like the reference, draw those
+  // samples again (fresh noise from the seed), unless the caller fixed the noise.
+  const bad = () => Array.from({ length: o.n }, (_, i) => i).filter((i) => !images.subarray(i * dims, (i + 1) * dims).every(Number.isFinite));
+  let redrawn = 0;
+  for (let round = 1; round <= 3 && !o.noise; round++) {
+    const idx = bad();
+    if (idx.length === 0) break;
+    redrawn += idx.length;
+    const fresh = await drawNoise(cfg, idx.length, mix(o.seed, round));
+    const x = await sampleBatch(fresh, o.labels && idx.map((i) => o.labels![i]!), () => {});
+    idx.forEach((i, k) => images.set(x.subarray(k * dims, (k + 1) * dims), i * dims));
+  }
+  const nonFinite = bad().length;
+  return { images, shape: [o.n, cfg.inChannels, cfg.imgSize, cfg.imgSize], stats, seconds: (performance.now() - t0) / 1000, redrawn, nonFinite };
 }

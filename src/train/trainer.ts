@@ -15,8 +15,9 @@ import { Rng } from '../engine/rng.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { saveCheckpoint, loadCheckpoint, checkWeightsAgainst, type FlatTensors } from '../io/checkpoint.js';
 import { writePngGrid } from '../io/png.js';
-import { sampleFromNoise, NO_GUIDANCE } from '../sampling/solvers.js';
-import { drawNoise } from '../sampling/pipeline.js';
+import { NO_GUIDANCE } from '../sampling/solvers.js';
+import { generate } from '../sampling/pipeline.js';
+import { makePlans } from '../sampling/plan.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 
 export type TrainEvent =
@@ -119,12 +120,9 @@ export async function sampleGrid(params: TarFlowParams, cfg: TarFlowConfig, file
   const perClass = cfg.numClasses > 0 ? 10 : 0;
   const n = cfg.numClasses > 0 ? perClass * Math.min(cfg.numClasses, 10) : 64;
   const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => Math.floor(i / perClass)) : undefined;
-  const { tokens, tokenDim } = tokenShape(cfg);
-  const z = fromF32(await drawNoise(cfg, n, seed), [n, tokens, tokenDim]);
-  const plans = Array.from({ length: cfg.numBlocks }, () => ({ kind: 'sequential' as const }));
-  const { images } = await sampleFromNoise(params, cfg, z, labels, { plans, guidance: NO_GUIDANCE });
-  const data = await toF32(images);
-  await writePngGrid(file, data, [n, cfg.inChannels, cfg.imgSize, cfg.imgSize], { nrow: perClass || 8 });
+  const plans = makePlans('sequential', cfg.numBlocks, tokenShape(cfg).tokens);
+  const r = await generate(params, cfg, { n, labels, plans, guidance: NO_GUIDANCE, seed });
+  await writePngGrid(file, r.images, r.shape, { nrow: perClass || 8 });
 }
 
 function prefixed(prefix: string, t: FlatTensors): FlatTensors {

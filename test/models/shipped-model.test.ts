@@ -16,6 +16,7 @@ test('the shipped checkpoint loads, samples, and scores MNIST far better than an
   const { cfg, params } = await loadModel(dir);
   assert.equal(cfg.numClasses, 10);
   const r = await generate(params, cfg, { n: 2, labels: [3, 7], plans: makePlans('sequential', cfg.numBlocks, 49), guidance: NO_GUIDANCE, seed: 1 });
+  assert.equal(r.nonFinite, 0, `${r.nonFinite} non-finite samples after ${r.redrawn} redraws`);
   assert.ok(r.images.every(Number.isFinite));
   const { mean } = await evaluateBpd(params, cfg, await loadMnist('test'), 50, { batchSize: 50 });
   // An untrained flow scores ~9 bits/dim; this one was measured at 2.59 on the full test set.
