@@ -39,10 +39,10 @@ export const SHIPPED_FEATURES = fileURLToPath(new URL('../../checkpoints/mnist-f
 export const TRAIN_FEATURES_HELP = `starflow train-features: train the MNIST classifier used by starflow eval
 
 Usage:
-  starflow train-features [--out checkpoints/mnist-features] [--epochs 3] [--seed 0]
+  starflow train-features [--out checkpoints/mnist-features] [--epochs 4] [--seed 0]
 
   --out DIR        checkpoint directory to write (config.json + model.safetensors)
-  --epochs N       passes over mnist:train (default 3)
+  --epochs N       passes over mnist:train (default 4)
   --batch B        batch size (default 128)
   --lr LR          peak AdamW learning rate, warm-up then cosine to 0 (default 2e-3)
   --seed N         seed of the initial weights and the batch order (default 0)
@@ -76,7 +76,7 @@ export async function trainFeaturesCommand(argv: string[]): Promise<void> {
     conv2: intOpt(o.conv2, 'conv2', 1, FEATURE_NET_DEFAULTS.conv2),
     hidden: intOpt(o.hidden, 'hidden', 2, FEATURE_NET_DEFAULTS.hidden),
   };
-  const epochs = intOpt(o.epochs, 'epochs', 1, 3);
+  const epochs = intOpt(o.epochs, 'epochs', 1, 4);
   const batchSize = intOpt(o.batch, 'batch', 1, 128);
   const lr = numOpt(o.lr, 'lr', 2e-3, (x) => x > 0, 'a number > 0');
   const seed = intOpt(o.seed, 'seed', 0, 0);
@@ -125,6 +125,8 @@ Usage:
   --solver NAME        ${SOLVERS.join(' | ')} (default sequential)
   --strategy S         gs-jacobi per-block plan (see starflow sample --help)
   --batch B            samples per solver batch (default 100)
+  --denoise            one score-based denoising step after sampling, at the model's noiseStd
+                       (for models trained on Gaussian-noised data)
   --seed N             seed of the noise, the reference subsets and KID's subsets (default 0)
   --features DIR       feature extractor (default: the shipped checkpoints/mnist-features)
   --ref N              mnist:train images in the reference set (default 10000)
@@ -265,6 +267,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     features: { type: 'string' },
     ref: { type: 'string' },
     'kid-subsets': { type: 'string' },
+    denoise: { type: 'boolean' },
     out: { type: 'string' },
   });
   if (o.help) return void console.log(EVAL_HELP);
@@ -289,6 +292,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const { cfg, params } = await loadModel(mDir);
   const fx = await loadFeatureNet(fxDir);
   checkModelAgainstExtractor(cfg, fx.cfg, fxDir);
+  if (o.denoise && !(cfg.noiseStd > 0)) throw new UsageError('--denoise needs a model trained with Gaussian noise (this one has noiseStd 0)');
+  const denoise = o.denoise ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
   const plans = makePlans(solver, cfg.numBlocks, tokenShape(cfg).tokens, strOpt(o.strategy, 'strategy'));
   await mkdir(outDir, { recursive: true });
   const shape = { size: fx.cfg.imgSize, channels: fx.cfg.inChannels };
@@ -325,16 +330,28 @@ export async function evalCommand(argv: string[]): Promise<void> {
   await writePng(path.join(outDir, 'ceiling.png'), grid(gauss));
   await writePng(path.join(outDir, 'floor.png'), grid(floorImgs.x));
 
-  const runs: (SetMetrics & { cfg: number; seconds: number; samplesPerSec: number; grid: string })[] = [];
+  const runs: (SetMetrics & { nonFiniteSamples: number; cfg: number; seconds: number; samplesPerSec: number; grid: string })[] = [];
   for (const w of weights) {
     const guidance: Guidance = { weight: w, rule, annealed: false, attnTemp };
     const bar = new Progress(`sample cfg ${w}`, 100);
-    const g = await generate(params, cfg, { n, labels, plans, guidance, seed, batchSize: batch, onProgress: (d, t) => bar.update(Math.round((100 * d) / t), '%') });
-    const m = await score(`model, cfg ${w}`, g.images, labels);
+    const g = await generate(params, cfg, { n, labels, plans, guidance, seed, batchSize: batch, denoise, onProgress: (d, t) => bar.update(Math.round((100 * d) / t), '%') });
+    // Scored as saved images are: clipped to [-1, 1], NaN as black; samples with non-finite values are counted.
+    const per = dims[1] * dims[2] * dims[3];
+    let nonFinite = 0;
+    for (let i = 0; i < n; i++) {
+      let bad = false;
+      for (let j = i * per; j < (i + 1) * per; j++) {
+        const v = g.images[j]!;
+        if (!Number.isFinite(v)) bad = true;
+        g.images[j] = v >= 1 ? 1 : v >= -1 ? v : -1; // NaN fails both tests: -1
+      }
+      if (bad) nonFinite++;
+    }
+    const m = { ...(await score(`model, cfg ${w}`, g.images, labels)), nonFiniteSamples: nonFinite };
     const gridFile = `samples-cfg${w}.png`;
     await writePng(path.join(outDir, gridFile), grid(g.images));
     runs.push({ ...m, cfg: w, seconds: g.seconds, samplesPerSec: n / g.seconds, grid: gridFile });
-    log(`cfg ${w}: Fréchet ${fmt(m.frechet)}, KID ${fmt(m.kid.mean, 4)}, class accuracy ${pct(m.classAccuracy)} (${(n / g.seconds).toFixed(1)} samples/s)`);
+    log(`cfg ${w}: Fréchet ${fmt(m.frechet)}, KID ${fmt(m.kid.mean, 4)}, class accuracy ${pct(m.classAccuracy)} (${(n / g.seconds).toFixed(1)} samples/s${nonFinite ? `; ${nonFinite} samples had NaN/inf pixels, scored as clipped` : ''})`);
   }
 
   // The guidance sweep: distance (log scale) and class accuracy against the weight.
@@ -357,6 +374,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     seed,
     solver,
     strategy: strOpt(o.strategy, 'strategy') ?? null,
+    denoise: denoise ?? null,
     guidanceRule: rule,
     device,
     features: { dir: path.resolve(fxDir), config: fx.cfg, testAccuracy: fx.testAccuracy ?? null },
@@ -376,7 +394,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const md = [
     `# Sample quality: ${path.basename(path.resolve(mDir)) === 'checkpoint' ? path.basename(path.dirname(path.resolve(mDir))) : path.basename(path.resolve(mDir))}`,
     '',
-    `Model \`${path.resolve(mDir)}\` (${cfg.numBlocks} blocks × ${cfg.layersPerBlock} layers, width ${cfg.width}, patch ${cfg.patchSize}, ${cfg.numClasses} classes), ${n} samples per guidance weight, ${solver} solver, seed ${seed}, ${device}.`,
+    `Model \`${path.resolve(mDir)}\` (${cfg.numBlocks} blocks × ${cfg.layersPerBlock} layers, width ${cfg.width}, patch ${cfg.patchSize}, ${cfg.numClasses} classes), ${n} samples per guidance weight, ${solver} solver${denoise ? `, denoised at σ = ${denoise.sigma}` : ''}, seed ${seed}, ${device}.`,
     '',
     `Features: the ${fx.cfg.hidden}-d penultimate layer of our MNIST classifier (\`${fxDir}\`, test accuracy ${fx.testAccuracy === undefined ? '?' : (100 * fx.testAccuracy).toFixed(2) + '%'}). ` +
       `Every set is compared with the same ${refR.n} mnist:train images. The Fréchet distance is FID's formula on these features: it is not comparable with published FIDs, ` +
@@ -406,9 +424,11 @@ export async function evalCommand(argv: string[]): Promise<void> {
     '',
     '![guidance sweep](guidance.png)',
     '',
-    '| cfg | Fréchet distance | KID | precision | recall | class accuracy | samples/s |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ...runs.map((r) => `| ${r.cfg} | ${fmt(r.frechet)} | ${fmt(r.kid.mean, 4)} | ${fmt(r.precision)} | ${fmt(r.recall)} | ${pct(r.classAccuracy)} | ${r.samplesPerSec.toFixed(1)} |`),
+    '| cfg | Fréchet distance | KID | precision | recall | class accuracy | samples/s | samples with NaN/inf |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...runs.map((r) => `| ${r.cfg} | ${fmt(r.frechet)} | ${fmt(r.kid.mean, 4)} | ${fmt(r.precision)} | ${fmt(r.recall)} | ${pct(r.classAccuracy)} | ${r.samplesPerSec.toFixed(1)} | ${r.nonFiniteSamples} |`),
+    '',
+    'Samples are scored as a saved image holds them: clipped to [-1, 1], NaN as black.',
     '',
     ...(curves
       ? [

@@ -1,8 +1,8 @@
 // A small MNIST classifier whose penultimate activations are the features for sample-quality
 // metrics (Fréchet distance, KID, precision/recall) and whose predictions give class accuracy.
 //
-//   x [N, C, H, W] in [-1, 1] → NHWC → conv3×3(c1) → ReLU → maxpool 2 → conv3×3(c2) → ReLU →
-//   maxpool 2 → flatten → dense(hidden) → ReLU (the features) → dense(classes) (the logits)
+//   x [N, C, H, W] in [-1, 1] → NHWC → conv3×3(c1) → maxpool 2 → ReLU → conv3×3(c2) → maxpool 2 →
+//   ReLU → flatten → dense(hidden) → ReLU (the features) → dense(classes) (the logits)
 //
 // jax-js's direct convolution is ~10× slower than a matmul on wasm, so each 3×3 'SAME'
 // convolution is an im2col: nine shifted slices of the padded input concatenated on the channel
@@ -83,8 +83,9 @@ function maxPool2(x: Arr): Arr {
 /** Features [N, hidden] and logits [N, classes] of images [N, C, H, W] in [-1, 1]. */
 export function featureNetForward(p: FeatureNetParams, x: Arr): { features: Arr; logits: Arr } {
   let h = x.transpose([0, 2, 3, 1]);
-  h = maxPool2(jnn.relu(conv3x3(p.conv1, h)));
-  h = maxPool2(jnn.relu(conv3x3(p.conv2, h)));
+  // ReLU after the pooling: the same values (max commutes with a monotone map) on 4× fewer elements.
+  h = jnn.relu(maxPool2(conv3x3(p.conv1, h)));
+  h = jnn.relu(maxPool2(conv3x3(p.conv2, h)));
   const features = jnn.relu(linear(p.fc, h.reshape([h.shape[0]!, -1])));
   const logits = linear(p.head, features.ref);
   return { features, logits };
