@@ -3,12 +3,11 @@
 // bin/starflow.js with STARFLOW_THREADS=1; the model directories are built with the library.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import '../setup.js';
+import { starflow } from '../cli.js';
 import { release } from '../../src/engine/index.js';
 import { initTarFlow } from '../../src/models/tarflow.js';
 import { parseModelConfig } from '../../src/models/config.js';
@@ -16,25 +15,8 @@ import { saveModel } from '../../src/io/model.js';
 import { saveCheckpoint } from '../../src/io/checkpoint.js';
 import { paramsToHost } from '../../src/nn/params.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const BIN = path.resolve(here, '../../bin/starflow.js');
 
-type Result = { code: number | null; stdout: string; stderr: string };
 
-function starflow(args: string[], env: Record<string, string> = {}): Promise<Result> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env: { ...process.env, STARFLOW_THREADS: '1', STARFLOW_DEBUG: '', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** Runs the CLI and checks the one-line error; returns the line. */
 async function expectError(args: string[], pattern: RegExp, opts: { prefix?: string; code?: number } = {}): Promise<string> {

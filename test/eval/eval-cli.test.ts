@@ -1,12 +1,11 @@
+import { starflow } from '../cli.js';
 // starflow eval end to end on a tiny random model and a tiny random feature extractor (no
 // training): the files it writes, the training curves of a run directory, and its clear errors.
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, mkdir, readFile, rm, writeFile, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import '../setup.js';
 import { release } from '../../src/engine/index.js';
 import { initTarFlow } from '../../src/models/tarflow.js';
@@ -14,20 +13,7 @@ import { parseModelConfig } from '../../src/models/config.js';
 import { saveModel } from '../../src/io/model.js';
 import { FEATURE_NET_DEFAULTS, initFeatureNet, saveFeatureNet } from '../../src/eval/features.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const BIN = path.resolve(here, '../../bin/starflow.js');
 
-function starflow(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, STARFLOW_THREADS: '1', STARFLOW_DEBUG: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 let dir = '';
 const model = (size: number) => ({ model: 'tarflow', inChannels: 1, imgSize: size, patchSize: size === 28 ? 7 : 8, width: 32, headDim: 16, numBlocks: 2, layersPerBlock: 1, numClasses: 10, noiseStd: 0.1 });

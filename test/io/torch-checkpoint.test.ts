@@ -1,3 +1,4 @@
+import { starflow } from '../cli.js';
 // torch.save checkpoints: the restricted reader (zip + pickle), architecture inference, the
 // convert / nll --input / sample --noise / denoise commands against the shared ml-tarflow fixture,
 // and hostile files. The committed test/fixtures/tiny_model_2_64_2_1_0.1.pth was written by
@@ -5,7 +6,7 @@
 // generator is also run here (for both fixture models).
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync, spawn } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -32,7 +33,6 @@ import { loadFixture, fixtureStateDict, fixtureConfig, detTensor, maxAbsDiff, ma
 const here = path.dirname(fileURLToPath(import.meta.url));
 const FIXTURE_PTH = path.resolve(here, '../fixtures/tiny_model_2_64_2_1_0.1.pth');
 const GENERATOR = path.resolve(here, '../fixtures/make_torch_fixture.py');
-const BIN = path.resolve(here, '../../bin/starflow.js');
 const PYTHON = '/usr/bin/python3';
 const fx = loadFixture();
 
@@ -184,17 +184,6 @@ function torchAvailable(): boolean {
   return r.status === 0;
 }
 
-function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, STARFLOW_THREADS: '1', STARFLOW_DEBUG: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 // =====================================================================================
 
@@ -397,12 +386,12 @@ describe('round trip against the ml-tarflow fixture', () => {
     const lib = path.join(tmp, 'lib');
     await convertCheckpoint(FIXTURE_PTH, lib);
     const dir = path.join(tmp, 'cli');
-    const r = await runCli(['convert', '--from', FIXTURE_PTH, '--out', dir, '--json']);
+    const r = await starflow(['convert', '--from', FIXTURE_PTH, '--out', dir, '--json']);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(JSON.parse(r.stdout).config.imgSize, 8);
     assert.deepEqual(await readFile(path.join(dir, 'model.safetensors')), await readFile(path.join(lib, 'model.safetensors')));
     assert.equal(await readFile(path.join(dir, 'config.json'), 'utf8'), await readFile(path.join(lib, 'config.json'), 'utf8'));
-    const bad = await runCli(['convert', '--from', path.join(tmp, 'uncond-in.safetensors'), '--out', path.join(tmp, 'no')]);
+    const bad = await starflow(['convert', '--from', path.join(tmp, 'uncond-in.safetensors'), '--out', path.join(tmp, 'no')]);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^starflow convert: error: not an ml-tarflow state dict/);
   });
