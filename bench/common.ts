@@ -100,3 +100,25 @@ export function takeCommonFlag(a: string, value: () => string, o: CommonFlags): 
 export function defaultCommonFlags(): CommonFlags {
   return { quick: false, rounds: null, json: null, python: DEFAULT_PYTHON, torchBlas: 'auto' };
 }
+
+/** A child's flag value (`--flag VALUE`), or the default; a missing required flag is an error. */
+export function argOf(args: string[], flag: string, dflt?: string): string {
+  const i = args.indexOf(flag);
+  const v = i >= 0 ? args[i + 1] : undefined;
+  if (v === undefined) {
+    if (dflt === undefined) throw new Error(`worker: ${flag} is required`);
+    return dflt;
+  }
+  return v;
+}
+
+/**
+ * Starts the engine in a benchmark child with a fixed wasm thread count. The count is read when
+ * the shims load (src/engine/node-shims.ts), before jax-js is first imported: dynamic imports only.
+ */
+export async function startWorkerEngine(threads: number): Promise<number> {
+  process.env.STARFLOW_THREADS = String(threads);
+  const { startNodeEngine, engineThreads } = await import('../src/engine/node.js');
+  await startNodeEngine({ device: 'wasm' });
+  return engineThreads;
+}

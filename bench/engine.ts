@@ -9,7 +9,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, fmt, runChild as runJsonChild, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag } from './common.js';
+import { median, fmt, runChild as runJsonChild, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, startWorkerEngine } from './common.js';
 // Type-only: erased, so the parent process never loads jax-js.
 import type { Arr } from '../src/engine/index.js';
 
@@ -81,12 +81,8 @@ async function worker(args: string[]): Promise<void> {
   };
   const threads = Number(get('--threads', '1'));
   const p = plan(args.includes('--quick'));
-  // The thread count is fixed when the shims are evaluated (src/engine/node-shims.ts reads
-  // STARFLOW_THREADS), which must happen before jax-js is first imported: dynamic imports only.
-  process.env.STARFLOW_THREADS = String(threads);
-  const { startNodeEngine, engineThreads } = await import('../src/engine/node.js');
-  const device = await startNodeEngine({ device: 'wasm' });
-  const usedThreads = engineThreads;
+  const usedThreads = await startWorkerEngine(threads);
+  const device = 'wasm';
   const E = await import('../src/engine/index.js');
   const { np, jit, Rng, uniformArray, settle } = E;
 

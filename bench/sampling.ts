@@ -27,6 +27,8 @@ import {
   jaxVersion,
   defaultCommonFlags,
   takeCommonFlag,
+  argOf,
+  startWorkerEngine,
 } from './common.js';
 
 const SELF = fileURLToPath(import.meta.url);
@@ -71,23 +73,6 @@ const wkey = (w: number) => String(w);
 const imageFile = (dir: string, id: string, solver: string, b: number, w: number) => path.join(dir, `${id}-${solver}-${b}-${wkey(w)}.safetensors`);
 
 // ---- the worker side (jax-js in a child process with a fixed thread count) ----
-
-function argOf(args: string[], flag: string, dflt?: string): string {
-  const i = args.indexOf(flag);
-  const v = i >= 0 ? args[i + 1] : undefined;
-  if (v === undefined) {
-    if (dflt === undefined) throw new Error(`worker: ${flag} is required`);
-    return dflt;
-  }
-  return v;
-}
-
-async function startWorkerEngine(threads: number) {
-  process.env.STARFLOW_THREADS = String(threads);
-  const { startNodeEngine, engineThreads } = await import('../src/engine/node.js');
-  await startNodeEngine({ device: 'wasm' });
-  return engineThreads;
-}
 
 /** Writes the shared noise and labels (drawNoise from a seed) for every contender. */
 async function prep(args: string[]): Promise<void> {

@@ -15,7 +15,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, fmt, runChild, tsxArgs, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag } from './common.js';
+import { median, fmt, runChild, tsxArgs, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, argOf, startWorkerEngine } from './common.js';
 // Type-only: erased, so the parent process never loads jax-js.
 import type { TrainConfig } from '../src/train/config.js';
 
@@ -83,26 +83,11 @@ type StepResult = {
 
 // ---- children ----
 
-function argOf(args: string[], flag: string): string {
-  const i = args.indexOf(flag);
-  const v = i >= 0 ? args[i + 1] : undefined;
-  if (v === undefined) throw new Error(`missing ${flag}`);
-  return v;
-}
-
-async function startEngine(threads: number) {
-  // The thread count is read when the shims load, before jax-js is first imported: dynamic imports only.
-  process.env.STARFLOW_THREADS = String(threads);
-  const { startNodeEngine, engineThreads } = await import('../src/engine/node.js');
-  await startNodeEngine({ device: 'wasm' });
-  return engineThreads;
-}
-
 /** Writes one config's initial weights, batch and labels to a safetensors file. */
 async function prep(args: string[]): Promise<void> {
   const name = argOf(args, '--config') as ConfigName;
   const file = argOf(args, '--out');
-  await startEngine(1);
+  await startWorkerEngine(1);
   const E = await import('../src/engine/index.js');
   const { initTarFlow } = await import('../src/models/tarflow.js');
   const { tokenShape } = await import('../src/models/config.js');
@@ -140,7 +125,7 @@ async function worker(args: string[]): Promise<void> {
   const file = argOf(args, '--file');
   const warmup = Number(argOf(args, '--warmup'));
   const steps = Number(argOf(args, '--steps'));
-  const usedThreads = await startEngine(threads);
+  const usedThreads = await startWorkerEngine(threads);
   const E = await import('../src/engine/index.js');
   const { makeTrainStep } = await import('../src/train/trainer.js');
   const { initAdamState } = await import('../src/nn/optim.js');
