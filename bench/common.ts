@@ -2,7 +2,7 @@
 // the PyTorch contender (python path, torch version, OpenBLAS through LD_LIBRARY_PATH, 1 thread).
 // Nothing here loads jax-js: parent processes stay light and leave the engine to their children.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,4 +121,20 @@ export async function startWorkerEngine(threads: number): Promise<number> {
   const { startNodeEngine, engineThreads } = await import('../src/engine/node.js');
   await startNodeEngine({ device: 'wasm' });
   return engineThreads;
+}
+
+/**
+ * Writes a benchmark's report: JSON (the given fields plus bench, date, quick, rounds) and the
+ * Markdown beside it, under bench/results/<bench>-<date>[-quick] unless --json names a path.
+ */
+export function writeReport(bench: string, o: CommonFlags, fields: Record<string, unknown>, md: string): void {
+  const date = new Date().toISOString();
+  const base = path.join(BENCH_DIR, 'results', `${bench}-${date.slice(0, 10)}${o.quick ? '-quick' : ''}`);
+  const jsonPath = o.json ? path.resolve(o.json) : `${base}.json`;
+  const mdPath = jsonPath.replace(/\.json$/, '') + '.md';
+  const report = { bench, date, quick: o.quick, rounds: o.rounds, ...fields };
+  mkdirSync(path.dirname(jsonPath), { recursive: true });
+  writeFileSync(jsonPath, JSON.stringify(report, null, 2) + '\n');
+  writeFileSync(mdPath, `# ${bench} bench, ${date}\n\n${md}`);
+  console.log(`wrote ${path.relative(process.cwd(), jsonPath)} and ${path.relative(process.cwd(), mdPath)}`);
 }

@@ -6,10 +6,9 @@
 // runs in a child process (`tsx bench/engine.ts --worker ...`, or bench/torch/micro_step.py)
 // that prints one JSON line. The parent runs the three contenders in interleaved rounds, so
 // slow phases of a shared machine hit all of them, and reports medians and time ratios.
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, fmt, runChild as runJsonChild, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, startWorkerEngine } from './common.js';
+import { median, fmt, runChild as runJsonChild, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, writeReport, startWorkerEngine } from './common.js';
 // Type-only: erased, so the parent process never loads jax-js.
 import type { Arr } from '../src/engine/index.js';
 
@@ -340,16 +339,7 @@ export async function main(args: string[]): Promise<void> {
   const torch = sums.find((s) => s.id === 'torch');
   const md = markdown(sums, torch, torchNote, tv.ok ? torchBlas : undefined);
   console.log(`\n${md}`);
-
-  const date = new Date().toISOString().slice(0, 10);
-  const base = path.join(HERE, 'results', `engine-${date}${o.quick ? '-quick' : ''}`);
-  const jsonPath = o.json ? path.resolve(o.json) : `${base}.json`;
-  const mdPath = jsonPath.replace(/\.json$/, '') + '.md';
   const report = {
-    bench: 'engine',
-    date: new Date().toISOString(),
-    quick: o.quick,
-    rounds: o.rounds,
     plan: p,
     machine,
     model: { ...MICRO_CONFIG, batch: MICRO_BATCH, lr: MICRO_LR, optimizer: 'AdamW(0.9, 0.95, eps 1e-8, wd 1e-4) + clip 1.0' },
@@ -371,10 +361,7 @@ export async function main(args: string[]): Promise<void> {
     raw: Object.fromEntries(results),
     markdown: md,
   };
-  mkdirSync(path.dirname(jsonPath), { recursive: true });
-  writeFileSync(jsonPath, JSON.stringify(report, null, 2) + '\n');
-  writeFileSync(mdPath, `# engine bench, ${report.date}\n\n${md}`);
-  console.log(`wrote ${path.relative(process.cwd(), jsonPath)} and ${path.relative(process.cwd(), mdPath)}`);
+  writeReport('engine', o, report, md);
 }
 
 // Run as a worker when started directly (`tsx bench/engine.ts --worker ...`).

@@ -26,7 +26,7 @@ import {
   machineInfo,
   jaxVersion,
   defaultCommonFlags,
-  takeCommonFlag,
+  takeCommonFlag, writeReport,
   argOf,
   startWorkerEngine,
 } from './common.js';
@@ -523,16 +523,7 @@ async function runBench(o: Options, modelDir: string, tmp: string): Promise<void
   else notes.push(`torch BLAS: ${te.blas ? `OpenBLAS (${te.blas}), 1 thread` : 'the system libblas.so.3'}.`);
   const md = `${table}\n\n${notes.map((n) => `- ${n}`).join('\n')}\n\n${profMd}`;
   console.log(`\n${md}`);
-
-  const date = new Date().toISOString().slice(0, 10);
-  const base = path.join(BENCH_DIR, 'results', `sampling-${date}${o.quick ? '-quick' : ''}`);
-  const jsonPath = o.json ? path.resolve(o.json) : `${base}.json`;
-  const mdPath = jsonPath.replace(/\.json$/, '') + '.md';
   const report = {
-    bench: 'sampling',
-    date: new Date().toISOString(),
-    quick: o.quick,
-    rounds: o.rounds,
     plan: { batches, weights, attnTemp, solvers: o.solvers, threads: o.threads, reps, warmup, seed: o.seed, tolerance: TOL },
     machine,
     model: { dir: modelDir, ...cfg },
@@ -544,10 +535,7 @@ async function runBench(o: Options, modelDir: string, tmp: string): Promise<void
     raw: Object.fromEntries(results),
     markdown: md,
   };
-  mkdirSync(path.dirname(jsonPath), { recursive: true });
-  writeFileSync(jsonPath, JSON.stringify(report, null, 2) + '\n');
-  writeFileSync(mdPath, `# sampling bench, ${report.date}\n\n${md}`);
-  console.log(`wrote ${path.relative(process.cwd(), jsonPath)} and ${path.relative(process.cwd(), mdPath)}`);
+  writeReport('sampling', o, report, md);
   if (failures) console.log(`!! ${failures} row(s) differ by more than ${TOL}`);
 }
 

@@ -11,11 +11,11 @@
 // sides start from the same weights on the same data, so their losses must agree (checked).
 // Every measurement runs in its own child process (the wasm thread count is fixed at engine start),
 // in interleaved rounds; medians pool every timed step over the rounds.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, fmt, runChild, tsxArgs, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, argOf, startWorkerEngine } from './common.js';
+import { median, fmt, runChild, tsxArgs, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, writeReport, argOf, startWorkerEngine } from './common.js';
 // Type-only: erased, so the parent process never loads jax-js.
 import type { TrainConfig } from '../src/train/config.js';
 
@@ -378,16 +378,7 @@ export async function main(args: string[]): Promise<void> {
     const sums = new Map(o.configs.map((name) => [name, contenders.map((c) => summarise(c, results.get(key(name, c.id))!))] as const));
     const md = markdown(o.configs, sums, prepped, { torchNote, torchBlas: tv.ok ? torchBlas : undefined, load });
     console.log(`\n${md}`);
-
-    const date = new Date().toISOString().slice(0, 10);
-    const base = path.join(HERE, 'results', `train-${date}${o.quick ? '-quick' : ''}`);
-    const jsonPath = o.json ? path.resolve(o.json) : `${base}.json`;
-    const mdPath = jsonPath.replace(/\.json$/, '') + '.md';
     const report = {
-      bench: 'train',
-      date: new Date().toISOString(),
-      quick: o.quick,
-      rounds: o.rounds,
       plan: Object.fromEntries(o.configs.map((n) => [n, plan(o.quick, n)])),
       machine,
       loadPerRound: load,
@@ -405,10 +396,7 @@ export async function main(args: string[]): Promise<void> {
       raw: Object.fromEntries(results),
       markdown: md,
     };
-    mkdirSync(path.dirname(jsonPath), { recursive: true });
-    writeFileSync(jsonPath, JSON.stringify(report, null, 2) + '\n');
-    writeFileSync(mdPath, `# train bench, ${report.date}\n\n${md}`);
-    console.log(`wrote ${path.relative(process.cwd(), jsonPath)} and ${path.relative(process.cwd(), mdPath)}`);
+    writeReport('train', o, report, md);
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
