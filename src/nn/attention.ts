@@ -14,12 +14,24 @@ export function initAttention(rng: Rng, width: number, s: AttentionShape, opts: 
   return { qkv: initLinear(rng.fork(0), width, 3 * inner, opts), proj: initLinear(rng.fork(1), inner, width, opts) };
 }
 
-/** q, k, v as [B, heads, L, headDim]; the qkv features are ordered [q heads | k heads | v heads]. */
+/**
+ * q, k, v as [B, heads, L, headDim]; the qkv features are ordered [q heads | k heads | v heads].
+ * Three matmuls on column slices of the weight: splitting one projection's output instead makes
+ * the backward sum three padded copies of the full qkv gradient (~10% of an attention layer).
+ */
 function projectQkv(p: Attention, x: Arr, s: AttentionShape): [Arr, Arr, Arr] {
   const [b, l] = x.shape as [number, number, number];
-  const qkv = linear(p.qkv, x).reshape([b, l, 3, s.heads, s.headDim]).transpose([2, 0, 3, 1, 4]);
-  const [q, k, v] = np.unstack(qkv, 0) as [Arr, Arr, Arr];
-  return [materialize(q), materialize(k), materialize(v)];
+  const inner = s.heads * s.headDim;
+  const part = (i: number, input: Arr): Arr => {
+    const w = p.qkv.w.ref.slice([], [i * inner, (i + 1) * inner]);
+    const bias = p.qkv.b?.ref.slice([i * inner, (i + 1) * inner]);
+    const y = linear(bias ? { w, b: bias } : { w }, input);
+    return materialize(y.reshape([b, l, s.heads, s.headDim]).transpose([0, 2, 1, 3]));
+  };
+  const out: [Arr, Arr, Arr] = [part(0, x.ref), part(1, x.ref), part(2, x)];
+  p.qkv.w.dispose();
+  p.qkv.b?.dispose();
+  return out;
 }
 
 /**
@@ -30,11 +42,18 @@ function attend(q: Arr, k: Arr, v: Arr, mask: Arr, temp: number | Arr, headDim: 
   // Batched matmuls run faster over one merged batch axis than over (B, heads) on wasm (~16%).
   const [b, h, l, d] = q.shape as [number, number, number, number];
   const s = k.shape[2]!;
-  const kT = materialize(np.swapaxes(k.reshape([b * h, s, d]), -1, -2));
-  let logits = np.matmul(q.reshape([b * h, l, d]), kT).reshape([b, h, l, s]).mul(1 / Math.sqrt(headDim));
+  // Keys are padded to a multiple of 4 (masked out): jax-js vectorises a reduction or an output
+  // axis only at multiples of 4, and with 49 MNIST tokens the backward of probs @ v ran scalar,
+  // ~7× slower than padded.
+  const sp = Math.ceil(s / 4) * 4;
+  const padKeys = (a: Arr): Arr => (sp === s ? a : np.pad(a, [[0, 0], [0, 0], [0, sp - s], [0, 0]]));
+  const k3 = padKeys(k).reshape([b * h, sp, d]);
+  const v3 = padKeys(v).reshape([b * h, sp, d]);
+  if (sp !== s) mask = np.pad(mask, [[0, 0], [0, sp - s]]);
+  let logits = np.matmul(q.reshape([b * h, l, d]), np.swapaxes(k3, -1, -2)).reshape([b, h, l, sp]).mul(1 / Math.sqrt(headDim));
   if (typeof temp !== 'number' || temp !== 1) logits = logits.div(temp);
   const probs = jnn.softmax(np.where(mask, logits, -Infinity), -1);
-  return np.matmul(probs.reshape([b * h, l, s]), v.reshape([b * h, s, d])).reshape([b, h, l, d]);
+  return np.matmul(probs.reshape([b * h, l, sp]), v3).reshape([b, h, l, d]);
 }
 
 /** [B, heads, L, d] → [B, L, heads·d], materialised for the output projection's matmul. */
@@ -51,8 +70,10 @@ export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, tem
   return linear(p.proj, mergeHeads(attend(q, k, v, mask, temp, s.headDim)));
 }
 
+/** A cache for `length` positions, allocated at a multiple of 4 slots (see attend; extra slots stay masked). */
 export function emptyKvCache(batch: number, length: number, s: AttentionShape): KvCache {
-  return { k: np.zeros([batch, s.heads, length, s.headDim]), v: np.zeros([batch, s.heads, length, s.headDim]) };
+  const slots = Math.ceil(length / 4) * 4;
+  return { k: np.zeros([batch, s.heads, slots, s.headDim]), v: np.zeros([batch, s.heads, slots, s.headDim]) };
 }
 
 /**
