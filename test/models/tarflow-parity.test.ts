@@ -5,7 +5,7 @@ import { fromF32, fromI32, toF32, toNumber, jit, keep } from '../../src/engine/i
 import { forward, flowLoss, bitsPerDim, patchify, type TarFlowParams } from '../../src/models/tarflow.js';
 import { fromReferenceStateDict } from '../../src/io/reference-names.js';
 import { paramsFromHost } from '../../src/nn/params.js';
-import { loadFixture, fixtureStateDict, fixtureConfig, detTensor, maxRelDiff, maxAbsDiff, type FixtureCase } from '../fixture.js';
+import { loadFixture, fixtureStateDict, fixtureConfig, detTensor, maxRelDiff, maxAbsDiff, scaledMaxDiff, type FixtureCase } from '../fixture.js';
 
 const fx = loadFixture();
 
@@ -32,7 +32,9 @@ for (const [name, c, labels] of [
     const r = f(keep(params), fromF32(x.data, x.shape), y);
     const z = await toF32(r.z);
     assert.deepEqual(c.z_shape, [2, 16, 4]);
-    assert.ok(maxRelDiff(z, c.z) < 1e-5 || maxAbsDiff(z, c.z) < 1e-5, `z differs by ${maxAbsDiff(z, c.z)}`);
+    // z relative to its largest entry: with fused multiply-add (wasm relaxed SIMD) entries near 0 move
+    // by ~1e-5 absolute, so an entry-by-entry relative test would measure rounding of cancellations.
+    assert.ok(scaledMaxDiff(z, c.z) < 1e-5, `z differs by ${maxAbsDiff(z, c.z)} (${scaledMaxDiff(z, c.z)} of max |z|)`);
     const logdet = await toF32(r.logdet);
     assert.ok(maxAbsDiff(logdet, c.logdets_per_sample) < 1e-5 * 10, `logdets ${logdet} vs ${c.logdets_per_sample}`);
     assert.ok(Math.abs((await toNumber(r.loss)) - c.loss) / Math.abs(c.loss) < 1e-5);
