@@ -32,6 +32,8 @@ const LR = 1e-4;
 const EMA_DECAY = 0.999;
 const BATCH = 64;
 const SEED = 0;
+/** Timed bits/dim forward passes per child (likelihood throughput). */
+const NLL_REPS = 5;
 
 const NOTEBOOK_MODEL = {
   model: 'tarflow',
@@ -79,6 +81,10 @@ type StepResult = {
   losses: number[];
   gradNorms: number[];
   ema: boolean;
+  /** Likelihood throughput: ms per bits/dim forward of the batch (no gradient), after the steps. */
+  nllMs: number[];
+  /** Bits/dim per image from that forward (both sides hold the same weights by then). */
+  bpd: number[];
 };
 
 // ---- children ----
@@ -127,7 +133,7 @@ async function worker(args: string[]): Promise<void> {
   const steps = Number(argOf(args, '--steps'));
   const usedThreads = await startWorkerEngine(threads);
   const E = await import('../src/engine/index.js');
-  const { makeTrainStep } = await import('../src/train/trainer.js');
+  const { makeTrainStep, bitsPerDimOf } = await import('../src/train/trainer.js');
   const { initAdamState } = await import('../src/nn/optim.js');
   const optim = await import('../src/nn/optim.js');
   const { paramsFromHost } = await import('../src/nn/params.js');
@@ -170,6 +176,17 @@ async function worker(args: string[]): Promise<void> {
   for (let i = 0; i < warmup; i++) await once();
   const samplesMs: number[] = [];
   for (let i = 0; i < steps; i++) samplesMs.push(await once());
+  // Likelihood throughput on the trained weights (not the EMA: the twin evaluates its live model).
+  const nll = () => bitsPerDimOf(state.params, m, x.ref, y.ref);
+  const bpd = [...(await E.toF32(nll()))];
+  const nllMs: number[] = [];
+  for (let i = 0; i < NLL_REPS; i++) {
+    const t0 = performance.now();
+    const a = nll();
+    await a.blockUntilReady();
+    a.dispose();
+    nllMs.push(performance.now() - t0);
+  }
   stepFn.dispose();
   E.release(state);
   x.dispose();
@@ -185,6 +202,8 @@ async function worker(args: string[]): Promise<void> {
     losses,
     gradNorms,
     ema: true,
+    nllMs,
+    bpd,
   };
   process.stdout.write(JSON.stringify(out) + '\n');
 }
@@ -232,6 +251,10 @@ type Summary = {
   params: number;
   threads: number;
   ema: boolean;
+  /** Median ms per bits/dim forward of one batch, pooled over rounds. */
+  nllMedianMs: number;
+  /** Bits/dim per image after round 1's steps. */
+  bpd: number[];
 };
 
 function summarise(c: Contender, rs: StepResult[]): Summary {
@@ -248,6 +271,8 @@ function summarise(c: Contender, rs: StepResult[]): Summary {
     params: r0.params,
     threads: r0.threads,
     ema: r0.ema,
+    nllMedianMs: median(rs.flatMap((r) => r.nllMs)),
+    bpd: r0.bpd,
   };
 }
 
@@ -255,6 +280,11 @@ const TITLES: Record<ConfigName, string> = {
   notebook: 'notebook (28², p4, w128, 4×4 layers, 2 heads of 64)',
   mnist: 'mnist preset (28², p4, w64, 4×1 layers, 2 heads of 32)',
 };
+
+function maxAbs(a: number[], b: number[]): number {
+  if (a.length !== b.length) return Infinity;
+  return Math.max(...a.map((v, i) => Math.abs(v - b[i]!)));
+}
 
 function markdown(
   configs: ConfigName[],
@@ -271,7 +301,9 @@ function markdown(
     ...first.map((s) => `${s.label} ms/step`),
     ...(hasTorch ? js.map((s) => `${s.label} / torch`) : []),
     ...first.map((s) => `first call ${s.label} ms`),
-    ...(hasTorch ? ['loss Δ at init', 'loss Δ after last step'] : []),
+    ...first.map((s) => `${s.label} likelihood images/s`),
+    ...(hasTorch ? js.map((s) => `likelihood ${s.label} / torch`) : []),
+    ...(hasTorch ? ['loss Δ at init', 'loss Δ after last step', 'bits/dim max Δ'] : []),
   ];
   const rows = configs.map((name) => {
     const ss = sums.get(name)!;
@@ -285,7 +317,11 @@ function markdown(
       ...ss.map((s) => fmt(s.medianMs)),
       ...(torch ? jsRows.map((s) => `${fmt(s.medianMs / torch.medianMs, 2)}×`) : []),
       ...ss.map((s) => fmt(s.firstCallMs, 0)),
-      ...(torch ? [maxDelta((s) => s.loss0), maxDelta((s) => s.lossLast)] : []),
+      ...ss.map((s) => fmt((1000 * BATCH) / s.nllMedianMs, 0)),
+      ...(torch ? jsRows.map((s) => `${fmt(s.nllMedianMs / torch.nllMedianMs, 2)}×`) : []),
+      ...(torch
+        ? [maxDelta((s) => s.loss0), maxDelta((s) => s.lossLast), Math.max(...jsRows.map((s) => maxAbs(s.bpd, torch.bpd))).toExponential(1)]
+        : []),
     ];
   });
   const line = (r: string[]) => `| ${r.join(' | ')} |`;
@@ -298,6 +334,7 @@ function markdown(
     'One step = forward + backward + clip(1.0) + AdamW (β 0.9/0.95, wd 1e-4, lr 1e-4) + EMA (0.999) of the weights, on both sides (the twin: torch._foreach_mul_/_add_ under no_grad).',
     'Ratios are time ratios jax-js / torch: above 1× jax-js is slower. Medians pool every timed step over the rounds.',
     'First call: jax-js traces, compiles and runs the jitted step once; torch: its first eager step.',
+    `Likelihood: bits/dim per image of the batch (the reference\'s evaluate_bpd formula), a jitted forward pass without gradient (torch: under no_grad), on the weights after the timed steps; ${NLL_REPS} timed calls per child, images/s = ${BATCH} / median time. "bits/dim max Δ" compares the per-image values of both sides.`,
     'Data: one real MNIST training batch (images 0..63, Gaussian noise σ 0.1, labels with 10% dropped to −1), the same every step; projOut weights randomised (N(0, 0.01²)) so the backward does real work.',
     'Both sides load the same initial weights and batch (a safetensors file written by the jax-js side). "loss Δ" is the largest |jax-js − torch| loss at the shared initial weights, and after the same number of updates (round 1).',
     ...lossRows,
@@ -333,7 +370,7 @@ export async function main(args: string[]): Promise<void> {
       run: (file, p) =>
         runChild<StepResult>(
           o.python,
-          [script, '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), '--lr', String(LR), '--ema-decay', String(EMA_DECAY), '--threads', '1'],
+          [script, '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), '--lr', String(LR), '--ema-decay', String(EMA_DECAY), '--threads', '1', '--nll-reps', String(NLL_REPS)],
           'torch twin',
           torchChildEnv,
         ),
@@ -390,7 +427,7 @@ export async function main(args: string[]): Promise<void> {
         o.configs.map((n) => {
           const ss = sums.get(n)!;
           const torch = ss.find((s) => s.id === 'torch');
-          return [n, torch ? Object.fromEntries(ss.filter((s) => s.id !== 'torch').map((s) => [`${s.id}/torch`, s.medianMs / torch.medianMs])) : null];
+          return [n, torch ? Object.fromEntries(ss.filter((s) => s.id !== 'torch').flatMap((s) => [[`${s.id}/torch`, s.medianMs / torch.medianMs], [`${s.id}/torch likelihood`, s.nllMedianMs / torch.nllMedianMs]])) : null];
         }),
       ),
       raw: Object.fromEntries(results),

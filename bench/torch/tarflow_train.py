@@ -123,6 +123,16 @@ class TarFlow(nn.Module):
             logdet = logdet + ld
         return 0.5 * z.pow(2).mean() - logdet.mean()
 
+    def bits_per_dim(self, images: torch.Tensor, y=None) -> torch.Tensor:
+        """Per image, as the reference's evaluate_bpd: Gaussian log-density with log 2π, log 128 bins."""
+        z = self.patchify(images)
+        logdet = 0
+        for block in self.blocks:
+            z, ld = block(z, y)
+            logdet = logdet + ld
+        logp = (-0.5 * (z.pow(2) + math.log(2 * math.pi))).mean(dim=(1, 2)) - math.log(128)
+        return (-logp - logdet) / math.log(2)
+
     # ---- our parameter names ([in, out] Linear weights) ----
 
     def load_ours(self, tensors: dict) -> None:
@@ -216,6 +226,7 @@ def main():
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--ema-decay", type=float, default=0.999)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--nll-reps", type=int, default=0, help="then time this many bits/dim forward passes (no grad)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -241,8 +252,18 @@ def main():
         samples.append(ms)
         losses.append(loss)
         norms.append(norm)
+    nll_ms, bpd = [], []
+    if args.nll_reps > 0:
+        with torch.no_grad():
+            bpd = model.bits_per_dim(x, y).tolist()  # also the untimed first call
+            for _ in range(args.nll_reps):
+                t0 = time.perf_counter()
+                model.bits_per_dim(x, y).sum().item()
+                nll_ms.append((time.perf_counter() - t0) * 1e3)
     print(json.dumps({
         "kind": "torch",
+        "nllMs": nll_ms,
+        "bpd": bpd,
         "threads": torch.get_num_threads(),
         "version": torch.__version__,
         "params": sum(p.numel() for p in model.parameters()),

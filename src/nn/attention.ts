@@ -14,21 +14,30 @@ export function initAttention(rng: Rng, width: number, s: AttentionShape, opts: 
   return { qkv: initLinear(rng.fork(0), width, 3 * inner, opts), proj: initLinear(rng.fork(1), inner, width, opts) };
 }
 
+/** Key slots for `n` positions: a multiple of 4, because jax-js's wasm backend vectorises a
+ * reduction or an output axis only at multiples of 4. With MNIST's 49 tokens, unpadded keys made
+ * the attention kernels run scalar (~7× slower); the extra slots are always masked out. */
+export function keySlots(n: number): number {
+  return Math.ceil(n / 4) * 4;
+}
+
 /**
- * q, k, v as [B, heads, L, headDim]; the qkv features are ordered [q heads | k heads | v heads].
- * Three matmuls on column slices of the weight: splitting one projection's output instead makes
- * the backward sum three padded copies of the full qkv gradient (~10% of an attention layer).
+ * q, k, v as [B, heads, L, headDim] (k and v zero-padded to `slots` positions); the qkv features
+ * are ordered [q heads | k heads | v heads]. Three matmuls on column slices of the weight:
+ * splitting one projection's output instead makes the backward sum three padded copies of the
+ * full qkv gradient (~10% of an attention layer). Materialised, padding included: a pad left as
+ * a view is read with bounds checks, which also runs scalar.
  */
-function projectQkv(p: Attention, x: Arr, s: AttentionShape): [Arr, Arr, Arr] {
+function projectQkv(p: Attention, x: Arr, s: AttentionShape, slots: number): [Arr, Arr, Arr] {
   const [b, l] = x.shape as [number, number, number];
   const inner = s.heads * s.headDim;
-  const part = (i: number, input: Arr): Arr => {
+  const part = (i: number, input: Arr, to: number): Arr => {
     const w = p.qkv.w.ref.slice([], [i * inner, (i + 1) * inner]);
     const bias = p.qkv.b?.ref.slice([i * inner, (i + 1) * inner]);
-    const y = linear(bias ? { w, b: bias } : { w }, input);
-    return materialize(y.reshape([b, l, s.heads, s.headDim]).transpose([0, 2, 1, 3]));
+    const heads = linear(bias ? { w, b: bias } : { w }, input).reshape([b, l, s.heads, s.headDim]).transpose([0, 2, 1, 3]);
+    return materialize(to === l ? heads : np.pad(heads, [[0, 0], [0, 0], [0, to - l], [0, 0]]));
   };
-  const out: [Arr, Arr, Arr] = [part(0, x.ref), part(1, x.ref), part(2, x)];
+  const out: [Arr, Arr, Arr] = [part(0, x.ref, l), part(1, x.ref, slots), part(2, x, slots)];
   p.qkv.w.dispose();
   p.qkv.b?.dispose();
   return out;
@@ -37,23 +46,17 @@ function projectQkv(p: Attention, x: Arr, s: AttentionShape): [Arr, Arr, Arr] {
 /**
  * Softmax attention of q over (k, v), with logits scaled by 1/(sqrt(d)·temp). `temp` may be an
  * array broadcastable to [B, 1, 1, 1], so rows of one batch can use different temperatures.
+ * `mask` [L, S] says which key slots each query sees.
  */
 function attend(q: Arr, k: Arr, v: Arr, mask: Arr, temp: number | Arr, headDim: number): Arr {
   // Batched matmuls run faster over one merged batch axis than over (B, heads) on wasm (~16%).
   const [b, h, l, d] = q.shape as [number, number, number, number];
   const s = k.shape[2]!;
-  // Keys are padded to a multiple of 4 (masked out): jax-js vectorises a reduction or an output
-  // axis only at multiples of 4, and with 49 MNIST tokens the backward of probs @ v ran scalar,
-  // ~7× slower than padded.
-  const sp = Math.ceil(s / 4) * 4;
-  const padKeys = (a: Arr): Arr => (sp === s ? a : np.pad(a, [[0, 0], [0, 0], [0, sp - s], [0, 0]]));
-  const k3 = padKeys(k).reshape([b * h, sp, d]);
-  const v3 = padKeys(v).reshape([b * h, sp, d]);
-  if (sp !== s) mask = np.pad(mask, [[0, 0], [0, sp - s]]);
-  let logits = np.matmul(q.reshape([b * h, l, d]), np.swapaxes(k3, -1, -2)).reshape([b, h, l, sp]).mul(1 / Math.sqrt(headDim));
+  const kT = np.swapaxes(k.reshape([b * h, s, d]), -1, -2);
+  let logits = np.matmul(q.reshape([b * h, l, d]), kT).reshape([b, h, l, s]).mul(1 / Math.sqrt(headDim));
   if (typeof temp !== 'number' || temp !== 1) logits = logits.div(temp);
   const probs = jnn.softmax(np.where(mask, logits, -Infinity), -1);
-  return np.matmul(probs.reshape([b * h, l, sp]), v3).reshape([b, h, l, d]);
+  return np.matmul(probs.reshape([b * h, l, s]), v.reshape([b * h, s, d])).reshape([b, h, l, d]);
 }
 
 /** [B, heads, L, d] → [B, L, heads·d], materialised for the output projection's matmul. */
@@ -65,14 +68,15 @@ function mergeHeads(o: Arr): Arr {
 /** Causal self-attention over a whole sequence (token i sees tokens ≤ i). */
 export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, temp: number | Arr = 1): Arr {
   const t = x.shape[1]!;
-  const [q, k, v] = projectQkv(p, x, s);
-  const mask = np.tri(t, t, 0, { dtype: np.bool });
+  const slots = keySlots(t);
+  const [q, k, v] = projectQkv(p, x, s, slots);
+  const mask = np.tri(t, slots, 0, { dtype: np.bool }); // padded slots lie above the diagonal
   return linear(p.proj, mergeHeads(attend(q, k, v, mask, temp, s.headDim)));
 }
 
-/** A cache for `length` positions, allocated at a multiple of 4 slots (see attend; extra slots stay masked). */
+/** A cache for `length` positions, allocated at keySlots(length) (the extra slots stay masked). */
 export function emptyKvCache(batch: number, length: number, s: AttentionShape): KvCache {
-  const slots = Math.ceil(length / 4) * 4;
+  const slots = keySlots(length);
   return { k: np.zeros([batch, s.heads, slots, s.headDim]), v: np.zeros([batch, s.heads, slots, s.headDim]) };
 }
 
@@ -91,7 +95,7 @@ export function cachedSelfAttention(
 ): [Arr, KvCache] {
   const l = x.shape[1]!;
   const size = cache.k.shape[2]!;
-  const [q, k, v] = projectQkv(p, x, s);
+  const [q, k, v] = projectQkv(p, x, s, l);
   const positions = np.arange(l, undefined, undefined, { dtype: np.int32 }).add(start); // [L]
   const slots = np.arange(size, undefined, undefined, { dtype: np.int32 });
   // Slots start..start+L−1 take the new keys; a single token broadcasts, a chunk is placed by a
