@@ -7,6 +7,7 @@
 import * as jax from '@jax-js/jax';
 import { installIteratorHelpers } from './iterator-helpers.js';
 import { installInstanceCache } from './instance-cache.js';
+import { installKernelCache } from './kernel-cache.js';
 import type { Rng } from './rng.js';
 
 export const np = jax.numpy;
@@ -49,6 +50,7 @@ export async function startEngine(device: Device | 'auto' = 'auto'): Promise<Dev
     );
   }
   jax.defaultDevice(chosen);
+  await installKernelCache(chosen);
   started = chosen;
   return chosen;
 }

@@ -33,6 +33,7 @@ export function rmsNorm(p: Norm, x: Arr, eps = 1e-6, offset = 0): Arr {
  * calls erf or exp runs scalar, and GELU forward + backward was ~18% of a training step.
  */
 export function gelu(x: Arr): Arr {
+  if (process.env.GELU_OLD) return jnn.gelu(x, { approximate: false });
   const t = np.minimum(np.abs(x.ref).mul(Math.SQRT1_2), ERF_PIECES_END); // erf(4) = 1 − 1.5e-8
   const pieceOf = (pick: (p: ErfPiece) => number): Arr => {
     let v: Arr = np.array(pick(ERF_PIECES[ERF_PIECES.length - 1]!));

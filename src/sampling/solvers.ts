@@ -97,7 +97,9 @@ export async function invertBlock(
   let cache = emptyBlockCache(cfg, rows);
   const stats: BlockStats = { block: bi, calls: 0, iterations: [] };
 
+  let startArr: Arr | null = null; // chunks are contiguous: each call returns the next start
   for (const [start, len] of chunksOf(plan, tokens)) {
+    startArr ??= fromI32([start], []);
     const step = stepFunction({ cfg, chunk: len, guided, rule: guidance.rule });
     const w = Array.from({ length: len }, (_, i) =>
       guided ? (guidance.annealed ? ((start + i + 1) / (tokens - 1)) * guidance.weight : guidance.weight) : 0,
@@ -105,13 +107,14 @@ export async function invertBlock(
     const weights = fromF32(w, [1, len, 1]);
     const cap = plan.kind === 'sequential' ? 1 : Math.min(len, plan.maxIter);
     let iters = 0;
+    let next: Arr | null = null;
     for (; iters < cap; ) {
       const out = step({
         block: keep(block),
         pos: pos.ref,
         x,
         z: zm.ref,
-        start: fromI32([start], []),
+        start: startArr.ref,
         cache,
         labels: labelArr.ref,
         temps: temps.ref,
@@ -119,6 +122,8 @@ export async function invertBlock(
       });
       x = out.x;
       cache = out.cache;
+      next?.dispose();
+      next = out.next;
       iters++;
       stats.calls++;
       onCall?.();
@@ -131,7 +136,10 @@ export async function invertBlock(
     }
     stats.iterations.push(iters);
     weights.dispose();
+    startArr.dispose();
+    startArr = next;
   }
+  startArr?.dispose();
   for (const c of cache) {
     c.k.dispose();
     c.v.dispose();

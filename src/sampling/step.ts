@@ -65,6 +65,9 @@ export type StepOutputs = {
   cache: BlockCache;
   /** Relative change of the chunk: mean((new − old)²) / mean(new²), a scalar. */
   change: Arr;
+  /** int32 scalar start + L: the next chunk's start, computed here because a scalar made on the
+   * host is a lazy constant that jax-js recompiles (expression hashing) on every call. */
+  next: Arr;
 };
 
 /** [1, L, T] one-hot rows selecting positions first..first+L−1 (rank 3: jax-js matmul wants equal ranks). */
@@ -81,6 +84,7 @@ function advance(spec: StepSpec, inp: StepInputs): StepOutputs {
   let u = np.matmul(read, inp.x.ref);
   if (spec.guided) u = np.concatenate([u.ref, u], 0);
   const hasLabels = cfg.numClasses > 0;
+  const next = inp.start.ref.add(l);
   const { a, b, cache } = blockStep(inp.block, inp.pos, u, inp.start, inp.cache, hasLabels ? inp.labels : (inp.labels.dispose(), undefined), cfg, inp.temps);
   let ab: [Arr, Arr];
   if (spec.guided) {
@@ -98,7 +102,7 @@ function advance(spec: StepSpec, inp: StepInputs): StepOutputs {
   const covered = write.ref.sum(1).reshape([1, t, 1]).greater(0);
   const placed = l === 1 ? (write.dispose(), fresh) : np.matmul(write.transpose([0, 2, 1]), fresh);
   const x = np.where(covered, placed, inp.x);
-  return { x, cache, change };
+  return { x, cache, change, next };
 }
 
 const compiled = new Map<string, (inp: StepInputs) => StepOutputs>();
