@@ -1,8 +1,12 @@
-// Benchmark entry: `npm run bench -- <name> [flags]`. Each benchmark lives in its own file under
+// Benchmark entry: `npm run bench -- <name> [flags]`; no name runs `all`. Each benchmark lives in its own file under
 // bench/ and exports `main(args)`; add a line to BENCHES to register a new one.
 type BenchModule = { main(args: string[]): Promise<void> };
 
 const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }> = {
+  all: {
+    what: 'the default: train (step + likelihood) and sampling for the mnist preset and the notebook config vs the PyTorch twins, one table of ratios',
+    load: () => import('./all.js'),
+  },
   engine: {
     what: 'matmul GFLOP/s and the micro-transformer fwd+bwd+AdamW step, jax-js wasm (1 and 2 threads) vs PyTorch',
     load: () => import('./engine.js'),
@@ -16,14 +20,15 @@ const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }
 
 function usage(): string {
   const lines = Object.entries(BENCHES).map(([name, b]) => `  ${name.padEnd(10)} ${b.what}`);
-  return `usage: npm run bench -- <name> [flags]\n\nbenchmarks:\n${lines.join('\n')}\n\nsee bench/README.md for the flags of each`;
+  return `usage: npm run bench [-- <name> [flags]]   (no name: all)\n\nbenchmarks:\n${lines.join('\n')}\n\nsee bench/README.md for the flags of each`;
 }
 
-const [name, ...rest] = process.argv.slice(2);
-if (!name || name === '--help' || name === '-h') {
+const argv = process.argv.slice(2);
+if (argv[0] === '--help' || argv[0] === '-h') {
   console.log(usage());
-  process.exit(name ? 0 : 1);
+  process.exit(0);
 }
+const [name = 'all', ...rest] = !argv[0] || argv[0].startsWith('-') ? ['all', ...argv] : argv;
 const bench = BENCHES[name];
 if (!bench) {
   console.error(`unknown benchmark '${name}'\n\n${usage()}`);

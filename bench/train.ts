@@ -35,7 +35,7 @@ const SEED = 0;
 /** Timed bits/dim forward passes per child (likelihood throughput). */
 const NLL_REPS = 5;
 
-const NOTEBOOK_MODEL = {
+export const NOTEBOOK_MODEL = {
   model: 'tarflow',
   inChannels: 1,
   imgSize: 28,
