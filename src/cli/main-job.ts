@@ -32,6 +32,10 @@ export async function mainJob(argv: string[]): Promise<void> {
   await sampleGrid(params, cfg, samples, 0);
   const test = await loadDataset('mnist:test', { size: cfg.imgSize, channels: cfg.inChannels });
   const r = await evaluateBpd(params, cfg, test, test.n);
-  await writeFileAtomic(path.join(out, 'result.json'), JSON.stringify({ testBpd: r.mean, images: test.n, samples }, null, 2) + '\n');
-  console.log(`samples: ${samples}\ntest bits/dim (${test.n} MNIST test images, uniform dequantisation): ${r.mean.toFixed(4)}\nresult: ${path.join(out, 'result.json')}\ncheckpoint: ${path.join(out, CHECKPOINT_DIR)}`);
+  const overflowed = r.nonFinite.length ? { testBpdFinite: r.finiteMean, nonFinite: r.nonFinite } : {};
+  await writeFileAtomic(path.join(out, 'result.json'), JSON.stringify({ testBpd: Number.isFinite(r.mean) ? r.mean : null, images: test.n, ...overflowed, samples }, null, 2) + '\n');
+  const bpdLine = r.nonFinite.length
+    ? `${r.finiteMean.toFixed(4)} over ${test.n - r.nonFinite.length} images (${r.nonFinite.length} overflowed float32)`
+    : r.mean.toFixed(4);
+  console.log(`samples: ${samples}\ntest bits/dim (${test.n} MNIST test images, uniform dequantisation): ${bpdLine}\nresult: ${path.join(out, 'result.json')}\ncheckpoint: ${path.join(out, CHECKPOINT_DIR)}`);
 }

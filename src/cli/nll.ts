@@ -21,7 +21,8 @@ Usage:
   --n N           evaluate the first N images (default: all)
   --batch B       images per batch (default 200)
   --seed N        seed of the uniform dequantisation noise (default 1234)
-  --json          print {"bpd": mean, "n": N} as JSON
+  --json          print {"bpd": mean, "n": N} as JSON (with bpdFinite and nonFinite when some
+                  image's likelihood underflows float32)
 
 Images are uniformly dequantised and scored with the log 128 bin term, as ml-tarflow's
 evaluate_bpd does; class models are scored as p(x | true label).
@@ -72,8 +73,17 @@ export async function nllCommand(argv: string[]): Promise<void> {
   if (!s) return;
   const bar = new Progress('nll', Math.min(s.n, s.ds.n));
   const r = await evaluateBpd(s.params, s.cfg, s.ds, s.n, { batchSize: s.batchSize, seed: intOpt(s.o.seed, 'seed', 0, 1234), onBatch: (d) => bar.update(d) });
-  if (s.o.json) console.log(JSON.stringify({ bpd: r.mean, n: r.perImage.length, data: s.spec }));
-  else console.log(`${s.spec}: ${r.mean.toFixed(4)} bits/dim over ${r.perImage.length} images`);
+  const n = r.perImage.length;
+  if (s.o.json) {
+    // JSON has no Infinity: bpd is null then, and the finite figures say the rest.
+    const extra = r.nonFinite.length ? { bpdFinite: r.finiteMean, nonFinite: r.nonFinite } : {};
+    console.log(JSON.stringify({ bpd: Number.isFinite(r.mean) ? r.mean : null, n, data: s.spec, ...extra }));
+  } else if (r.nonFinite.length) {
+    console.log(
+      `${s.spec}: ${r.finiteMean.toFixed(4)} bits/dim over ${n - r.nonFinite.length} of ${n} images; ` +
+        `${r.nonFinite.length} scored +inf (their z overflowed float32): image${r.nonFinite.length > 1 ? 's' : ''} ${r.nonFinite.slice(0, 10).join(', ')}${r.nonFinite.length > 10 ? ', …' : ''}`,
+    );
+  } else console.log(`${s.spec}: ${r.mean.toFixed(4)} bits/dim over ${n} images`);
 }
 
 export async function classifyCommand(argv: string[]): Promise<void> {

@@ -90,13 +90,20 @@ export function bitsPerDimOf(params: TarFlowParams, cfg: TarFlowConfig, x: Arr, 
  * Mean bits/dim over the first `n` images of a dataset, uniformly dequantised with a fixed seed
  * (as the reference evaluates likelihood). Class models are evaluated as p(x | true label).
  */
+/**
+ * Bits/dim per image. `mean` is over every image: +Infinity when the float32 likelihood of one
+ * of them underflows (its z overflowed); `finiteMean` and `nonFinite` (indices) say what the
+ * rest scored and which did.
+ */
+export type BpdResult = { mean: number; finiteMean: number; nonFinite: number[]; perImage: Float32Array };
+
 export async function evaluateBpd(
   params: TarFlowParams,
   cfg: TarFlowConfig,
   ds: ImageDataset,
   n: number,
   opts: { batchSize?: number; seed?: number; onBatch?: (done: number, total: number) => void } = {},
-): Promise<{ mean: number; perImage: Float32Array }> {
+): Promise<BpdResult> {
   const total = Math.min(n, ds.n);
   const bs = Math.min(opts.batchSize ?? 200, total);
   const rng = new Rng(opts.seed ?? 1234);
@@ -111,8 +118,14 @@ export async function evaluateBpd(
     opts.onBatch?.(Math.min(start + bs, total), total);
   }
   let s = 0;
-  for (const v of out) s += v;
-  return { mean: s / total, perImage: out };
+  let finite = 0;
+  const nonFinite: number[] = [];
+  for (const [i, v] of out.entries()) {
+    s += v;
+    if (Number.isFinite(v)) finite += v;
+    else nonFinite.push(i);
+  }
+  return { mean: s / total, finiteMean: finite / (total - nonFinite.length), nonFinite, perImage: out };
 }
 
 /** A grid of samples: one row per class (class models) or 64 unconditional samples, sequential solver. */
@@ -282,7 +295,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     if (testData && cfg.evalEvery > 0 && step % cfg.evalEvery === 0) {
       const r = await evaluateBpd(state.ema, m, testData, cfg.evalImages);
       emit({ type: 'eval', step, bpd: r.mean, images: Math.min(cfg.evalImages, testData.n) });
-      await log({ step, testBpd: r.mean, time: Date.now() });
+      await log({ step, testBpd: r.finiteMean, ...(r.nonFinite.length ? { testNonFinite: r.nonFinite.length } : {}), time: Date.now() });
     }
     if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
       const file = path.join(opts.outDir, 'samples', `step-${String(step).padStart(6, '0')}.png`);
