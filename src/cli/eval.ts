@@ -36,13 +36,14 @@ export const SHIPPED_FEATURES = fileURLToPath(new URL('../../checkpoints/mnist-f
 
 // ---- train-features ----
 
-export const TRAIN_FEATURES_HELP = `starflow train-features: train the MNIST classifier used by starflow eval
+export const TRAIN_FEATURES_HELP = `starflow train-features: train the classifier starflow eval scores samples with
 
 Usage:
-  starflow train-features [--out checkpoints/mnist-features] [--epochs 4] [--seed 0]
+  starflow train-features [--data mnist] [--out checkpoints/mnist-features] [--epochs 4] [--seed 0]
 
-  --out DIR        checkpoint directory to write (config.json + model.safetensors)
-  --epochs N       passes over mnist:train (default 4)
+  --data NAME      mnist (default) or fashion-mnist (needs Debian's dataset-fashion-mnist)
+  --out DIR        checkpoint directory to write (default checkpoints/<data>-features)
+  --epochs N       passes over <data>:train (default 4)
   --batch B        batch size (default 128)
   --lr LR          peak AdamW learning rate, warm-up then cosine to 0 (default 2e-3)
   --seed N         seed of the initial weights and the batch order (default 0)
@@ -52,12 +53,14 @@ Usage:
   --max-steps N    stop early (smoke tests; the schedule still spans every epoch)
 
 The network: conv3×3 → ReLU → maxpool 2 → conv3×3 → ReLU → maxpool 2 → dense(hidden) → ReLU
-(features) → dense(10) (logits). Prints the accuracy on mnist:test after every epoch; the final
-one is stored in config.json as testAccuracy. The same seed gives the same weights.
+(features) → dense(10) (logits). Prints the accuracy on <data>:test after every epoch; the final
+one is stored in config.json as testAccuracy, the dataset as data. The same seed gives the same
+weights.
 ${ENGINE_HELP}`;
 
 export async function trainFeaturesCommand(argv: string[]): Promise<void> {
   const o = parse(argv, {
+    data: { type: 'string' },
     out: { type: 'string' },
     epochs: { type: 'string' },
     batch: { type: 'string' },
@@ -69,7 +72,9 @@ export async function trainFeaturesCommand(argv: string[]): Promise<void> {
     'max-steps': { type: 'string' },
   });
   if (o.help) return void console.log(TRAIN_FEATURES_HELP);
-  const out = strOpt(o.out, 'out') ?? 'checkpoints/mnist-features';
+  const data = strOpt(o.data, 'data') ?? 'mnist';
+  if (data !== 'mnist' && data !== 'fashion-mnist') throw new UsageError(`--data must be mnist or fashion-mnist, got '${data}'`);
+  const out = strOpt(o.out, 'out') ?? `checkpoints/${data}-features`;
   const cfg: FeatureNetConfig = {
     ...FEATURE_NET_DEFAULTS,
     conv1: intOpt(o.conv1, 'conv1', 1, FEATURE_NET_DEFAULTS.conv1),
@@ -82,9 +87,9 @@ export async function trainFeaturesCommand(argv: string[]): Promise<void> {
   const seed = intOpt(o.seed, 'seed', 0, 0);
   const maxSteps = o['max-steps'] === undefined ? undefined : intOpt(o['max-steps'], 'max-steps', 1);
   const device = await startEngineFromOptions(o);
-  const train = await loadDataset('mnist:train', { size: cfg.imgSize, channels: cfg.inChannels });
-  const test = await loadDataset('mnist:test', { size: cfg.imgSize, channels: cfg.inChannels });
-  console.log(`train-features: ${device}, conv ${cfg.conv1}/${cfg.conv2}, hidden ${cfg.hidden}, ${epochs} epochs of batch ${batchSize}, seed ${seed}`);
+  const train = await loadDataset(`${data}:train`, { size: cfg.imgSize, channels: cfg.inChannels });
+  const test = await loadDataset(`${data}:test`, { size: cfg.imgSize, channels: cfg.inChannels });
+  console.log(`train-features: ${data}, ${device}, conv ${cfg.conv1}/${cfg.conv2}, hidden ${cfg.hidden}, ${epochs} epochs of batch ${batchSize}, seed ${seed}`);
   let bar: Progress | undefined;
   const net = await trainClassifier({
     train,
@@ -105,9 +110,9 @@ export async function trainFeaturesCommand(argv: string[]): Promise<void> {
       else console.log(line);
     },
   });
-  const command = `starflow train-features --out ${out} --epochs ${epochs} --batch ${batchSize} --lr ${lr} --seed ${seed} --conv1 ${cfg.conv1} --conv2 ${cfg.conv2} --hidden ${cfg.hidden}${maxSteps ? ` --max-steps ${maxSteps}` : ''}`;
-  await saveFeatureNet(out, net, { command, seconds: Math.round(net.seconds), device });
-  console.log(`test accuracy ${(100 * (net.testAccuracy ?? NaN)).toFixed(2)}% on ${test.n} mnist:test images after ${net.steps} steps (${net.seconds.toFixed(0)} s); saved ${out}`);
+  const command = `starflow train-features --data ${data} --out ${out} --epochs ${epochs} --batch ${batchSize} --lr ${lr} --seed ${seed} --conv1 ${cfg.conv1} --conv2 ${cfg.conv2} --hidden ${cfg.hidden}${maxSteps ? ` --max-steps ${maxSteps}` : ''}`;
+  await saveFeatureNet(out, net, { data: `${data}:train`, command, seconds: Math.round(net.seconds), device });
+  console.log(`test accuracy ${(100 * (net.testAccuracy ?? NaN)).toFixed(2)}% on ${test.n} ${data}:test images after ${net.steps} steps (${net.seconds.toFixed(0)} s); saved ${out}`);
 }
 
 // ---- eval ----
@@ -128,18 +133,19 @@ Usage:
   --denoise            one score-based denoising step after sampling, at the model's noiseStd
                        (for models trained on Gaussian-noised data)
   --seed N             seed of the noise, the reference subsets and KID's subsets (default 0)
-  --features DIR       feature extractor (default: the shipped checkpoints/mnist-features)
-  --ref N              mnist:train images in the reference set (default 10000)
+  --features DIR       feature extractor (default: the shipped checkpoints/mnist-features); its
+                       dataset (config.json 'data') supplies the reference and floor images
+  --ref N              training images in the reference set (default 10000)
   --kid-subsets S      KID subsets (default 50; subset size min(1000, n))
   --out DIR            where to write metrics.json, report.md and the pictures (default eval-out)
 
 Every image set is scored against the same reference set (N training images) through the same
 classifier's penultimate features:
-  - Fréchet distance between Gaussian fits (FID's formula on our own MNIST features: not
+  - Fréchet distance between Gaussian fits (FID's formula on our own classifier's features: not
     comparable with published FIDs), KID (unbiased MMD², cubic kernel, mean ± standard error),
     precision and recall (k-NN manifolds, k = 3, against n reference images), and class accuracy
     (the classifier's prediction against the class a sample was drawn for).
-  - floor: n mnist:test images (what a perfect model would score at this n);
+  - floor: n test images of the extractor's dataset (what a perfect model would score at this n);
     ceiling: n samples of a diagonal Gaussian fitted to the training pixels (per class for class
     models), clipped to [-1, 1].
 A model directory inside a training run (log.jsonl one level up) also gets loss and bits/dim curves.
@@ -297,8 +303,11 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const plans = makePlans(solver, cfg.numBlocks, tokenShape(cfg).tokens, strOpt(o.strategy, 'strategy'));
   await mkdir(outDir, { recursive: true });
   const shape = { size: fx.cfg.imgSize, channels: fx.cfg.inChannels };
-  const trainDs = await loadDataset('mnist:train', shape);
-  const testDs = await loadDataset('mnist:test', shape);
+  // The extractor's own dataset: reference and floor come from it (train and test splits).
+  const trainSpec = fx.data;
+  const testSpec = trainSpec.replace(/:train$/, ':test');
+  const trainDs = await loadDataset(trainSpec, shape);
+  const testDs = await loadDataset(testSpec, shape);
   const log = (s: string) => process.stderr.write(`${s}\n`);
   log(`eval: ${device}, model ${mDir}, extractor ${fxDir} (test accuracy ${fx.testAccuracy === undefined ? '?' : (100 * fx.testAccuracy).toFixed(2) + '%'}), n ${n}, cfg ${weights.join(',')}`);
 
@@ -313,11 +322,11 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const supportN = Math.min(n, refR.n);
   const refSubset = featureSet(refR.features.subarray(0, supportN * fx.cfg.hidden), supportN, fx.cfg.hidden);
   const score = makeScorer(fx, refFit, refSubset, { subsets: kidSubsets, seed }, refFeatures);
-  log(`reference: ${refR.n} mnist:train images (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  log(`reference: ${refR.n} ${trainSpec} images (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
 
   const testOrder = new Rng(seed).fork(2).shuffle(Uint32Array.from({ length: testDs.n }, (_, i) => i));
   const floorImgs = datasetImages(testDs, testOrder.subarray(0, Math.min(n, testDs.n)));
-  const floor = await score('floor: mnist:test images', floorImgs.x, floorImgs.y);
+  const floor = await score(`floor: ${testSpec} images`, floorImgs.x, floorImgs.y);
   log(`floor: Fréchet ${fmt(floor.frechet)}`);
 
   const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
@@ -378,7 +387,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     guidanceRule: rule,
     device,
     features: { dir: path.resolve(fxDir), config: fx.cfg, testAccuracy: fx.testAccuracy ?? null },
-    reference: { data: 'mnist:train', n: refR.n, precisionRecallSupport: supportN },
+    reference: { data: trainSpec, n: refR.n, precisionRecallSupport: supportN },
     kid: { kernel: '(x·y/d + 1)^3', subsets: kidSubsets, subsetSize: Math.min(1000, n, refR.n) },
     precisionRecallK: 3,
     floor,
@@ -396,13 +405,13 @@ export async function evalCommand(argv: string[]): Promise<void> {
     '',
     `Model \`${path.resolve(mDir)}\` (${cfg.numBlocks} blocks × ${cfg.layersPerBlock} layers, width ${cfg.width}, patch ${cfg.patchSize}, ${cfg.numClasses} classes), ${n} samples per guidance weight, ${solver} solver${denoise ? `, denoised at σ = ${denoise.sigma}` : ''}, seed ${seed}, ${device}.`,
     '',
-    `Features: the ${fx.cfg.hidden}-d penultimate layer of our MNIST classifier (\`${fxDir}\`, test accuracy ${fx.testAccuracy === undefined ? '?' : (100 * fx.testAccuracy).toFixed(2) + '%'}). ` +
-      `Every set is compared with the same ${refR.n} mnist:train images. The Fréchet distance is FID's formula on these features: it is not comparable with published FIDs, ` +
+    `Features: the ${fx.cfg.hidden}-d penultimate layer of our ${trainSpec.replace(/:train$/, '')} classifier (\`${fxDir}\`, test accuracy ${fx.testAccuracy === undefined ? '?' : (100 * fx.testAccuracy).toFixed(2) + '%'}). ` +
+      `Every set is compared with the same ${refR.n} ${trainSpec} images. The Fréchet distance is FID's formula on these features: it is not comparable with published FIDs, ` +
       `and like FID it is biased upwards at small n, so only figures at the same n compare.`,
     '',
     '| set | Fréchet distance | KID (± s.e.) | precision | recall | class accuracy |',
     '| --- | ---: | ---: | ---: | ---: | ---: |',
-    row(`floor (${floor.n} mnist:test images)`, floor),
+    row(`floor (${floor.n} ${testSpec} images)`, floor),
     ...runs.map((r) => row(`**model, cfg ${r.cfg}**`, r)),
     row(`ceiling (diagonal Gaussian${labels ? ' per class' : ''})`, ceiling),
     '',

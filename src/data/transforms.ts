@@ -108,15 +108,17 @@ export class BatchSampler {
   }
 }
 
-export type DataSpec = { kind: 'mnist'; split: 'train' | 'test' } | { kind: 'folder'; dir: string };
+export type DataSpec = { kind: 'mnist' | 'fashion-mnist'; split: 'train' | 'test' } | { kind: 'folder'; dir: string };
 
-/** Parses 'mnist', 'mnist:train', 'mnist:test', 'folder:/path' or a bare path. */
+/** Parses 'mnist[:train|:test]', 'fashion-mnist[:train|:test]', 'folder:/path' or a bare path. */
 export function parseDataSpec(spec: string): DataSpec {
   const s = spec.trim();
   if (s === '') throw new Error('data spec is empty');
-  if (s === 'mnist' || s === 'mnist:train') return { kind: 'mnist', split: 'train' };
-  if (s === 'mnist:test') return { kind: 'mnist', split: 'test' };
-  if (s.startsWith('mnist:')) throw new Error(`unknown MNIST split in data spec '${spec}' (use mnist:train or mnist:test)`);
+  for (const kind of ['mnist', 'fashion-mnist'] as const) {
+    if (s === kind || s === `${kind}:train`) return { kind, split: 'train' };
+    if (s === `${kind}:test`) return { kind, split: 'test' };
+    if (s.startsWith(`${kind}:`)) throw new Error(`unknown split in data spec '${spec}' (use ${kind}:train or ${kind}:test)`);
+  }
   if (s.startsWith('folder:')) {
     const dir = s.slice('folder:'.length);
     if (dir === '') throw new Error(`data spec '${spec}' names no folder`);
@@ -124,6 +126,6 @@ export function parseDataSpec(spec: string): DataSpec {
   }
   // Two or more letters before ':' look like a scheme; one letter is a Windows drive.
   const scheme = /^([a-z][a-z0-9+.-]+):/i.exec(s);
-  if (scheme) throw new Error(`unknown data source '${scheme[1]}:' in '${spec}' (use mnist:train, mnist:test or folder:/path)`);
+  if (scheme) throw new Error(`unknown data source '${scheme[1]}:' in '${spec}' (use mnist:train, mnist:test, fashion-mnist:train, fashion-mnist:test or folder:/path)`);
   return { kind: 'folder', dir: s };
 }

@@ -262,11 +262,12 @@ export async function saveFeatureNet(
   net: { cfg: FeatureNetConfig; params: FeatureNetParams; testAccuracy?: number; train?: Record<string, number> },
   extra: Record<string, unknown> = {},
 ): Promise<void> {
-  const config = { ...net.cfg, featureSize: net.cfg.hidden, input: '[N, C, H, W] in [-1, 1] (x = u8 / 127.5 - 1)', data: 'mnist:train', testAccuracy: net.testAccuracy, train: net.train, ...extra };
+  const config = { ...net.cfg, featureSize: net.cfg.hidden, input: '[N, C, H, W] in [-1, 1] (x = u8 / 127.5 - 1)', data: 'mnist:train', testAccuracy: net.testAccuracy, train: net.train, ...extra }; // extra.data overrides
   await saveCheckpoint(dir, { config, model: await paramsToHost(net.params) });
 }
 
-export type LoadedFeatureNet = { cfg: FeatureNetConfig; params: FeatureNetParams; testAccuracy?: number };
+/** `data`: the training set's spec ('mnist:train', 'fashion-mnist:train'); eval scores against it. */
+export type LoadedFeatureNet = { cfg: FeatureNetConfig; params: FeatureNetParams; testAccuracy?: number; data: string };
 
 export async function loadFeatureNet(dir: string): Promise<LoadedFeatureNet> {
   const ck = await loadCheckpoint(dir);
@@ -275,6 +276,14 @@ export async function loadFeatureNet(dir: string): Promise<LoadedFeatureNet> {
   const shapes = paramShapes(skeleton);
   release(skeleton);
   checkWeightsAgainst(shapes, ck.model, `${dir}/model.safetensors`);
-  const acc = (ck.config as { testAccuracy?: unknown }).testAccuracy;
-  return { cfg, params: paramsFromHost<FeatureNetParams>(ck.model), testAccuracy: typeof acc === 'number' ? acc : undefined };
+  const { testAccuracy: acc, data } = ck.config as { testAccuracy?: unknown; data?: unknown };
+  if (data !== undefined && (typeof data !== 'string' || !/^(mnist|fashion-mnist):train$/.test(data))) {
+    throw new FeatureNetError(`${dir}/config.json: 'data' must be "mnist:train" or "fashion-mnist:train", got ${JSON.stringify(data)}`);
+  }
+  return {
+    cfg,
+    params: paramsFromHost<FeatureNetParams>(ck.model),
+    testAccuracy: typeof acc === 'number' ? acc : undefined,
+    data: (data as string | undefined) ?? 'mnist:train',
+  };
 }

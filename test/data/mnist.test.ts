@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import { loadMnist, mnistFromIdx, parseIdx } from '../../src/data/mnist.js';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fashionMnistDir, loadMnist, loadMnistLike, mnistFromIdx, parseIdx } from '../../src/data/mnist.js';
 
 function idx(dims: number[], payload: number[], magicType = 0x08): Uint8Array {
   const out = new Uint8Array(4 + 4 * dims.length + payload.length);
@@ -79,4 +82,31 @@ test('mnistFromIdx validates shapes and labels', () => {
   const ds = mnistFromIdx(images, parseIdx(idx([2], [3, 9])));
   assert.deepEqual([ds.n, ds.height, ds.width], [2, 2, 2]);
   assert.deepEqual([...ds.labels], [3, 9]);
+});
+
+test('Fashion-MNIST: read from a directory of gzipped IDX files, with its class names', async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'fashion-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const pixels = Array.from({ length: 3 * 28 * 28 }, (_, i) => i % 256);
+  writeFileSync(path.join(dir, 't10k-images-idx3-ubyte.gz'), gzipSync(idx([3, 28, 28], pixels)));
+  writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte.gz'), gzipSync(idx([3], [0, 9, 8], 0x08)));
+  const saved = process.env.STARFLOW_FASHION_MNIST_DIR;
+  process.env.STARFLOW_FASHION_MNIST_DIR = dir;
+  t.after(() => (saved === undefined ? delete process.env.STARFLOW_FASHION_MNIST_DIR : (process.env.STARFLOW_FASHION_MNIST_DIR = saved)));
+  const ds = await loadMnistLike('fashion-mnist', 'test');
+  assert.equal(ds.n, 3);
+  assert.deepEqual([...ds.labels], [0, 9, 8]);
+  assert.deepEqual([ds.classNames?.[0], ds.classNames?.[9]], ['T-shirt/top', 'Ankle boot']);
+  assert.deepEqual([...ds.images.subarray(0, 4)], [0, 1, 2, 3]);
+  // The train split is missing here: the error names the file and how to install the data.
+  await assert.rejects(loadMnistLike('fashion-mnist', 'train'), /Fashion-MNIST: file not found: .*train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist/);
+});
+
+test('Fashion-MNIST from Debian\'s dataset-fashion-mnist, when installed: 60000 + 10000 balanced classes', { skip: !existsSync(path.join(fashionMnistDir(), 'train-images-idx3-ubyte.gz')) && 'dataset-fashion-mnist is not installed' }, async () => {
+  const train = await loadMnistLike('fashion-mnist', 'train');
+  const test = await loadMnistLike('fashion-mnist', 'test');
+  assert.deepEqual([train.n, test.n, train.height, train.width], [60000, 10000, 28, 28]);
+  const counts = new Array<number>(10).fill(0);
+  for (const y of train.labels) counts[y]!++;
+  assert.deepEqual(counts, new Array(10).fill(6000));
 });

@@ -139,7 +139,10 @@ test('parseDataSpec', () => {
   assert.deepEqual(parseDataSpec('/data/faces'), { kind: 'folder', dir: '/data/faces' });
   assert.deepEqual(parseDataSpec('./imgs'), { kind: 'folder', dir: './imgs' });
   assert.deepEqual(parseDataSpec('C:\\imgs'), { kind: 'folder', dir: 'C:\\imgs' });
-  assert.throws(() => parseDataSpec('mnist:val'), /unknown MNIST split/);
+  assert.deepEqual(parseDataSpec('fashion-mnist'), { kind: 'fashion-mnist', split: 'train' });
+  assert.deepEqual(parseDataSpec('fashion-mnist:test'), { kind: 'fashion-mnist', split: 'test' });
+  assert.throws(() => parseDataSpec('mnist:val'), /unknown split .* mnist:train or mnist:test/);
+  assert.throws(() => parseDataSpec('fashion-mnist:val'), /fashion-mnist:train or fashion-mnist:test/);
   assert.throws(() => parseDataSpec('cifar:train'), /unknown data source 'cifar:'/);
   assert.throws(() => parseDataSpec('folder:'), /names no folder/);
   assert.throws(() => parseDataSpec('  '), /empty/);
