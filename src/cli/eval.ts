@@ -29,6 +29,7 @@ import {
 import { argmaxRows, classAccuracy, featureSet, frechetFromFits, gaussianFit, kernelDistance, precisionRecall, type FeatureSet, type GaussianFit } from '../eval/metrics.js';
 import { lineChart, sideBySide, type Series } from '../eval/chart.js';
 import { Progress } from './progress.js';
+import { evaluateBpd } from '../train/trainer.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
 /** The feature extractor that ships with the package (trained by `starflow train-features`). */
@@ -363,6 +364,11 @@ export async function evalCommand(argv: string[]): Promise<void> {
     log(`cfg ${w}: Fréchet ${fmt(m.frechet)}, KID ${fmt(m.kid.mean, 4)}, class accuracy ${pct(m.classAccuracy)} (${(n / g.seconds).toFixed(1)} samples/s${nonFinite ? `; ${nonFinite} samples had NaN/inf pixels, scored as clipped` : ''})`);
   }
 
+  // The model's likelihood of n test images of the same dataset, as `starflow nll` scores it.
+  const bpd = await evaluateBpd(params, cfg, testDs, n, { seed });
+  const testBpd = { data: testSpec, n: bpd.perImage.length, bitsPerDim: bpd.finiteMean, nonFinite: bpd.nonFinite.length };
+  log(`test bits/dim: ${fmt(testBpd.bitsPerDim, 3)} on ${testBpd.n} ${testSpec} images${testBpd.nonFinite ? ` (${testBpd.nonFinite} overflowed)` : ''}`);
+
   // The guidance sweep: distance (log scale) and class accuracy against the weight.
   const blue: [number, number, number] = [31, 119, 180];
   const green: [number, number, number] = [44, 160, 44];
@@ -393,6 +399,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     floor,
     ceiling,
     model: runs,
+    testBpd,
     ordered: { frechet: ordered },
     curves: curves ? { file: path.basename(curves.file), points: curves.points, lastStep: curves.lastStep, lastTestBpd: curves.lastTestBpd ?? null } : null,
   };
@@ -416,6 +423,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
     row(`ceiling (diagonal Gaussian${labels ? ' per class' : ''})`, ceiling),
     '',
     `Ordered floor < model < ceiling (Fréchet distance, cfg ${head.cfg}): **${ordered ? 'yes' : 'no'}**.`,
+    '',
+    `Test bits/dim of the model: ${fmt(testBpd.bitsPerDim, 3)} on ${testBpd.n} ${testSpec} images (uniform dequantisation, as \`starflow nll\`${testBpd.nonFinite ? `; ${testBpd.nonFinite} images overflowed float32 and are left out` : ''})${cfg.noiseStd > 0 ? `; this model was trained on Gaussian-noised data (σ = ${cfg.noiseStd}), so the figure is not its training objective` : ''}.`,
     '',
     `Class accuracy is the share of samples the classifier assigns to the class they were drawn for${labels ? '' : ' (this model is unconditional: not applicable)'}; for the floor, the classifier's accuracy on those test images.`,
     `Precision and recall use k = 3 nearest-neighbour manifolds against ${supportN} reference images; KID uses ${kidSubsets} subsets of ${Math.min(1000, n, refR.n)}.`,
