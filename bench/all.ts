@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fmt, runChild, tsxArgs, defaultCommonFlags, takeCommonFlag, writeReport, argOf, startWorkerEngine, ROOT } from './common.js';
+import { fmt, runChild, tsxArgs, defaultCommonFlags, takeCommonFlag, writeReport, argOf, startWorkerEngine, ROOT, eachFlag, benchWeights } from './common.js';
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -19,18 +19,11 @@ type Ratio = { what: string; jax: string; torch: string; ratio: number | null; n
 /** Child: writes a notebook-config model directory (config.json + model.safetensors). */
 async function makeNotebookModel(args: string[]): Promise<void> {
   await startWorkerEngine(1);
-  const E = await import('../src/engine/index.js');
   const { parseModelConfig } = await import('../src/models/config.js');
-  const { initTarFlow } = await import('../src/models/tarflow.js');
   const { saveModel } = await import('../src/io/model.js');
   const { NOTEBOOK_MODEL } = await import('./train.js');
   const cfg = parseModelConfig({ ...NOTEBOOK_MODEL });
-  const params = initTarFlow(cfg, 0);
-  params.blocks.forEach((b, i) => {
-    b.projOut.w.dispose();
-    b.projOut.w = E.normalArray(new E.Rng(11).fork(i), [cfg.width, 2 * cfg.inChannels * cfg.patchSize ** 2], 0.01);
-  });
-  await saveModel(argOf(args, '--out'), cfg, params);
+  await saveModel(argOf(args, '--out'), cfg, await benchWeights(cfg));
   process.stdout.write(JSON.stringify({ ok: true }) + '\n');
 }
 
@@ -72,17 +65,15 @@ export async function main(args: string[]): Promise<void> {
   const c = defaultCommonFlags();
   let batches = '1,64';
   const passthrough: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    const value = (): string => {
-      const v = args[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (a === '--batches') batches = value();
-    else if (takeCommonFlag(a, value, c)) continue;
-    else throw new Error(`unknown flag '${a}' (expected --batches 1,64,1024, --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system)`);
-  }
+  eachFlag(
+    args,
+    (a, value) => {
+      if (a !== '--batches') return takeCommonFlag(a, value, c);
+      batches = value();
+      return true;
+    },
+    '--batches 1,64,1024, --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system',
+  );
   if (c.quick) passthrough.push('--quick');
   if (c.rounds !== null && c.rounds !== undefined) passthrough.push('--rounds', String(c.rounds));
   passthrough.push('--python', c.python, '--torch-blas', c.torchBlas);

@@ -138,3 +138,36 @@ export function writeReport(bench: string, o: CommonFlags, fields: Record<string
   writeFileSync(mdPath, `# ${bench} bench, ${date}\n\n${md}`);
   console.log(`wrote ${path.relative(process.cwd(), jsonPath)} and ${path.relative(process.cwd(), mdPath)}`);
 }
+
+/**
+ * Walks `--flag [value]` arguments: `take(flag, value)` handles one (calling `value()` consumes
+ * the next argument) and returns false for a flag it does not know, which is then an error.
+ */
+export function eachFlag(args: string[], take: (flag: string, value: () => string) => boolean, expected: string): void {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const value = (): string => {
+      const v = args[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (!take(a, value)) throw new Error(`unknown flag '${a}' (expected ${expected})`);
+  }
+}
+
+/**
+ * Initial TarFlow weights (seed 0) with the output projection drawn from N(0, 0.01²): zero, as
+ * initialised, it would make the backward pass and the inverse trivial. Loads the engine, so
+ * child processes only.
+ */
+export async function benchWeights(cfg: import('../src/models/config.js').TarFlowConfig): Promise<import('../src/models/tarflow.js').TarFlowParams> {
+  const E = await import('../src/engine/index.js');
+  const { initTarFlow } = await import('../src/models/tarflow.js');
+  const { tokenShape } = await import('../src/models/config.js');
+  const params = initTarFlow(cfg, 0);
+  params.blocks.forEach((b, i) => {
+    b.projOut.w.dispose();
+    b.projOut.w = E.normalArray(new E.Rng(11).fork(i), [cfg.width, 2 * tokenShape(cfg).tokenDim], 0.01);
+  });
+  return params;
+}

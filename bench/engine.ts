@@ -8,7 +8,7 @@
 // slow phases of a shared machine hit all of them, and reports medians and time ratios.
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, fmt, runChild as runJsonChild, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, writeReport, startWorkerEngine } from './common.js';
+import { median, fmt, runChild as runJsonChild, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, writeReport, startWorkerEngine, eachFlag, benchWeights } from './common.js';
 // Type-only: erased, so the parent process never loads jax-js.
 import type { Arr } from '../src/engine/index.js';
 
@@ -50,17 +50,7 @@ type Options = { quick: boolean; rounds: number; json: string | null; python: st
 
 function parseFlags(args: string[]): Options {
   const c = defaultCommonFlags();
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    const value = (): string => {
-      const v = args[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (!takeCommonFlag(a, value, c)) {
-      throw new Error(`unknown flag '${a}' (expected --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system)`);
-    }
-  }
+  eachFlag(args, (a, value) => takeCommonFlag(a, value, c), '--quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system');
   return { quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 3), json: c.json, python: c.python, torchBlas: c.torchBlas };
 }
 
@@ -136,19 +126,14 @@ export const MICRO_LR = 1e-4;
 async function stepBench(E: typeof import('../src/engine/index.js'), warmup: number, steps: number): Promise<StepResult> {
   const { jit, valueAndGrad, Rng, normalArray, keep, settle, fromF32, toNumber, countParams, release } = E;
   const { parseModelConfig, tokenShape } = await import('../src/models/config.js');
-  const { initTarFlow, forward, flowLoss } = await import('../src/models/tarflow.js');
+  const { forward, flowLoss } = await import('../src/models/tarflow.js');
   const optim = await import('../src/nn/optim.js');
   type P = import('../src/models/tarflow.js').TarFlowParams;
   type S = import('../src/nn/optim.js').AdamState<P>;
 
   const cfg = parseModelConfig({ ...MICRO_CONFIG });
   const { tokens } = tokenShape(cfg);
-  let params = initTarFlow(cfg, 0);
-  // projOut is zero-initialised; random weights make the whole backward pass do real work.
-  params.blocks.forEach((b, i) => {
-    b.projOut.w.dispose();
-    b.projOut.w = normalArray(new Rng(11).fork(i), [cfg.width, 2 * cfg.inChannels * cfg.patchSize ** 2], 0.01);
-  });
+  let params = await benchWeights(cfg);
   let state: S = optim.initAdamState(params);
   const nParams = countParams(params); // reads shapes only
   const x = normalArray(new Rng(12), [MICRO_BATCH, cfg.inChannels, cfg.imgSize, cfg.imgSize]);

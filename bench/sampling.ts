@@ -27,6 +27,7 @@ import {
   jaxVersion,
   defaultCommonFlags,
   takeCommonFlag, writeReport,
+  eachFlag,
   argOf,
   startWorkerEngine,
 } from './common.js';
@@ -254,14 +255,8 @@ function parseFlags(args: string[]): Options {
       if (!Number.isInteger(n) || n < 1) throw new Error(`${what}: '${s}' is not a positive integer`);
       return n;
     });
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    const value = (): string => {
-      const v = args[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (takeCommonFlag(a, value, c)) continue;
+  const take = (a: string, value: () => string): boolean => {
+    if (takeCommonFlag(a, value, c)) return true;
     if (a === '--model') o.model = value();
     else if (a === '--batches') o.batches = list(value(), '--batches');
     else if (a === '--threads') o.threads = list(value(), '--threads');
@@ -278,8 +273,10 @@ function parseFlags(args: string[]): Options {
     } else if (a === '--no-profile') o.profile = false;
     else if (a === '--seed') o.seed = Number(value());
     else if (!a.startsWith('-') && o.model === null) o.model = a;
-    else throw new Error(`unknown flag '${a}' (expected ${FLAGS_HELP})`);
-  }
+    else return false;
+    return true;
+  };
+  eachFlag(args, take, FLAGS_HELP);
   return { ...o, quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 3), json: c.json, python: c.python, torchBlas: c.torchBlas };
 }
 

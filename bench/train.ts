@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { median, fmt, runChild, tsxArgs, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, writeReport, argOf, startWorkerEngine } from './common.js';
+import { median, fmt, runChild, tsxArgs, torchVersion, torchEnv, torchMissingNote, machineInfo, jaxVersion, defaultCommonFlags, takeCommonFlag, writeReport, argOf, startWorkerEngine, eachFlag, benchWeights } from './common.js';
 // Type-only: erased, so the parent process never loads jax-js.
 import type { TrainConfig } from '../src/train/config.js';
 
@@ -95,7 +95,6 @@ async function prep(args: string[]): Promise<void> {
   const file = argOf(args, '--out');
   await startWorkerEngine(1);
   const E = await import('../src/engine/index.js');
-  const { initTarFlow } = await import('../src/models/tarflow.js');
   const { tokenShape } = await import('../src/models/config.js');
   const { paramsToHost } = await import('../src/nn/params.js');
   const { loadMnist } = await import('../src/data/mnist.js');
@@ -103,12 +102,7 @@ async function prep(args: string[]): Promise<void> {
   const st = await import('../src/io/safetensors.js');
   const cfg = await trainConfig(name);
   const m = cfg.model;
-  const params = initTarFlow(m, SEED);
-  // projOut is zero-initialised: random weights make the whole backward pass do real work.
-  params.blocks.forEach((b, i) => {
-    b.projOut.w.dispose();
-    b.projOut.w = E.normalArray(new E.Rng(11).fork(i), [m.width, 2 * tokenShape(m).tokenDim], 0.01);
-  });
+  const params = await benchWeights(m);
   const host = await paramsToHost(params);
   const nParams = E.countParams(params);
   E.release(params);
@@ -215,23 +209,19 @@ type Options = { quick: boolean; rounds: number; json: string | null; python: st
 function parseFlags(args: string[]): Options {
   const c = defaultCommonFlags();
   let configs: ConfigName[] = [...CONFIG_NAMES];
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    const value = (): string => {
-      const v = args[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (takeCommonFlag(a, value, c)) continue;
-    if (a === '--configs') {
+  eachFlag(
+    args,
+    (a, value) => {
+      if (takeCommonFlag(a, value, c)) return true;
+      if (a !== '--configs') return false;
       const names = value().split(',').map((s) => s.trim()).filter(Boolean);
       for (const n of names) if (!(CONFIG_NAMES as readonly string[]).includes(n)) throw new Error(`--configs: unknown config '${n}' (expected ${CONFIG_NAMES.join(', ')})`);
       if (names.length === 0) throw new Error('--configs needs at least one name');
       configs = names as ConfigName[];
-    } else {
-      throw new Error(`unknown flag '${a}' (expected --configs notebook,mnist, --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system)`);
-    }
-  }
+      return true;
+    },
+    '--configs notebook,mnist, --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system',
+  );
   return { quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 2), json: c.json, python: c.python, torchBlas: c.torchBlas, configs };
 }
 

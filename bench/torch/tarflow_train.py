@@ -115,21 +115,22 @@ class TarFlow(nn.Module):
         x = x.reshape(b, c, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (hh // p) * (ww // p), c * p * p)
 
-    def loss(self, images: torch.Tensor, y=None) -> torch.Tensor:
+    def flow(self, images: torch.Tensor, y=None):
+        """x -> (z [B, T, D], per-image sum over blocks of the mean log-determinant [B])."""
         z = self.patchify(images)
         logdet = 0
         for block in self.blocks:
             z, ld = block(z, y)
             logdet = logdet + ld
+        return z, logdet
+
+    def loss(self, images: torch.Tensor, y=None) -> torch.Tensor:
+        z, logdet = self.flow(images, y)
         return 0.5 * z.pow(2).mean() - logdet.mean()
 
     def bits_per_dim(self, images: torch.Tensor, y=None) -> torch.Tensor:
         """Per image, as the reference's evaluate_bpd: Gaussian log-density with log 2π, log 128 bins."""
-        z = self.patchify(images)
-        logdet = 0
-        for block in self.blocks:
-            z, ld = block(z, y)
-            logdet = logdet + ld
+        z, logdet = self.flow(images, y)
         logp = (-0.5 * (z.pow(2) + math.log(2 * math.pi))).mean(dim=(1, 2)) - math.log(128)
         return (-logp - logdet) / math.log(2)
 
