@@ -128,13 +128,15 @@ export async function evaluateBpd(
   return { mean: s / total, finiteMean: finite / (total - nonFinite.length), nonFinite, perImage: out };
 }
 
-/** A grid of samples: one row per class (class models) or 64 unconditional samples, sequential solver. */
+/** A grid of samples: one row per class (class models) or 64 unconditional samples, sequential solver, denoised for noise-trained models. */
 export async function sampleGrid(params: TarFlowParams, cfg: TarFlowConfig, file: string, seed: number): Promise<void> {
   const perClass = cfg.numClasses > 0 ? 10 : 0;
   const n = cfg.numClasses > 0 ? perClass * Math.min(cfg.numClasses, 10) : 64;
   const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => Math.floor(i / perClass)) : undefined;
   const plans = makePlans('sequential', cfg.numBlocks, tokenShape(cfg).tokens);
-  const r = await generate(params, cfg, { n, labels, plans, guidance: NO_GUIDANCE, seed });
+  // A model trained on Gaussian-noised images samples them noisy: one score step removes it.
+  const denoise = cfg.noiseStd > 0 ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
+  const r = await generate(params, cfg, { n, labels, plans, guidance: NO_GUIDANCE, seed, denoise });
   await writePngGrid(file, r.images, r.shape, { nrow: perClass || 8 });
 }
 
