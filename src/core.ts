@@ -12,3 +12,15 @@ export { encodeGif } from './io/gif.js';
 export { parseSafetensors, serializeSafetensors, SafetensorsError } from './io/safetensors.js';
 export { makeBatch, BatchSampler, uniformDequantize, addGaussianNoise, dropLabels, parseDataSpec } from './data/transforms.js';
 export type { ImageDataset } from './data/dataset.js';
+export {
+  featureSet,
+  gaussianFit,
+  frechetDistance,
+  frechetFromFits,
+  kernelDistance,
+  precisionRecall,
+  classAccuracy,
+  MetricsError,
+  type FeatureSet,
+  type KidResult,
+} from './eval/metrics.js';
