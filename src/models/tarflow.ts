@@ -13,6 +13,7 @@ import { layerNorm, mlp, linear, embed, initLinear, initNorm, initNormal, initMl
 import {
   causalSelfAttention,
   cachedSelfAttention,
+  commitKv,
   emptyKvCache,
   initAttention,
   type Attention,
@@ -192,42 +193,55 @@ export function emptyBlockCache(cfg: TarFlowConfig, batch: number): BlockCache {
 }
 
 /**
- * Runs L input tokens u (model order, [B, L, D]) sitting at positions start..start+L−1 through a
- * block, using and updating the KV cache, and returns the affine parameters (a, b) they predict
- * for the tokens at positions start+1..start+L. `pos` is the block's position table already in
- * model order. Sequential decoding is L = 1; Jacobi-style solvers pass whole chunks.
+ * Runs L input tokens u (model order, [B, L, D]) through a block and returns the affine
+ * parameters (a, b) they predict for the tokens one position later. The tokens come right after
+ * `pending` (per layer: keys and values of positions cacheEnd.. not yet in the cache), which
+ * comes right after the cache's positions 0..cacheEnd−1. Also returns `pending` extended by u;
+ * commitBlockCache writes it into the cache. The cache itself is only read (the caller keeps
+ * it). `pos` is the block's position table already in model order. The sequential solver passes
+ * one token at a time; Jacobi-style solvers pass whole chunks.
  */
 export function blockStep(
   block: Block,
   pos: Arr,
   u: Arr,
-  start: Arr,
+  cacheEnd: Arr,
   cache: BlockCache,
   labels: Arr | undefined,
   cfg: TarFlowConfig,
   temp: number | Arr = 1,
-): { a: Arr; b: Arr; cache: BlockCache } {
+  pending?: BlockCache,
+): { a: Arr; b: Arr; recent: BlockCache } {
   const shape = attentionShape(cfg);
   const l = u.shape[1]!;
   const t = pos.shape[0]!;
-  // Position rows start..start+L−1, picked with a one-hot matrix so shapes stay static.
-  const rows = np.arange(l, undefined, undefined, { dtype: np.int32 }).add(start.ref);
+  const first = cacheEnd.ref.add(pending?.[0]?.v.shape[2] ?? 0);
+  // Position rows first..first+L−1, picked with a one-hot matrix so shapes stay static.
+  const rows = np.arange(l, undefined, undefined, { dtype: np.int32 }).add(first);
   const pick = rows.reshape([l, 1]).equal(np.arange(t, undefined, undefined, { dtype: np.int32 }).reshape([1, t]));
   let h = linear(block.projIn, u).add(np.matmul(pick.astype(np.float32), pos));
   const cls = classBias(block, labels);
   if (cls) h = h.add(cls);
-  const next: BlockCache = [];
+  const recent: BlockCache = [];
   block.layers.forEach((layer, i) => {
     const t = typeof temp === 'number' ? temp : temp.ref;
-    const [att, c] = cachedSelfAttention(layer.attn, layerNorm(layer.attnNorm, h.ref), cache[i]!, start.ref, shape, t);
-    next.push(c);
+    const c = cache[i]!;
+    const [att, r] = cachedSelfAttention(layer.attn, layerNorm(layer.attnNorm, h.ref), { kT: c.kT.ref, v: c.v.ref }, cacheEnd.ref, shape, t, pending?.[i]);
+    recent.push(r);
     h = h.add(att);
     h = h.ref.add(mlp(layer.mlp, layerNorm(layer.mlpNorm, h)));
   });
-  start.dispose();
+  cacheEnd.dispose();
   if (typeof temp !== 'number') temp.dispose();
   const [a, b] = splitAffine(linear(block.projOut, h), cfg);
-  return { a, b, cache: next };
+  return { a, b, recent };
+}
+
+/** Every layer's cache with `recent` (positions start..) written in. Consumes all three. */
+export function commitBlockCache(cache: BlockCache, recent: BlockCache, start: Arr): BlockCache {
+  const out = cache.map((c, i) => commitKv(c, recent[i]!, start.ref));
+  start.dispose();
+  return out;
 }
 
 /** Position table of block i in the order its tokens are processed. */

@@ -1,13 +1,14 @@
 // Multi-head attention with a free head size and an attention temperature, plus a fixed-size KV
-// cache. The cache has static shapes, so decoding any position reuses one compiled step: new keys
-// are written through a one-hot matrix and later slots are masked, never sliced or concatenated.
+// cache. The cache has static shapes, so decoding any position reuses one compiled step: slots at
+// or after the cache's end are masked, never sliced, and new keys are written through a one-hot
+// matrix once per solver call.
 import { np, jnn, materialize, type Arr, type Rng } from '../engine/index.js';
 import { linear, initLinear, type Linear } from './layers.js';
 
 export type Attention = { qkv: Linear; proj: Linear };
 export type AttentionShape = { heads: number; headDim: number };
-/** Keys and values per layer, [B, heads, S, headDim]. */
-export type KvCache = { k: Arr; v: Arr };
+/** Keys transposed, [B, heads, headDim, S], and values, [B, heads, S, headDim], per layer. */
+export type KvCache = { kT: Arr; v: Arr };
 
 export function initAttention(rng: Rng, width: number, s: AttentionShape, opts: { bias?: boolean } = {}): Attention {
   const inner = s.heads * s.headDim;
@@ -22,8 +23,11 @@ export function keySlots(n: number): number {
 }
 
 /**
- * q, k, v as [B, heads, L, headDim] (k and v zero-padded to `slots` positions); the qkv features
- * are ordered [q heads | k heads | v heads]. Three matmuls on column slices of the weight:
+ * q and v as [B, heads, L, headDim], keys transposed as [B, heads, headDim, L] (k and v
+ * zero-padded to `slots` positions); the qkv features are ordered [q heads | k heads | v heads].
+ * Keys are stored transposed so the logits kernel's output axis (key slots) is contiguous: jax-js
+ * vectorises along a contiguous output axis, and q·kᵀ over [B, heads, S, d] keys ran ~10× slower.
+ * Three matmuls on column slices of the weight:
  * splitting one projection's output instead makes the backward sum three padded copies of the
  * full qkv gradient (~10% of an attention layer). Materialised, padding included: a pad left as
  * a view is read with bounds checks, which also runs scalar.
@@ -31,16 +35,37 @@ export function keySlots(n: number): number {
 function projectQkv(p: Attention, x: Arr, s: AttentionShape, slots: number): [Arr, Arr, Arr] {
   const [b, l] = x.shape as [number, number, number];
   const inner = s.heads * s.headDim;
-  const part = (i: number, input: Arr, to: number): Arr => {
+  const part = (i: number, input: Arr, to: number, transposed = false): Arr => {
     const w = p.qkv.w.ref.slice([], [i * inner, (i + 1) * inner]);
     const bias = p.qkv.b?.ref.slice([i * inner, (i + 1) * inner]);
-    const heads = linear(bias ? { w, b: bias } : { w }, input).reshape([b, l, s.heads, s.headDim]).transpose([0, 2, 1, 3]);
-    return materialize(to === l ? heads : np.pad(heads, [[0, 0], [0, 0], [0, to - l], [0, 0]]));
+    const heads = linear(bias ? { w, b: bias } : { w }, input)
+      .reshape([b, l, s.heads, s.headDim])
+      .transpose(transposed ? [0, 2, 3, 1] : [0, 2, 1, 3]);
+    if (to === l) return materialize(heads);
+    const padding: [number, number][] = [[0, 0], [0, 0], [0, 0], [0, 0]];
+    padding[transposed ? 3 : 2] = [0, to - l];
+    return materialize(np.pad(heads, padding));
   };
-  const out: [Arr, Arr, Arr] = [part(0, x.ref, l), part(1, x.ref, slots), part(2, x, slots)];
+  const out: [Arr, Arr, Arr] = [part(0, x.ref, l), part(1, x.ref, slots, true), part(2, x, slots)];
   p.qkv.w.dispose();
   p.qkv.b?.dispose();
   return out;
+}
+
+/** Logits q·kᵀ/(√d·temp), [B, heads, L, S], from q [B, heads, L, d] and kᵀ [B, heads, d, S]. */
+function scores(q: Arr, kT: Arr, temp: number | Arr, headDim: number): Arr {
+  // Batched matmuls run faster over one merged batch axis than over (B, heads) on wasm (~16%).
+  const [b, h, l, d] = q.shape as [number, number, number, number];
+  const s = kT.shape[3]!;
+  const logits = np.matmul(q.reshape([b * h, l, d]), kT.reshape([b * h, d, s])).reshape([b, h, l, s]).mul(1 / Math.sqrt(headDim));
+  return typeof temp === 'number' && temp === 1 ? logits : logits.div(temp);
+}
+
+/** probs [B, heads, L, S] times values [B, heads, S, d], over one merged batch axis. */
+function weighted(probs: Arr, v: Arr): Arr {
+  const [b, h, l, s] = probs.shape as [number, number, number, number];
+  const d = v.shape[3]!;
+  return np.matmul(probs.reshape([b * h, l, s]), v.reshape([b * h, s, d])).reshape([b, h, l, d]);
 }
 
 /**
@@ -48,15 +73,8 @@ function projectQkv(p: Attention, x: Arr, s: AttentionShape, slots: number): [Ar
  * array broadcastable to [B, 1, 1, 1], so rows of one batch can use different temperatures.
  * `mask` [L, S] says which key slots each query sees.
  */
-function attend(q: Arr, k: Arr, v: Arr, mask: Arr, temp: number | Arr, headDim: number): Arr {
-  // Batched matmuls run faster over one merged batch axis than over (B, heads) on wasm (~16%).
-  const [b, h, l, d] = q.shape as [number, number, number, number];
-  const s = k.shape[2]!;
-  const kT = np.swapaxes(k.reshape([b * h, s, d]), -1, -2);
-  let logits = np.matmul(q.reshape([b * h, l, d]), kT).reshape([b, h, l, s]).mul(1 / Math.sqrt(headDim));
-  if (typeof temp !== 'number' || temp !== 1) logits = logits.div(temp);
-  const probs = jnn.softmax(np.where(mask, logits, -Infinity), -1);
-  return np.matmul(probs.reshape([b * h, l, s]), v.reshape([b * h, s, d])).reshape([b, h, l, d]);
+function attend(q: Arr, kT: Arr, v: Arr, mask: Arr, temp: number | Arr, headDim: number): Arr {
+  return weighted(jnn.softmax(np.where(mask, scores(q, kT, temp, headDim), -Infinity), -1), v);
 }
 
 /** [B, heads, L, d] → [B, L, heads·d], materialised for the output projection's matmul. */
@@ -69,49 +87,69 @@ function mergeHeads(o: Arr): Arr {
 export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, temp: number | Arr = 1): Arr {
   const t = x.shape[1]!;
   const slots = keySlots(t);
-  const [q, k, v] = projectQkv(p, x, s, slots);
+  const [q, kT, v] = projectQkv(p, x, s, slots);
   const mask = np.tri(t, slots, 0, { dtype: np.bool }); // padded slots lie above the diagonal
-  return linear(p.proj, mergeHeads(attend(q, k, v, mask, temp, s.headDim)));
+  return linear(p.proj, mergeHeads(attend(q, kT, v, mask, temp, s.headDim)));
 }
 
 /** A cache for `length` positions, allocated at keySlots(length) (the extra slots stay masked). */
 export function emptyKvCache(batch: number, length: number, s: AttentionShape): KvCache {
   const slots = keySlots(length);
-  return { k: np.zeros([batch, s.heads, slots, s.headDim]), v: np.zeros([batch, s.heads, slots, s.headDim]) };
+  return { kT: np.zeros([batch, s.heads, s.headDim, slots]), v: np.zeros([batch, s.heads, slots, s.headDim]) };
 }
 
 /**
- * Attention for L new tokens at positions start..start+L-1 (`start`: int32 scalar array), given a
- * cache holding earlier positions. Returns the output and the cache with the new keys written.
- * New token i sees cache slots ≤ start+i; slots beyond are masked, so stale values never leak.
+ * Attention for L new tokens over a cache and the keys not yet written to it. The cache holds
+ * positions 0..cacheEnd−1 (`cacheEnd`: int32 scalar array; later slots are masked, so stale
+ * values never leak); `pending` holds the keys and values of positions cacheEnd.. up to the new
+ * tokens, which come right after it. Token i sees everything before it and itself.
+ *
+ * Returns the output and `pending` extended by the new tokens; commitKv writes that into the
+ * cache. The softmax is split over the two key sets, so decoding a token reads the cache but
+ * never copies it: rewriting the whole cache per token cost ~20% of sampling at batch 64 (it is
+ * memory-bound), and solvers now commit once per call of several tokens.
  */
 export function cachedSelfAttention(
   p: Attention,
   x: Arr,
   cache: KvCache,
-  start: Arr,
+  cacheEnd: Arr,
   s: AttentionShape,
   temp: number | Arr = 1,
+  pending?: KvCache,
 ): [Arr, KvCache] {
   const l = x.shape[1]!;
-  const size = cache.k.shape[2]!;
-  const [q, k, v] = projectQkv(p, x, s, l);
-  const positions = np.arange(l, undefined, undefined, { dtype: np.int32 }).add(start); // [L]
+  const size = cache.v.shape[2]!;
+  const [q, kT, v] = projectQkv(p, x, s, l);
+  const recent: KvCache = pending
+    ? { kT: np.concatenate([pending.kT, kT], 3), v: np.concatenate([pending.v, v], 2) }
+    : { kT, v };
+  const before = recent.v.shape[2]! - l; // pending positions ahead of the new tokens
+  const t1 = typeof temp === 'number' ? temp : temp.ref;
+  const seen = np.arange(size, undefined, undefined, { dtype: np.int32 }).less(cacheEnd).reshape([1, size]);
+  const fromCache = np.where(seen, scores(q.ref, cache.kT, t1, s.headDim), -Infinity);
+  const causal = np.tri(l, before + l, before, { dtype: np.bool });
+  const fromRecent = np.where(causal, scores(q, recent.kT.ref, temp, s.headDim), -Infinity);
+  const top = np.maximum(fromCache.ref.max(-1, { keepdims: true }), fromRecent.ref.max(-1, { keepdims: true }));
+  const eCache = np.exp(fromCache.sub(top.ref));
+  const eRecent = np.exp(fromRecent.sub(top));
+  const total = eCache.ref.sum(-1, { keepdims: true }).add(eRecent.ref.sum(-1, { keepdims: true }));
+  const out = weighted(eCache, cache.v).add(weighted(eRecent, recent.v.ref)).div(total);
+  return [linear(p.proj, mergeHeads(out)), recent];
+}
+
+/** The cache with `recent` (positions start..start+R−1) written in, in one pass over the cache. */
+export function commitKv(cache: KvCache, recent: KvCache, start: Arr): KvCache {
+  const size = cache.v.shape[2]!;
+  const r = recent.v.shape[2]!;
   const slots = np.arange(size, undefined, undefined, { dtype: np.int32 });
-  // Slots start..start+L−1 take the new keys; a single token broadcasts, a chunk is placed by a
-  // one-hot matmul. `where` rewrites the cache in one pass (a mask-multiply-add took 2–3× longer).
-  const covered = np.logicalAnd(
-    slots.ref.reshape([1, 1, size, 1]).greaterEqual(positions.ref.slice(0)),
-    slots.ref.reshape([1, 1, size, 1]).lessEqual(positions.ref.slice(l - 1)),
-  );
-  const place = (fresh: Arr): Arr => {
-    if (l === 1) return fresh;
-    const onehot = slots.ref.reshape([size, 1]).equal(positions.ref.reshape([1, l])).astype(np.float32);
-    return np.matmul(onehot.reshape([1, 1, size, l]), fresh);
-  };
-  const newK = np.where(covered.ref, place(k), cache.k);
-  const newV = np.where(covered, place(v), cache.v);
-  const mask = slots.reshape([1, size]).lessEqual(positions.reshape([l, 1])); // [L, S]
-  const out = attend(q, newK.ref, newV.ref, mask, temp, s.headDim);
-  return [linear(p.proj, mergeHeads(out)), { k: newK, v: newV }];
+  const offset = slots.ref.sub(start); // slot − start: recent token j lands where offset = j
+  const covered = np.logicalAnd(offset.ref.greaterEqual(0), offset.ref.less(r)); // [S]
+  // A single token broadcasts; several are placed by a one-hot matmul.
+  const onehot = (): Arr => offset.ref.reshape([size, 1]).equal(np.arange(r, undefined, undefined, { dtype: np.int32 }).reshape([1, r])).astype(np.float32); // [S, R]
+  const kT = np.where(covered.ref.reshape([1, 1, 1, size]), r === 1 ? recent.kT : np.matmul(recent.kT, onehot().transpose().reshape([1, 1, r, size])), cache.kT);
+  const v = np.where(covered.reshape([1, 1, size, 1]), r === 1 ? recent.v : np.matmul(onehot().reshape([1, 1, size, r]), recent.v), cache.v);
+  offset.dispose();
+  slots.dispose();
+  return { kT, v };
 }

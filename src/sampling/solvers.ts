@@ -1,6 +1,7 @@
 // Inverting the flow, block by block, from the last block to the first. Each block is a
 // triangular system solved chunk by chunk with the shared step (step.ts):
-// - sequential: chunks of one token, one call each (exact; T − 1 calls per block);
+// - sequential: exact, token by token, several tokens per call (the KV cache is written once per
+//   call, and per-call overhead is what batch-1 sampling mostly costs);
 // - jacobi: the whole sequence as one chunk, iterated until it stops changing;
 // - gs-jacobi: the sequence split into modules solved in order, Jacobi inside each.
 // A chunk of L tokens is exact after L iterations, so iteration caps above L are never needed.
@@ -10,7 +11,7 @@ import { tokenShape, type TarFlowConfig } from '../models/config.js';
 import { stepFunction, type GuidanceRule } from './step.js';
 
 export type BlockPlan =
-  | { kind: 'sequential' }
+  | { kind: 'sequential'; tokensPerCall?: number }
   | { kind: 'jacobi'; modules: number; maxIter: number; tol: number; init: 'z' | 'zeros' };
 
 export type Guidance = {
@@ -46,10 +47,16 @@ export function isGuided(g: Guidance, cfg: TarFlowConfig, blockIndex: number): b
   return !g.blocks || g.blocks.includes(blockIndex);
 }
 
+/** Tokens per call of the sequential solver unless a plan says otherwise. */
+export const SEQUENTIAL_TOKENS_PER_CALL = 8;
+
 /** Chunk boundaries over the T − 1 unknown tokens: [start, length] with start the first input position. */
 export function chunksOf(plan: BlockPlan, tokens: number): [number, number][] {
   const unknown = tokens - 1;
-  const size = plan.kind === 'sequential' ? 1 : Math.ceil(unknown / Math.max(1, Math.min(plan.modules, unknown)));
+  const size =
+    plan.kind === 'sequential'
+      ? Math.max(1, plan.tokensPerCall ?? SEQUENTIAL_TOKENS_PER_CALL)
+      : Math.ceil(unknown / Math.max(1, Math.min(plan.modules, unknown)));
   const out: [number, number][] = [];
   for (let s = 0; s < unknown; s += size) out.push([s, Math.min(size, unknown - s)]);
   return out;
@@ -57,7 +64,7 @@ export function chunksOf(plan: BlockPlan, tokens: number): [number, number][] {
 
 /** The number of solver calls a plan makes at most, for progress reporting. */
 export function maxCalls(plan: BlockPlan, tokens: number): number {
-  if (plan.kind === 'sequential') return tokens - 1;
+  if (plan.kind === 'sequential') return chunksOf(plan, tokens).length;
   return chunksOf(plan, tokens).reduce((n, [, l]) => n + Math.min(l, plan.maxIter), 0);
 }
 
@@ -100,7 +107,8 @@ export async function invertBlock(
   let startArr: Arr | null = null; // chunks are contiguous: each call returns the next start
   for (const [start, len] of chunksOf(plan, tokens)) {
     startArr ??= fromI32([start], []);
-    const step = stepFunction({ cfg, chunk: len, guided, rule: guidance.rule });
+    const order = plan.kind === 'sequential' ? 'sequential' : 'parallel';
+    const step = stepFunction({ cfg, chunk: len, order, guided, rule: guidance.rule });
     const w = Array.from({ length: len }, (_, i) =>
       guided ? (guidance.annealed ? ((start + i + 1) / (tokens - 1)) * guidance.weight : guidance.weight) : 0,
     );
@@ -141,7 +149,7 @@ export async function invertBlock(
   }
   startArr?.dispose();
   for (const c of cache) {
-    c.k.dispose();
+    c.kT.dispose();
     c.v.dispose();
   }
   pos.dispose();

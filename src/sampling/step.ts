@@ -1,13 +1,17 @@
 // The one block-inverse step every solver shares. Sampling inverts a block token by token:
 // x_t = z_t·exp(a_t) + b_t with (a_t, b_t) predicted from x_<t. `advance` computes the outputs
-// for positions start+1..start+L from the current inputs x[start..start+L−1] and writes them into
-// x. With L = 1 and start = 0, 1, … this is the sequential solver; calling it repeatedly on the
-// same chunk until x stops changing is Jacobi; chunks solved in order are GS-Jacobi.
+// for positions start+1..start+L and writes them into x, in one of two orders:
+// - sequential: token by token inside the call, each from the one just produced (exact). Calls
+//   over consecutive chunks are the sequential solver; several tokens per call save per-call
+//   overhead and cache writes.
+// - parallel: all L from the current inputs x[start..start+L−1] at once. Calling it repeatedly on
+//   the same chunk until x stops changing is Jacobi; chunks solved in order are GS-Jacobi.
+// Either way the chunk's keys are written into the KV cache once, at the end of the call.
 //
 // Everything stays static-shaped (x is [B, T, D] throughout; positions enter as int32 arrays and
 // are read or written through one-hot matrices), so each chunk length compiles once.
-import { np, jit, type Arr } from '../engine/index.js';
-import { blockStep, type Block, type BlockCache } from '../models/tarflow.js';
+import { np, jit, keep, type Arr } from '../engine/index.js';
+import { blockStep, commitBlockCache, type Block, type BlockCache } from '../models/tarflow.js';
 import type { TarFlowConfig } from '../models/config.js';
 
 export type GuidanceRule = 'tarflow' | 'starflow';
@@ -37,6 +41,7 @@ export type StepSpec = {
   cfg: TarFlowConfig;
   /** Tokens produced per call. */
   chunk: number;
+  order: 'sequential' | 'parallel';
   guided: boolean;
   rule: GuidanceRule;
 };
@@ -79,23 +84,49 @@ function positionsOneHot(first: Arr, l: number, t: number): Arr {
 function advance(spec: StepSpec, inp: StepInputs): StepOutputs {
   const { cfg, chunk: l } = spec;
   const [batch, t] = inp.x.shape as [number, number, number];
-  const read = positionsOneHot(inp.start.ref, l, t); // inputs start..start+L−1
-  const write = positionsOneHot(inp.start.ref.add(1), l, t); // outputs start+1..start+L
-  let u = np.matmul(read, inp.x.ref);
-  if (spec.guided) u = np.concatenate([u.ref, u], 0);
-  const hasLabels = cfg.numClasses > 0;
-  const next = inp.start.ref.add(l);
-  const { a, b, cache } = blockStep(inp.block, inp.pos, u, inp.start, inp.cache, hasLabels ? inp.labels : (inp.labels.dispose(), undefined), cfg, inp.temps);
-  let ab: [Arr, Arr];
-  if (spec.guided) {
+  const labels = cfg.numClasses > 0 ? inp.labels : (inp.labels.dispose(), undefined);
+  // One block pass: tokens u (after `pending`) → the guided (a, b) of the tokens one later.
+  let passesLeft = spec.order === 'parallel' ? 1 : l;
+  const pass = (u: Arr, pending: BlockCache | undefined, w: Arr) => {
+    const rows = spec.guided ? np.concatenate([u.ref, u], 0) : u;
+    const block = --passesLeft === 0 ? inp.block : keep(inp.block); // the last pass consumes it
+    const r = blockStep(block, inp.pos.ref, rows, inp.start.ref, inp.cache, labels?.ref, cfg, inp.temps.ref, pending);
+    if (!spec.guided) {
+      w.dispose();
+      return { ab: [r.a, r.b] as [Arr, Arr], recent: r.recent };
+    }
     const half = (v: Arr, i: number) => v.slice([i * batch, (i + 1) * batch]);
-    ab = guide(spec.rule, half(a.ref, 0), half(b.ref, 0), half(a, 1), half(b, 1), inp.weights);
-  } else {
-    inp.weights.dispose();
-    ab = [a, b];
-  }
+    return { ab: guide(spec.rule, half(r.a.ref, 0), half(r.b.ref, 0), half(r.a, 1), half(r.b, 1), w), recent: r.recent };
+  };
+  const write = positionsOneHot(inp.start.ref.add(1), l, t); // outputs start+1..start+L
   const zChunk = np.matmul(write.ref, inp.z);
-  const fresh = zChunk.mul(np.exp(ab[0])).add(ab[1]); // [B, L, D]
+  let fresh: Arr; // [B, L, D]
+  let recent: BlockCache;
+  if (spec.order === 'parallel') {
+    const r = pass(np.matmul(positionsOneHot(inp.start.ref, l, t), inp.x.ref), undefined, inp.weights);
+    fresh = zChunk.mul(np.exp(r.ab[0])).add(r.ab[1]);
+    recent = r.recent;
+  } else {
+    let u = np.matmul(positionsOneHot(inp.start.ref, 1, t), inp.x.ref);
+    let pending: BlockCache | undefined;
+    const outs: Arr[] = [];
+    for (let i = 0; i < l; i++) {
+      const r = pass(u, pending, inp.weights.ref.slice([], [i, i + 1]));
+      u = zChunk.ref.slice([], [i, i + 1]).mul(np.exp(r.ab[0])).add(r.ab[1]);
+      outs.push(u.ref);
+      pending = r.recent;
+    }
+    u.dispose();
+    zChunk.dispose();
+    inp.weights.dispose();
+    fresh = l === 1 ? outs[0]! : np.concatenate(outs, 1);
+    recent = pending!;
+  }
+  labels?.dispose();
+  inp.pos.dispose();
+  inp.temps.dispose();
+  const cache = commitBlockCache(inp.cache, recent, inp.start.ref);
+  const next = inp.start.add(l);
   const old = np.matmul(write.ref, inp.x.ref);
   const change = np.square(fresh.ref.sub(old)).mean().div(np.square(fresh.ref).mean().add(1e-12));
   // Scatter the chunk back into positions start+1..start+L (one `where` pass over x).

@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import '../setup.js';
 import { np, lax, fromF32, fromI32, toF32, toNumber, jit, grad, keep, type Arr } from '../../src/engine/index.js';
 import { linear, layerNorm, rmsNorm, gelu, swiglu, mlp, embed } from '../../src/nn/layers.js';
-import { causalSelfAttention, cachedSelfAttention, type AttentionShape } from '../../src/nn/attention.js';
+import { causalSelfAttention, cachedSelfAttention, commitKv, type AttentionShape } from '../../src/nn/attention.js';
 import { applyRope, ropeTables, rope1d, sequencePositions } from '../../src/nn/rope.js';
 import {
   adamwUpdate,
@@ -207,13 +207,14 @@ test('causalSelfAttention w.r.t. input and qkv weight (temperature 0.7)', async 
 test('cachedSelfAttention w.r.t. input, cache and qkv weight (temperature 1.3)', async (t) => {
   const size = 6;
   const err = await checkGrad(
-    (x, k, v, qw, qb, pw, start) => {
-      const [out, cache] = cachedSelfAttention({ qkv: { w: qw, b: qb }, proj: { w: pw } }, x, { k, v }, start, shape, 1.3);
-      return np.concatenate([out.reshape([-1]), cache.k.reshape([-1]), cache.v.reshape([-1])]);
+    (x, kT, v, qw, qb, pw, start) => {
+      const [out, recent] = cachedSelfAttention({ qkv: { w: qw, b: qb }, proj: { w: pw } }, x, { kT: kT.ref, v: v.ref }, start.ref, shape, 1.3);
+      const cache = commitKv({ kT, v }, recent, start);
+      return np.concatenate([out.reshape([-1]), cache.kT.reshape([-1]), cache.v.reshape([-1])]);
     },
     [
       rand([B, 2, W], 28),
-      rand([B, shape.heads, size, shape.headDim], 29),
+      rand([B, shape.heads, shape.headDim, size], 29),
       rand([B, shape.heads, size, shape.headDim], 30),
       rand([W, 3 * inner], 31, 0.5),
       rand([3 * inner], 32, 0.1),
