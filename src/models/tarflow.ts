@@ -15,10 +15,12 @@ import {
   cachedSelfAttention,
   commitKv,
   emptyKvCache,
+  emptyPendingKv,
   initAttention,
   type Attention,
   type AttentionShape,
   type KvCache,
+  type PendingKv,
 } from '../nn/attention.js';
 import { tokenShape, type TarFlowConfig } from './config.js';
 
@@ -186,10 +188,18 @@ export function bitsPerDim(z: Arr, logdet: Arr): Arr {
 
 /** Per-block sampling state: one KV cache per layer. */
 export type BlockCache = KvCache[];
+/** Per layer, a chunk's keys and values not yet in the cache. */
+export type BlockPending = PendingKv[];
 
-export function emptyBlockCache(cfg: TarFlowConfig, batch: number): BlockCache {
+/** A block's cache for solvers that write chunks of `chunk` tokens. */
+export function emptyBlockCache(cfg: TarFlowConfig, batch: number, chunk = 1): BlockCache {
   const { tokens } = tokenShape(cfg);
-  return Array.from({ length: cfg.layersPerBlock }, () => emptyKvCache(batch, tokens, attentionShape(cfg)));
+  return Array.from({ length: cfg.layersPerBlock }, () => emptyKvCache(batch, tokens, attentionShape(cfg), chunk));
+}
+
+/** Room for a chunk of `n` tokens fed to blockStep one at a time. */
+export function emptyBlockPending(cfg: TarFlowConfig, batch: number, n: number): BlockPending {
+  return Array.from({ length: cfg.layersPerBlock }, () => emptyPendingKv(batch, n, attentionShape(cfg)));
 }
 
 /**
@@ -210,19 +220,19 @@ export function blockStep(
   labels: Arr | undefined,
   cfg: TarFlowConfig,
   temp: number | Arr = 1,
-  pending?: BlockCache,
-): { a: Arr; b: Arr; recent: BlockCache } {
+  pending?: BlockPending,
+): { a: Arr; b: Arr; recent: BlockPending } {
   const shape = attentionShape(cfg);
   const l = u.shape[1]!;
   const t = pos.shape[0]!;
-  const first = cacheEnd.ref.add(pending?.[0]?.v.shape[2] ?? 0);
+  const first = cacheEnd.ref.add(pending?.[0]?.filled ?? 0);
   // Position rows first..first+L−1, picked with a one-hot matrix so shapes stay static.
   const rows = np.arange(l, undefined, undefined, { dtype: np.int32 }).add(first);
   const pick = rows.reshape([l, 1]).equal(np.arange(t, undefined, undefined, { dtype: np.int32 }).reshape([1, t]));
   let h = linear(block.projIn, u).add(np.matmul(pick.astype(np.float32), pos));
   const cls = classBias(block, labels);
   if (cls) h = h.add(cls);
-  const recent: BlockCache = [];
+  const recent: BlockPending = [];
   block.layers.forEach((layer, i) => {
     const t = typeof temp === 'number' ? temp : temp.ref;
     const c = cache[i]!;
@@ -237,9 +247,9 @@ export function blockStep(
   return { a, b, recent };
 }
 
-/** Every layer's cache with `recent` (positions start..) written in. Consumes all three. */
-export function commitBlockCache(cache: BlockCache, recent: BlockCache, start: Arr): BlockCache {
-  const out = cache.map((c, i) => commitKv(c, recent[i]!, start.ref));
+/** Every layer's cache with `recent` written at positions start.. (a multiple of `chunk`). Consumes all three. */
+export function commitBlockCache(cache: BlockCache, recent: BlockPending, start: Arr, chunk: number): BlockCache {
+  const out = cache.map((c, i) => commitKv(c, recent[i]!, start.ref, chunk));
   start.dispose();
   return out;
 }

@@ -9,6 +9,8 @@ export type Attention = { qkv: Linear; proj: Linear };
 export type AttentionShape = { heads: number; headDim: number };
 /** Keys transposed, [B, heads, headDim, S], and values, [B, heads, S, headDim], per layer. */
 export type KvCache = { kT: Arr; v: Arr };
+/** A chunk's keys and values not yet in the cache, in N slots of which the first `filled` are set. */
+export type PendingKv = KvCache & { filled: number };
 
 export function initAttention(rng: Rng, width: number, s: AttentionShape, opts: { bias?: boolean } = {}): Attention {
   const inner = s.heads * s.headDim;
@@ -18,8 +20,10 @@ export function initAttention(rng: Rng, width: number, s: AttentionShape, opts: 
 /** Key slots for `n` positions: a multiple of 4, because jax-js's wasm backend vectorises a
  * reduction or an output axis only at multiples of 4. With MNIST's 49 tokens, unpadded keys made
  * the attention kernels run scalar (~7× slower); the extra slots are always masked out. */
-export function keySlots(n: number): number {
-  return Math.ceil(n / 4) * 4;
+export function keySlots(n: number, chunk = 1): number {
+  // Chunks of ≤ 16 tokens written at multiples of their size also tile the slots (commitKv).
+  const m = chunk % 4 === 0 && chunk <= 16 ? chunk : 4;
+  return Math.ceil(n / m) * m;
 }
 
 /**
@@ -92,22 +96,27 @@ export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, tem
   return linear(p.proj, mergeHeads(attend(q, kT, v, mask, temp, s.headDim)));
 }
 
-/** A cache for `length` positions, allocated at keySlots(length) (the extra slots stay masked). */
-export function emptyKvCache(batch: number, length: number, s: AttentionShape): KvCache {
-  const slots = keySlots(length);
+/** A cache for `length` positions written in chunks of `chunk` tokens (see keySlots; extra slots stay masked). */
+export function emptyKvCache(batch: number, length: number, s: AttentionShape, chunk = 1): KvCache {
+  const slots = keySlots(length, chunk);
   return { kT: np.zeros([batch, s.heads, s.headDim, slots]), v: np.zeros([batch, s.heads, slots, s.headDim]) };
 }
 
+/** Room for a chunk of `n` tokens fed one at a time. */
+export function emptyPendingKv(batch: number, n: number, s: AttentionShape): PendingKv {
+  return { kT: np.zeros([batch, s.heads, s.headDim, n]), v: np.zeros([batch, s.heads, n, s.headDim]), filled: 0 };
+}
+
 /**
- * Attention for L new tokens over a cache and the keys not yet written to it. The cache holds
- * positions 0..cacheEnd−1 (`cacheEnd`: int32 scalar array; later slots are masked, so stale
- * values never leak); `pending` holds the keys and values of positions cacheEnd.. up to the new
- * tokens, which come right after it. Token i sees everything before it and itself.
+ * Attention for L new tokens over a cache and the chunk's keys not yet written to it. The cache
+ * holds positions 0..cacheEnd−1 (`cacheEnd`: int32 scalar array; later slots are masked, so stale
+ * values never leak); `pending` holds positions cacheEnd.. up to the new tokens (a single new
+ * token is then written into its next slot). Token i sees everything before it and itself.
  *
- * Returns the output and `pending` extended by the new tokens; commitKv writes that into the
- * cache. The softmax is split over the two key sets, so decoding a token reads the cache but
- * never copies it: rewriting the whole cache per token cost ~20% of sampling at batch 64 (it is
- * memory-bound), and solvers now commit once per call of several tokens.
+ * Returns the output and the chunk's keys and values so far; commitKv writes them into the cache.
+ * The softmax is split over the two key sets, so decoding a token reads the cache but never
+ * copies it: rewriting the whole cache per token cost ~20% of sampling at batch 64 (it is
+ * memory-bound), and solvers commit once per call of several tokens. Consumes `cache`.
  */
 export function cachedSelfAttention(
   p: Attention,
@@ -116,19 +125,32 @@ export function cachedSelfAttention(
   cacheEnd: Arr,
   s: AttentionShape,
   temp: number | Arr = 1,
-  pending?: KvCache,
-): [Arr, KvCache] {
+  pending?: PendingKv,
+): [Arr, PendingKv] {
   const l = x.shape[1]!;
   const size = cache.v.shape[2]!;
   const [q, kT, v] = projectQkv(p, x, s, l);
-  const recent: KvCache = pending
-    ? { kT: np.concatenate([pending.kT, kT], 3), v: np.concatenate([pending.v, v], 2) }
-    : { kT, v };
-  const before = recent.v.shape[2]! - l; // pending positions ahead of the new tokens
+  let recent: PendingKv;
+  if (!pending) recent = { kT, v, filled: l };
+  else {
+    const n = pending.v.shape[2]!;
+    if (l !== 1 || pending.filled >= n) throw new Error(`internal: pending keys take one token at a time into free slots (${pending.filled}/${n} used, ${l} new)`);
+    // Blend into the slot with a constant 0/1 mask: a `where` or a concatenation here runs
+    // scalar on wasm (masks from int `equal`, bounds-checked pads).
+    const slot = np.array(Float32Array.from({ length: n }, (_, j) => (j === pending.filled ? 1 : 0)));
+    const keep = slot.ref.neg().add(1);
+    recent = {
+      kT: pending.kT.mul(keep.ref).add(kT.mul(slot.ref)),
+      v: pending.v.mul(keep.reshape([n, 1])).add(v.mul(slot.reshape([n, 1]))),
+      filled: pending.filled + 1,
+    };
+  }
+  const before = recent.filled - l; // pending positions ahead of the new tokens
+  const n = recent.v.shape[2]!;
   const t1 = typeof temp === 'number' ? temp : temp.ref;
   const seen = np.arange(size, undefined, undefined, { dtype: np.int32 }).less(cacheEnd).reshape([1, size]);
   const fromCache = np.where(seen, scores(q.ref, cache.kT, t1, s.headDim), -Infinity);
-  const causal = np.tri(l, before + l, before, { dtype: np.bool });
+  const causal = np.tri(l, n, before, { dtype: np.bool }); // unfilled slots lie above the diagonal
   const fromRecent = np.where(causal, scores(q, recent.kT.ref, temp, s.headDim), -Infinity);
   const top = np.maximum(fromCache.ref.max(-1, { keepdims: true }), fromRecent.ref.max(-1, { keepdims: true }));
   const eCache = np.exp(fromCache.sub(top.ref));
@@ -138,18 +160,32 @@ export function cachedSelfAttention(
   return [linear(p.proj, mergeHeads(out)), recent];
 }
 
-/** The cache with `recent` (positions start..start+R−1) written in, in one pass over the cache. */
-export function commitKv(cache: KvCache, recent: KvCache, start: Arr): KvCache {
+/**
+ * The cache with `recent` written at positions start..start+filled−1, in one pass over the
+ * cache. `start` must be a multiple of `chunk` ≥ recent's slot count (solvers cut blocks into
+ * chunks of that many tokens, the last possibly shorter), so slot j of the cache takes recent
+ * slot j mod chunk: the recent keys tiled along the slots, with no one-hot matmul (3× slower).
+ */
+export function commitKv(cache: KvCache, recent: PendingKv, start: Arr, chunk: number): KvCache {
   const size = cache.v.shape[2]!;
-  const r = recent.v.shape[2]!;
-  const slots = np.arange(size, undefined, undefined, { dtype: np.int32 });
-  const offset = slots.ref.sub(start); // slot − start: recent token j lands where offset = j
-  const covered = np.logicalAnd(offset.ref.greaterEqual(0), offset.ref.less(r)); // [S]
-  // A single token broadcasts; several are placed by a one-hot matmul.
-  const onehot = (): Arr => offset.ref.reshape([size, 1]).equal(np.arange(r, undefined, undefined, { dtype: np.int32 }).reshape([1, r])).astype(np.float32); // [S, R]
-  const kT = np.where(covered.ref.reshape([1, 1, 1, size]), r === 1 ? recent.kT : np.matmul(recent.kT, onehot().transpose().reshape([1, 1, r, size])), cache.kT);
-  const v = np.where(covered.reshape([1, 1, size, 1]), r === 1 ? recent.v : np.matmul(onehot().reshape([1, 1, size, r]), recent.v), cache.v);
-  offset.dispose();
-  slots.dispose();
-  return { kT, v };
+  const n = chunk;
+  if (recent.v.shape[2]! < n) {
+    const extra = n - recent.v.shape[2]!;
+    recent = {
+      kT: materialize(np.pad(recent.kT, [[0, 0], [0, 0], [0, 0], [0, extra]])),
+      v: materialize(np.pad(recent.v, [[0, 0], [0, 0], [0, extra], [0, 0]])),
+      filled: recent.filled,
+    };
+  }
+  const reps = Math.ceil(size / n);
+  const [b, h, d] = recent.kT.shape as [number, number, number, number];
+  const offset = np.arange(size, undefined, undefined, { dtype: np.int32 }).sub(start);
+  const covered = np.logicalAnd(offset.ref.greater(-1), offset.less(recent.filled)); // [S]
+  const tiledK = np.broadcastTo(recent.kT.reshape([b, h, d, 1, n]), [b, h, d, reps, n]).reshape([b, h, d, reps * n]);
+  const tiledV = np.broadcastTo(recent.v.reshape([b, h, 1, n, d]), [b, h, reps, n, d]).reshape([b, h, reps * n, d]);
+  const exact = reps * n === size;
+  return {
+    kT: np.where(covered.ref.reshape([1, 1, 1, size]), exact ? tiledK : tiledK.slice([], [], [], [0, size]), cache.kT),
+    v: np.where(covered.reshape([1, 1, size, 1]), exact ? tiledV : tiledV.slice([], [], [0, size]), cache.v),
+  };
 }

@@ -106,7 +106,7 @@ function logScaleFunction(cfg: TarFlowConfig) {
     const cache = emptyBlockCache(cfg, x.shape[0]!);
     const r = blockStep(blk, pos, x, start, cache, cfg.numClasses > 0 ? labels : (labels.dispose(), undefined), cfg);
     r.b.dispose();
-    release(r.recent);
+    for (const p of r.recent) release([p.kT, p.v]);
     release(cache);
     return r.a;
   }) as unknown as ((blk: Block, pos: Arr, x: Arr, start: Arr, labels: Arr) => Arr) & { dispose?: () => void };

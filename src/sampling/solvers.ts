@@ -101,14 +101,16 @@ export async function invertBlock(
     [rows, 1, 1, 1],
   );
   const pos = blockPositions(block.pos.ref, bi);
-  let cache = emptyBlockCache(cfg, rows);
+  const chunks = chunksOf(plan, tokens);
+  const size = chunks[0]![1]; // every chunk starts at a multiple of the first one's length
+  let cache = emptyBlockCache(cfg, rows, size);
   const stats: BlockStats = { block: bi, calls: 0, iterations: [] };
 
   let startArr: Arr | null = null; // chunks are contiguous: each call returns the next start
-  for (const [start, len] of chunksOf(plan, tokens)) {
+  for (const [start, len] of chunks) {
     startArr ??= fromI32([start], []);
     const order = plan.kind === 'sequential' ? 'sequential' : 'parallel';
-    const step = stepFunction({ cfg, chunk: len, order, guided, rule: guidance.rule });
+    const step = stepFunction({ cfg, chunk: len, size, order, guided, rule: guidance.rule });
     const w = Array.from({ length: len }, (_, i) =>
       guided ? (guidance.annealed ? ((start + i + 1) / (tokens - 1)) * guidance.weight : guidance.weight) : 0,
     );

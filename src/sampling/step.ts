@@ -11,7 +11,7 @@
 // Everything stays static-shaped (x is [B, T, D] throughout; positions enter as int32 arrays and
 // are read or written through one-hot matrices), so each chunk length compiles once.
 import { np, jit, keep, type Arr } from '../engine/index.js';
-import { blockStep, commitBlockCache, type Block, type BlockCache } from '../models/tarflow.js';
+import { blockStep, commitBlockCache, emptyBlockPending, type Block, type BlockCache, type BlockPending } from '../models/tarflow.js';
 import type { TarFlowConfig } from '../models/config.js';
 
 export type GuidanceRule = 'tarflow' | 'starflow';
@@ -41,6 +41,8 @@ export type StepSpec = {
   cfg: TarFlowConfig;
   /** Tokens produced per call. */
   chunk: number;
+  /** The solver's chunk size: every chunk starts at a multiple of it (the last may be shorter). */
+  size: number;
   order: 'sequential' | 'parallel';
   guided: boolean;
   rule: GuidanceRule;
@@ -87,7 +89,7 @@ function advance(spec: StepSpec, inp: StepInputs): StepOutputs {
   const labels = cfg.numClasses > 0 ? inp.labels : (inp.labels.dispose(), undefined);
   // One block pass: tokens u (after `pending`) → the guided (a, b) of the tokens one later.
   let passesLeft = spec.order === 'parallel' ? 1 : l;
-  const pass = (u: Arr, pending: BlockCache | undefined, w: Arr) => {
+  const pass = (u: Arr, pending: BlockPending | undefined, w: Arr) => {
     const rows = spec.guided ? np.concatenate([u.ref, u], 0) : u;
     const block = --passesLeft === 0 ? inp.block : keep(inp.block); // the last pass consumes it
     const r = blockStep(block, inp.pos.ref, rows, inp.start.ref, inp.cache, labels?.ref, cfg, inp.temps.ref, pending);
@@ -101,14 +103,14 @@ function advance(spec: StepSpec, inp: StepInputs): StepOutputs {
   const write = positionsOneHot(inp.start.ref.add(1), l, t); // outputs start+1..start+L
   const zChunk = np.matmul(write.ref, inp.z);
   let fresh: Arr; // [B, L, D]
-  let recent: BlockCache;
+  let recent: BlockPending;
   if (spec.order === 'parallel') {
     const r = pass(np.matmul(positionsOneHot(inp.start.ref, l, t), inp.x.ref), undefined, inp.weights);
     fresh = zChunk.mul(np.exp(r.ab[0])).add(r.ab[1]);
     recent = r.recent;
   } else {
     let u = np.matmul(positionsOneHot(inp.start.ref, 1, t), inp.x.ref);
-    let pending: BlockCache | undefined;
+    let pending = emptyBlockPending(cfg, spec.guided ? 2 * batch : batch, spec.size);
     const outs: Arr[] = [];
     for (let i = 0; i < l; i++) {
       const r = pass(u, pending, inp.weights.ref.slice([], [i, i + 1]));
@@ -120,12 +122,12 @@ function advance(spec: StepSpec, inp: StepInputs): StepOutputs {
     zChunk.dispose();
     inp.weights.dispose();
     fresh = l === 1 ? outs[0]! : np.concatenate(outs, 1);
-    recent = pending!;
+    recent = pending;
   }
   labels?.dispose();
   inp.pos.dispose();
   inp.temps.dispose();
-  const cache = commitBlockCache(inp.cache, recent, inp.start.ref);
+  const cache = commitBlockCache(inp.cache, recent, inp.start.ref, spec.size);
   const next = inp.start.add(l);
   const old = np.matmul(write.ref, inp.x.ref);
   const change = np.square(fresh.ref.sub(old)).mean().div(np.square(fresh.ref).mean().add(1e-12));

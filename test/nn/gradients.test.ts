@@ -209,7 +209,7 @@ test('cachedSelfAttention w.r.t. input, cache and qkv weight (temperature 1.3)',
   const err = await checkGrad(
     (x, kT, v, qw, qb, pw, start) => {
       const [out, recent] = cachedSelfAttention({ qkv: { w: qw, b: qb }, proj: { w: pw } }, x, { kT: kT.ref, v: v.ref }, start.ref, shape, 1.3);
-      const cache = commitKv({ kT, v }, recent, start);
+      const cache = commitKv({ kT, v }, recent, start, 2);
       return np.concatenate([out.reshape([-1]), cache.kT.reshape([-1]), cache.v.reshape([-1])]);
     },
     [
