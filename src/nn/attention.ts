@@ -56,13 +56,18 @@ function projectQkv(p: Attention, x: Arr, s: AttentionShape, slots: number): [Ar
   return out;
 }
 
-/** Logits q·kᵀ/(√d·temp), [B, heads, L, S], from q [B, heads, L, d] and kᵀ [B, heads, d, S]. */
-function scores(q: Arr, kT: Arr, temp: number | Arr, headDim: number): Arr {
+/** q scaled by 1/(√d·temp), so the logits q·kᵀ need no scaling pass of their own (q is the smaller). */
+function scaledQuery(q: Arr, temp: number | Arr, headDim: number): Arr {
+  const qs = q.mul(1 / Math.sqrt(headDim));
+  return typeof temp === 'number' ? (temp === 1 ? qs : qs.mul(1 / temp)) : qs.div(temp);
+}
+
+/** Logits [B, heads, L, S] from a scaled q [B, heads, L, d] and kᵀ [B, heads, d, S]. */
+function scores(q: Arr, kT: Arr): Arr {
   // Batched matmuls run faster over one merged batch axis than over (B, heads) on wasm (~16%).
   const [b, h, l, d] = q.shape as [number, number, number, number];
   const s = kT.shape[3]!;
-  const logits = np.matmul(q.reshape([b * h, l, d]), kT.reshape([b * h, d, s])).reshape([b, h, l, s]).mul(1 / Math.sqrt(headDim));
-  return typeof temp === 'number' && temp === 1 ? logits : logits.div(temp);
+  return np.matmul(q.reshape([b * h, l, d]), kT.reshape([b * h, d, s])).reshape([b, h, l, s]);
 }
 
 /** probs [B, heads, L, S] times values [B, heads, S, d], over one merged batch axis. */
@@ -78,7 +83,7 @@ function weighted(probs: Arr, v: Arr): Arr {
  * `mask` [L, S] says which key slots each query sees.
  */
 function attend(q: Arr, kT: Arr, v: Arr, mask: Arr, temp: number | Arr, headDim: number): Arr {
-  return weighted(jnn.softmax(np.where(mask, scores(q, kT, temp, headDim), -Infinity), -1), v);
+  return weighted(jnn.softmax(np.where(mask, scores(scaledQuery(q, temp, headDim), kT), -Infinity), -1), v);
 }
 
 /** [B, heads, L, d] → [B, L, heads·d], materialised for the output projection's matmul. */
@@ -147,11 +152,12 @@ export function cachedSelfAttention(
   }
   const before = recent.filled - l; // pending positions ahead of the new tokens
   const n = recent.v.shape[2]!;
-  const t1 = typeof temp === 'number' ? temp : temp.ref;
-  const seen = np.arange(size, undefined, undefined, { dtype: np.int32 }).less(cacheEnd).reshape([1, size]);
-  const fromCache = np.where(seen, scores(q.ref, cache.kT, t1, s.headDim), -Infinity);
+  const qs = scaledQuery(q, temp, s.headDim);
+  // An additive mask fuses into the logits matmul; a `where` over the logits was its own kernel.
+  const seen = np.arange(size, undefined, undefined, { dtype: np.int32 }).less(cacheEnd);
+  const fromCache = scores(qs.ref, cache.kT).add(np.where(seen, 0, -Infinity).reshape([1, size]));
   const causal = np.tri(l, n, before, { dtype: np.bool }); // unfilled slots lie above the diagonal
-  const fromRecent = np.where(causal, scores(q, recent.kT.ref, temp, s.headDim), -Infinity);
+  const fromRecent = np.where(causal, scores(qs, recent.kT.ref), -Infinity);
   const top = np.maximum(fromCache.ref.max(-1, { keepdims: true }), fromRecent.ref.max(-1, { keepdims: true }));
   const eCache = np.exp(fromCache.sub(top.ref));
   const eRecent = np.exp(fromRecent.sub(top));
