@@ -53,6 +53,18 @@ test('Jacobi and GS-Jacobi reach the sequential result, reporting iterations', a
   for (const s of [...jac.stats, ...gs.stats]) for (const it of s.iterations) assert.ok(it >= 1 && it <= 15);
 });
 
+test('the sequential solver gives the same samples whatever the tokens per call (1, 4, 6 and the default 8), guided', async (t) => {
+  const g: Guidance = { ...NO_GUIDANCE, weight: 1.5, annealed: true };
+  const base = await run(fx.cond3, [0, 2], g, { kind: 'sequential', tokensPerCall: 1 });
+  for (const n of [4, 6, 8]) {
+    const r = await run(fx.cond3, [0, 2], g, { kind: 'sequential', tokensPerCall: n });
+    const d = maxAbsDiff(r.x, base.x);
+    t.diagnostic(`${n} tokens per call: max |Δ| ${d.toExponential(2)}, ${r.stats[0]!.calls} calls per block (15 tokens to solve)`);
+    assert.ok(d < 1e-5, `${n} tokens per call differ by ${d}`);
+    assert.equal(r.stats[0]!.calls, Math.ceil(15 / n));
+  }
+});
+
 for (const [name, c, labels] of [
   ['unconditional', fx.uncond, undefined],
   ['3-class', fx.cond3, [0, 2]],
