@@ -1,7 +1,7 @@
 // Multi-head attention with a free head size and an attention temperature, plus a fixed-size KV
 // cache. The cache has static shapes, so decoding any position reuses one compiled step: slots at
-// or after the cache's end are masked, never sliced, and new keys are written through a one-hot
-// matrix once per solver call.
+// or after the cache's end are masked, never sliced, and a chunk's keys are written in one pass
+// once per solver call.
 import { np, jnn, materialize, type Arr, type Rng } from '../engine/index.js';
 import { linear, initLinear, type Linear } from './layers.js';
 
@@ -29,9 +29,8 @@ export function keySlots(n: number, chunk = 1): number {
 /**
  * q and v as [B, heads, L, headDim], keys transposed as [B, heads, headDim, L] (k and v
  * zero-padded to `slots` positions); the qkv features are ordered [q heads | k heads | v heads].
- * Keys are stored transposed so the logits kernel's output axis (key slots) is contiguous: jax-js
- * vectorises along a contiguous output axis, and q·kᵀ over [B, heads, S, d] keys ran ~10× slower.
- * Three matmuls on column slices of the weight:
+ * Keys are stored transposed so the logits kernel's output axis (key slots) is contiguous, the
+ * layout jax-js's wasm kernels vectorise along. Three matmuls on column slices of the weight:
  * splitting one projection's output instead makes the backward sum three padded copies of the
  * full qkv gradient (~10% of an attention layer). Materialised, padding included: a pad left as
  * a view is read with bounds checks, which also runs scalar.
