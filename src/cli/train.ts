@@ -16,7 +16,7 @@ Usage:
   starflow train --resume DIR [--steps N | --minutes M]
 
 Options:
-  --preset NAME        a named config from presets/ (mnist, mnist-tiny)
+  --preset NAME        a named config from presets/ (mnist, mnist-bpd, mnist-tiny)
   --config FILE        a training config (JSON or YAML); every field is validated
   --out DIR            run directory: log.jsonl, samples/, checkpoint/ (default runs/<preset or config name>)
   --resume DIR         continue the run in DIR from its checkpoint (same data order and randomness)
