@@ -127,7 +127,8 @@ async function worker(args: string[]): Promise<void> {
   const steps = Number(argOf(args, '--steps'));
   const usedThreads = await startWorkerEngine(threads);
   const E = await import('../src/engine/index.js');
-  const { makeTrainStep, bitsPerDimOf } = await import('../src/train/trainer.js');
+  const { bitsPerDimOf } = await import('../src/train/trainer.js');
+  const { makeTrainStep } = await import('../src/train/step.js');
   const { initAdamState } = await import('../src/nn/optim.js');
   const optim = await import('../src/nn/optim.js');
   const { paramsFromHost } = await import('../src/nn/params.js');

@@ -4,11 +4,13 @@
 // from a checkpoint reproduces the uninterrupted run's losses.
 import path from 'node:path';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
-import { np, jit, valueAndGrad, keep, release, fromF32, fromI32, toF32, toNumber, countParams, type Arr } from '../engine/index.js';
-import { initTarFlow, forward, flowLoss, bitsPerDim, type TarFlowParams } from '../models/tarflow.js';
+import { np, jit, keep, release, fromF32, fromI32, toF32, toNumber, countParams, currentDevice, type Arr } from '../engine/index.js';
+import { initTarFlow, forward, bitsPerDim, type TarFlowParams } from '../models/tarflow.js';
 import { tokenShape, type TarFlowConfig } from '../models/config.js';
 import { paramsToHost, paramsFromHost, paramShapes } from '../nn/params.js';
-import { ADAMW_DEFAULTS, adamScalars, adamwUpdate, clipByGlobalNorm, cosineLr, emaDecayAt, emaUpdate, initAdamState, type AdamWConfig } from '../nn/optim.js';
+import { ADAMW_DEFAULTS, adamScalars, cosineLr, emaDecayAt, initAdamState } from '../nn/optim.js';
+import { makeApplyStep, type TrainState } from './step.js';
+import { Replicas } from './replicas.js';
 import { loadDataset } from '../data/load.js';
 import { BatchSampler, makeBatch, addGaussianNoise, uniformDequantize, dropLabels } from '../data/transforms.js';
 import { Rng } from '../engine/rng.js';
@@ -37,37 +39,26 @@ export type TrainOptions = {
   minutes?: number;
   signal?: AbortSignal;
   onEvent?: (e: TrainEvent) => void;
+  /**
+   * Data-parallel worker threads, each computing the gradient on an equal slice of every batch
+   * with its own one-thread engine; 1 (the default) computes it on this thread. At most one per
+   * core. Losses agree with one worker's to float32 round-off; a resumed run matches the
+   * uninterrupted one exactly when both use the same count.
+   */
+  workers?: number;
 };
 
 export class TrainingError extends Error {
   override name = 'TrainingError';
 }
 
-type State = { params: TarFlowParams; m: TarFlowParams; v: TarFlowParams; ema: TarFlowParams };
+type State = TrainState;
 
 export const CHECKPOINT_DIR = 'checkpoint';
 
 /** Nats per dimension → bits per dimension on 8-bit data (the log 128 bin term included). */
 export function lossToBpd(loss: number): number {
   return (loss + 0.5 * Math.log(2 * Math.PI) + Math.log(128)) / Math.LN2;
-}
-
-/** The jitted training step: (state, x, y, lr, bc1, bc2, emaDecay) → { state, loss, gradNorm }. */
-export function makeTrainStep(cfg: TrainConfig) {
-  const opt: AdamWConfig = { ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2, weightDecay: cfg.weightDecay };
-  const m = cfg.model;
-  const lossFn = (p: TarFlowParams, x: Arr, y: Arr) => {
-    const r = forward(p, m, x, m.numClasses > 0 ? y : (y.dispose(), undefined));
-    r.blockZ2.dispose();
-    return flowLoss(r.z, r.logdet);
-  };
-  return jit((s: State, x: Arr, y: Arr, lr: Arr, bc1: Arr, bc2: Arr, emaDecay: Arr) => {
-    const [loss, grads] = valueAndGrad(lossFn)(keep(s.params), x, y);
-    const clipped = clipByGlobalNorm(grads, cfg.gradClip);
-    const next = adamwUpdate(s.params, clipped.grads, { m: s.m, v: s.v }, lr, bc1, bc2, opt);
-    const ema = cfg.emaDecay > 0 ? emaUpdate(s.ema, keep(next.params), emaDecay) : (release(s.ema), emaDecay.dispose(), keep(next.params));
-    return { state: { params: next.params, m: next.state.m, v: next.state.v, ema }, loss, gradNorm: clipped.norm };
-  });
 }
 
 /** Per-sample bits/dim of images under a model (labels −1 or a class each). */
@@ -225,99 +216,101 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     throw new TrainingError(`the data has ${trainData.numClasses} classes but model.numClasses is ${m.numClasses}`);
   }
   const sampler = new BatchSampler(trainData.n, cfg.batchSize, cfg.seed);
-  const stepFn = makeTrainStep(cfg);
-  const nParams = countParams(state.params);
-  emit({ type: 'start', step, totalSteps: cfg.steps, params: nParams, resumed });
+  const workers = opts.workers ?? 1;
+  if (!Number.isInteger(workers) || workers < 1) throw new TrainingError(`workers must be an integer ≥ 1, got ${workers}`);
+  if (cfg.batchSize % workers !== 0) throw new TrainingError(`batchSize ${cfg.batchSize} does not split evenly over ${workers} workers (every replica takes an equal slice)`);
+  const applyStep = makeApplyStep(cfg);
+  const replicas = await Replicas.start(m, state.params, workers, currentDevice());
+  try {
+    const nParams = countParams(state.params);
+    emit({ type: 'start', step, totalSteps: cfg.steps, params: nParams, resumed });
 
-  const stopAt = Math.min(cfg.steps, opts.maxSteps !== undefined ? step + opts.maxSteps : Infinity);
-  const deadline = opts.minutes !== undefined ? Date.now() + opts.minutes * 60_000 : Infinity;
-  let reason: 'done' | 'time' | 'interrupted' = 'done';
-  let lastCheckpoint = step;
-  let haveCheckpoint = resumed; // a fresh run has none on disk until its first save
-  const t0 = performance.now();
-  const firstStep = step;
-  const { channels, height, width } = trainData;
+    const stopAt = Math.min(cfg.steps, opts.maxSteps !== undefined ? step + opts.maxSteps : Infinity);
+    const deadline = opts.minutes !== undefined ? Date.now() + opts.minutes * 60_000 : Infinity;
+    let reason: 'done' | 'time' | 'interrupted' = 'done';
+    let lastCheckpoint = step;
+    let haveCheckpoint = resumed; // a fresh run has none on disk until its first save
+    const t0 = performance.now();
+    const firstStep = step;
+    const { channels, height, width } = trainData;
 
-  while (step < cfg.steps) {
-    if (step >= stopAt) break;
-    if (opts.signal?.aborted) {
-      reason = 'interrupted';
-      break;
-    }
-    if (Date.now() >= deadline) {
-      reason = 'time';
-      break;
-    }
-    // Everything random at this step is derived from (seed, step).
-    const rng = new Rng(cfg.seed).fork(step + 1);
-    const batch = makeBatch(trainData, sampler.batchIndices(step), { flip: cfg.data.flip, rng });
-    const x = cfg.noise === 'uniform' ? uniformDequantize(batch.x, rng) : addGaussianNoise(batch.x, m.noiseStd, rng);
-    const y = dropLabels(batch.y, cfg.labelDrop, rng);
-    const lr = cosineLr({ lr: cfg.lr, minLr: cfg.minLr, warmupSteps: cfg.warmupSteps, totalSteps: cfg.steps }, step);
-    const { bc1, bc2 } = adamScalars({ ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2 }, step + 1);
-    const out = stepFn(
-      keep(state),
-      fromF32(x, [cfg.batchSize, channels, height, width]),
-      fromI32(y, [cfg.batchSize]),
-      np.array(lr),
-      np.array(bc1),
-      np.array(bc2),
-      np.array(emaDecayAt(cfg.emaDecay, step)),
-    );
-    const loss = await toNumber(out.loss);
-    const gradNorm = await toNumber(out.gradNorm);
-    if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-      release(out.state); // keep the last good weights
-      badSteps++;
-      emit({ type: 'skip', step, loss, inARow: badSteps });
-      await log({ step, skipped: true, loss: String(loss) });
-      if (badSteps >= cfg.maxBadSteps) {
-        throw new TrainingError(
-          `training diverged: ${badSteps} non-finite losses in a row (last at step ${step}); ` +
-            (haveCheckpoint
-              ? `the last good checkpoint (step ${lastCheckpoint}) is in ${ckDir}. Lower 'lr' or raise 'warmupSteps' and resume or restart.`
-              : `no checkpoint was written before that. Lower 'lr' or raise 'warmupSteps' and restart.`),
-        );
+    while (step < cfg.steps) {
+      if (step >= stopAt) break;
+      if (opts.signal?.aborted) {
+        reason = 'interrupted';
+        break;
       }
+      if (Date.now() >= deadline) {
+        reason = 'time';
+        break;
+      }
+      // Everything random at this step is derived from (seed, step).
+      const rng = new Rng(cfg.seed).fork(step + 1);
+      const batch = makeBatch(trainData, sampler.batchIndices(step), { flip: cfg.data.flip, rng });
+      const x = cfg.noise === 'uniform' ? uniformDequantize(batch.x, rng) : addGaussianNoise(batch.x, m.noiseStd, rng);
+      const y = dropLabels(batch.y, cfg.labelDrop, rng);
+      const lr = cosineLr({ lr: cfg.lr, minLr: cfg.minLr, warmupSteps: cfg.warmupSteps, totalSteps: cfg.steps }, step);
+      const { bc1, bc2 } = adamScalars({ ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2 }, step + 1);
+      const g = await replicas.gradients(state.params, x, [cfg.batchSize, channels, height, width], y);
+      const out = applyStep(keep(state), g.grads, np.array(lr), np.array(bc1), np.array(bc2), np.array(emaDecayAt(cfg.emaDecay, step)));
+      const loss = await toNumber(g.loss);
+      const gradNorm = await toNumber(out.gradNorm);
+      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+        release(out.state); // keep the last good weights
+        badSteps++;
+        emit({ type: 'skip', step, loss, inARow: badSteps });
+        await log({ step, skipped: true, loss: String(loss) });
+        if (badSteps >= cfg.maxBadSteps) {
+          throw new TrainingError(
+            `training diverged: ${badSteps} non-finite losses in a row (last at step ${step}); ` +
+              (haveCheckpoint
+                ? `the last good checkpoint (step ${lastCheckpoint}) is in ${ckDir}. Lower 'lr' or raise 'warmupSteps' and resume or restart.`
+                : `no checkpoint was written before that. Lower 'lr' or raise 'warmupSteps' and restart.`),
+          );
+        }
+        step++;
+        continue;
+      }
+      release(state);
+      state = out.state;
+      badSteps = 0;
       step++;
-      continue;
-    }
-    release(state);
-    state = out.state;
-    badSteps = 0;
-    step++;
 
-    if (step % cfg.logEvery === 0 || step === stopAt) {
-      const elapsed = (performance.now() - t0) / 1000;
-      const stepsPerSec = (step - firstStep) / elapsed;
-      const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: lossToBpd(loss), lr, gradNorm, stepsPerSec, etaSec: (Math.min(stopAt, cfg.steps) - step) / stepsPerSec };
-      emit(e);
-      await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
+      if (step % cfg.logEvery === 0 || step === stopAt) {
+        const elapsed = (performance.now() - t0) / 1000;
+        const stepsPerSec = (step - firstStep) / elapsed;
+        const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: lossToBpd(loss), lr, gradNorm, stepsPerSec, etaSec: (Math.min(stopAt, cfg.steps) - step) / stepsPerSec };
+        emit(e);
+        await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
+      }
+      if (testData && cfg.evalEvery > 0 && step % cfg.evalEvery === 0) {
+        const r = await evaluateBpd(state.ema, m, testData, cfg.evalImages);
+        emit({ type: 'eval', step, bpd: r.mean, images: Math.min(cfg.evalImages, testData.n) });
+        await log({ step, testBpd: r.finiteMean, ...(r.nonFinite.length ? { testNonFinite: r.nonFinite.length } : {}), time: Date.now() });
+      }
+      if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
+        const file = path.join(opts.outDir, 'samples', `step-${String(step).padStart(6, '0')}.png`);
+        await sampleGrid(state.ema, m, file, cfg.seed);
+        emit({ type: 'samples', step, path: file });
+      }
+      if (step % cfg.checkpointEvery === 0) {
+        await saveRun(ckDir, cfg, state, step, badSteps);
+        lastCheckpoint = step;
+        haveCheckpoint = true;
+        emit({ type: 'checkpoint', step, dir: ckDir });
+      }
     }
-    if (testData && cfg.evalEvery > 0 && step % cfg.evalEvery === 0) {
-      const r = await evaluateBpd(state.ema, m, testData, cfg.evalImages);
-      emit({ type: 'eval', step, bpd: r.mean, images: Math.min(cfg.evalImages, testData.n) });
-      await log({ step, testBpd: r.finiteMean, ...(r.nonFinite.length ? { testNonFinite: r.nonFinite.length } : {}), time: Date.now() });
-    }
-    if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
-      const file = path.join(opts.outDir, 'samples', `step-${String(step).padStart(6, '0')}.png`);
-      await sampleGrid(state.ema, m, file, cfg.seed);
-      emit({ type: 'samples', step, path: file });
-    }
-    if (step % cfg.checkpointEvery === 0) {
+    if (lastCheckpoint !== step || !resumed) {
       await saveRun(ckDir, cfg, state, step, badSteps);
-      lastCheckpoint = step;
-      haveCheckpoint = true;
       emit({ type: 'checkpoint', step, dir: ckDir });
     }
+    emit({ type: 'stop', step, reason });
+    release(state);
+    return { step, checkpoint: ckDir };
+  } finally {
+    applyStep.dispose();
+    await replicas.close();
   }
-  if (lastCheckpoint !== step || !resumed) {
-    await saveRun(ckDir, cfg, state, step, badSteps);
-    emit({ type: 'checkpoint', step, dir: ckDir });
-  }
-  emit({ type: 'stop', step, reason });
-  release(state);
-  return { step, checkpoint: ckDir };
 }
 
 export async function readLog(outDir: string): Promise<object[]> {

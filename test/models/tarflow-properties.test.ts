@@ -13,7 +13,7 @@ import { initTarFlow, forward, type TarFlowParams } from '../../src/models/tarfl
 import { parseModelConfig, tokenShape, type TarFlowConfig } from '../../src/models/config.js';
 import { sampleFromNoise, NO_GUIDANCE, type BlockPlan } from '../../src/sampling/solvers.js';
 import { parseTrainConfig } from '../../src/train/config.js';
-import { makeTrainStep } from '../../src/train/trainer.js';
+import { makeTrainStep } from '../../src/train/step.js';
 import { initAdamState, adamScalars, cosineLr, emaDecayAt, ADAMW_DEFAULTS } from '../../src/nn/optim.js';
 import { loadMnist } from '../../src/data/mnist.js';
 import { makeBatch } from '../../src/data/transforms.js';
