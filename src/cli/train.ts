@@ -25,9 +25,10 @@ Options:
   --schedule-steps N   set the schedule length (the config's 'steps')
   --noise TYPE         override the noise: gaussian (augmentation, for sampling) or uniform (bits/dim)
   --seed N             override the seed
-  --workers N          split every batch over N data-parallel worker threads, at most one per core
-                       (default 1: no workers); each runs its own engine on one thread. About 2x
-                       the steps per second on 2 cores; the batch size must be divisible by N
+  --workers N|auto     split every batch over N data-parallel worker threads, each with its own
+                       one-thread engine (about 2x the steps per second on 2 cores); N must divide
+                       the batch size. auto (default): as many as the thread budget (--threads,
+                       every core) allows; 1 trains on the main thread with --threads kernel threads
 
 Ctrl-C saves a checkpoint and exits; --resume continues from it.
 ${ENGINE_HELP}`;
@@ -87,7 +88,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
   }
   const maxSteps = o.steps === undefined ? undefined : intOpt(o.steps, 'steps', 1);
   const minutes = o.minutes === undefined ? undefined : numOpt(o.minutes, 'minutes', 0, (n) => n > 0, 'a number > 0');
-  const workers = intOpt(o.workers, 'workers', 1, 1);
+  const workers = o.workers === 'auto' || o.workers === undefined ? 'auto' : intOpt(o.workers, 'workers', 1);
   const device = await startEngineFromOptions(o);
 
   const abort = new AbortController();
@@ -108,7 +109,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
       onEvent: (e) => {
         switch (e.type) {
           case 'start':
-            console.error(`${e.resumed ? 'resuming' : 'training'} in ${outDir} on ${device}${workers > 1 ? ` × ${workers} workers` : ''}: ${(e.params / 1e6).toFixed(2)}M parameters, step ${e.step}/${e.totalSteps}`);
+            console.error(`${e.resumed ? 'resuming' : 'training'} in ${outDir} on ${device}${e.workers > 1 ? ` × ${e.workers} workers` : ''}: ${(e.params / 1e6).toFixed(2)}M parameters, step ${e.step}/${e.totalSteps}`);
             bar = new Progress('train', e.totalSteps);
             break;
           case 'step':

@@ -55,6 +55,15 @@ export async function startEngine(device: Device | 'auto' = 'auto'): Promise<Dev
   return chosen;
 }
 
+/**
+ * How many threads the engine may use: what jax-js sizes its wasm pool by (in Node, the shims set
+ * it from STARFLOW_THREADS or the core count).
+ */
+export function threadBudget(): number {
+  const n = (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency;
+  return Number.isInteger(n) && n! > 0 ? n! : 1;
+}
+
 export function currentDevice(): Device {
   if (!started) throw new EngineError('the engine has not been started (call startEngine first)');
   return started;

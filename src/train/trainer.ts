@@ -4,7 +4,7 @@
 // from a checkpoint reproduces the uninterrupted run's losses.
 import path from 'node:path';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
-import { np, jit, keep, release, fromF32, fromI32, toF32, toNumber, countParams, currentDevice, type Arr } from '../engine/index.js';
+import { np, jit, keep, release, fromF32, fromI32, toF32, toNumber, countParams, currentDevice, threadBudget, type Arr } from '../engine/index.js';
 import { initTarFlow, forward, bitsPerDim, type TarFlowParams } from '../models/tarflow.js';
 import { tokenShape, type TarFlowConfig } from '../models/config.js';
 import { paramsToHost, paramsFromHost, paramShapes } from '../nn/params.js';
@@ -23,7 +23,7 @@ import { makePlans } from '../sampling/plan.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 
 export type TrainEvent =
-  | { type: 'start'; step: number; totalSteps: number; params: number; resumed: boolean }
+  | { type: 'start'; step: number; totalSteps: number; params: number; resumed: boolean; workers: number }
   | { type: 'step'; step: number; totalSteps: number; loss: number; bpd: number; lr: number; gradNorm: number; stepsPerSec: number; etaSec: number }
   | { type: 'skip'; step: number; loss: number; inARow: number }
   | { type: 'eval'; step: number; bpd: number; images: number }
@@ -41,11 +41,12 @@ export type TrainOptions = {
   onEvent?: (e: TrainEvent) => void;
   /**
    * Data-parallel worker threads, each computing the gradient on an equal slice of every batch
-   * with its own one-thread engine; 1 (the default) computes it on this thread. At most one per
-   * core. Losses agree with one worker's to float32 round-off; a resumed run matches the
+   * with its own one-thread engine; 1 (the default) computes it on this thread; 'auto' takes the
+   * most that divide the batch size within the engine's thread budget (STARFLOW_THREADS or every
+   * core). Losses agree with one worker's to float32 round-off; a resumed run matches the
    * uninterrupted one exactly when both use the same count.
    */
-  workers?: number;
+  workers?: number | 'auto';
 };
 
 export class TrainingError extends Error {
@@ -175,6 +176,12 @@ async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: State; s
   return { cfg, state, step: t.step, badSteps: t.badSteps };
 }
 
+/** The most data-parallel workers within the engine's thread budget that divide the batch size. */
+export function autoWorkers(batchSize: number): number {
+  for (let w = Math.min(threadBudget(), batchSize); w > 1; w--) if (batchSize % w === 0) return w;
+  return 1;
+}
+
 /** Parameter names and shapes a config implies. */
 export function expectedShapes(cfg: TarFlowConfig): Map<string, number[]> {
   const p = initTarFlow(cfg, 0);
@@ -204,6 +211,9 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     const adam = initAdamState(params);
     state = { params, m: adam.m, v: adam.v, ema: keep(params) }; // the EMA starts at the initial weights
   }
+  const workers = opts.workers === 'auto' ? autoWorkers(cfg.batchSize) : (opts.workers ?? 1);
+  if (!Number.isInteger(workers) || workers < 1) throw new TrainingError(`workers must be an integer ≥ 1, got ${workers}`);
+  if (cfg.batchSize % workers !== 0) throw new TrainingError(`batchSize ${cfg.batchSize} does not split evenly over ${workers} workers (every replica takes an equal slice)`);
   await mkdir(path.join(opts.outDir, 'samples'), { recursive: true });
   const logFile = path.join(opts.outDir, 'log.jsonl');
   const log = (e: object) => appendFile(logFile, JSON.stringify(e) + '\n');
@@ -216,14 +226,11 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     throw new TrainingError(`the data has ${trainData.numClasses} classes but model.numClasses is ${m.numClasses}`);
   }
   const sampler = new BatchSampler(trainData.n, cfg.batchSize, cfg.seed);
-  const workers = opts.workers ?? 1;
-  if (!Number.isInteger(workers) || workers < 1) throw new TrainingError(`workers must be an integer ≥ 1, got ${workers}`);
-  if (cfg.batchSize % workers !== 0) throw new TrainingError(`batchSize ${cfg.batchSize} does not split evenly over ${workers} workers (every replica takes an equal slice)`);
   const applyStep = makeApplyStep(cfg);
   const replicas = await Replicas.start(m, state.params, workers, currentDevice());
   try {
     const nParams = countParams(state.params);
-    emit({ type: 'start', step, totalSteps: cfg.steps, params: nParams, resumed });
+    emit({ type: 'start', step, totalSteps: cfg.steps, params: nParams, resumed, workers });
 
     const stopAt = Math.min(cfg.steps, opts.maxSteps !== undefined ? step + opts.maxSteps : Infinity);
     const deadline = opts.minutes !== undefined ? Date.now() + opts.minutes * 60_000 : Infinity;

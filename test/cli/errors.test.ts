@@ -88,6 +88,13 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
     await expectError(['train', '--config', f], /unknown field 'batchsize'/);
   });
 
+  test('train: --workers that does not divide the batch size', async () => {
+    const f = path.join(dir, 'workers.json');
+    await writeFile(f, JSON.stringify(TRAIN));
+    await expectError(['train', '--config', f, '--out', path.join(dir, 'workers-run'), '--workers', '3'], /batchSize 8 does not split evenly over 3 workers/);
+    await expectError(['train', '--config', f, '--workers', '0'], /--workers must be an integer ≥ 1, got '0'/, { code: 2 });
+  });
+
   test('sample: missing model directory', async () => {
     await expectError(['sample', '--model', path.join(dir, 'missing'), '--n', '1'], /no such checkpoint directory: .*missing/);
   });
