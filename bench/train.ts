@@ -1,9 +1,10 @@
 // Training-step benchmark: ms per jitted TARFlow training step (forward + backward + clip 1.0 +
-// AdamW + EMA, `makeTrainStep` of src/train/trainer.ts) for
+// AdamW + EMA, `makeTrainStep` of src/train/step.ts) for
 //   notebook: the reference notebook's model (28×28×1, patch 4, width 128, 4 blocks × 4 layers,
 //             head size 64 → 2 heads, MLP ×4, 10 classes, batch 64);
 //   mnist:    the project's presets/mnist.json (width 64, head size 32, 4 blocks × 1 layer, batch 64);
-// jax-js wasm with 1 and 2 threads against a PyTorch twin (bench/torch/tarflow_train.py, 1 thread).
+// jax-js wasm with 1 and 2 kernel threads and with 2 data-parallel workers (the trainer's
+// --workers 2) against a PyTorch twin (bench/torch/tarflow_train.py) on 1 and 2 threads.
 //
 // A prep child builds each config's initial weights (projOut randomised, so the whole backward pass
 // does real work) and one real MNIST batch (Gaussian noise σ = 0.1, 10% of the labels dropped to
@@ -71,6 +72,8 @@ type PrepResult = { config: ConfigName; file: string; params: number; tokens: nu
 type StepResult = {
   kind: 'jax-js' | 'torch';
   threads: number;
+  /** jax-js: data-parallel worker threads (1: the step runs on the child's main thread). */
+  workers?: number;
   version: string;
   params: number;
   /** jax-js: trace + compile + one step; torch: its first eager step. */
@@ -122,13 +125,15 @@ async function prep(args: string[]): Promise<void> {
 /** Times the jitted training step on the weights and batch of a prep file. */
 async function worker(args: string[]): Promise<void> {
   const threads = Number(argOf(args, '--threads'));
+  const workers = Number(args.includes('--workers') ? argOf(args, '--workers') : '1');
   const file = argOf(args, '--file');
   const warmup = Number(argOf(args, '--warmup'));
   const steps = Number(argOf(args, '--steps'));
   const usedThreads = await startWorkerEngine(threads);
   const E = await import('../src/engine/index.js');
   const { bitsPerDimOf } = await import('../src/train/trainer.js');
-  const { makeTrainStep } = await import('../src/train/step.js');
+  const { makeTrainStep, makeApplyStep } = await import('../src/train/step.js');
+  const { Replicas } = await import('../src/train/replicas.js');
   const { initAdamState } = await import('../src/nn/optim.js');
   const optim = await import('../src/nn/optim.js');
   const { paramsFromHost } = await import('../src/nn/params.js');
@@ -145,11 +150,23 @@ async function worker(args: string[]): Promise<void> {
   const params = paramsFromHost<P>(host);
   const adam = initAdamState(params);
   let state = { params, m: adam.m, v: adam.v, ema: E.keep(params) };
-  const x = E.fromF32(st.toFloat32(f.tensors.get('x')!), [cfg.batchSize, m.inChannels, m.imgSize, m.imgSize]);
-  const y = E.fromI32(st.toInt32(f.tensors.get('y')!), [cfg.batchSize]);
+  const xShape = [cfg.batchSize, m.inChannels, m.imgSize, m.imgSize];
+  const xHost = st.toFloat32(f.tensors.get('x')!);
+  const yHost = st.toInt32(f.tensors.get('y')!);
+  const x = E.fromF32(xHost, xShape);
+  const y = E.fromI32(yHost, [cfg.batchSize]);
   await E.settle([state, x, y]);
   const nParams = E.countParams(state.params);
-  const stepFn = makeTrainStep({ ...cfg, emaDecay: EMA_DECAY });
+  // One jitted step on this thread, or the trainer's data-parallel path: worker threads' slice
+  // gradients averaged here, then the update.
+  const replicas = workers > 1 ? await Replicas.start(m, state.params, workers, E.currentDevice()) : null;
+  const applyStep = makeApplyStep({ ...cfg, emaDecay: EMA_DECAY });
+  const fused = makeTrainStep({ ...cfg, emaDecay: EMA_DECAY });
+  const stepFn = async (s: typeof state, lr: InstanceType<typeof E.np.Array>, bc1: InstanceType<typeof E.np.Array>, bc2: InstanceType<typeof E.np.Array>, decay: InstanceType<typeof E.np.Array>) => {
+    if (!replicas) return fused(s, x.ref, y.ref, lr, bc1, bc2, decay);
+    const g = await replicas.gradients(s.params, xHost, xShape, yHost);
+    return { ...applyStep(s, g.grads, lr, bc1, bc2, decay), loss: g.loss };
+  };
 
   // Leaves are awaited one by one (see bench/README.md, engine: settle(tree) is slower).
   let t = 0;
@@ -159,7 +176,7 @@ async function worker(args: string[]): Promise<void> {
     t += 1;
     const { bc1, bc2 } = optim.adamScalars({ ...optim.ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2 }, t);
     const t0 = performance.now();
-    const out = stepFn(state, x.ref, y.ref, E.np.array(LR), E.np.array(bc1), E.np.array(bc2), E.np.array(EMA_DECAY));
+    const out = await stepFn(state, E.np.array(LR), E.np.array(bc1), E.np.array(bc2), E.np.array(EMA_DECAY));
     for (const leaf of E.leaves(out)) await leaf.blockUntilReady();
     const ms = performance.now() - t0;
     state = out.state;
@@ -182,13 +199,16 @@ async function worker(args: string[]): Promise<void> {
     a.dispose();
     nllMs.push(performance.now() - t0);
   }
-  stepFn.dispose();
+  fused.dispose();
+  applyStep.dispose();
+  await replicas?.close();
   E.release(state);
   x.dispose();
   y.dispose();
   const out: StepResult = {
     kind: 'jax-js',
     threads: usedThreads,
+    workers,
     version: jaxVersion(),
     params: nParams,
     firstCallMs,
@@ -329,6 +349,12 @@ function markdown(
     'Data: one real MNIST training batch (images 0..63, Gaussian noise σ 0.1, labels with 10% dropped to −1), the same every step; projOut weights randomised (N(0, 0.01²)) so the backward does real work.',
     'Both sides load the same initial weights and batch (a safetensors file written by the jax-js side). "loss Δ" is the largest |jax-js − torch| loss at the shared initial weights, and after the same number of updates (round 1).',
     ...lossRows,
+    ...configs.flatMap((name) => {
+      const ss = sums.get(name)!;
+      const w = ss.find((s) => s.id === 'jaxjs-2w');
+      const t2 = ss.find((s) => s.id === 'torch-2t');
+      return w && t2 ? [`${name}, the whole 2-core machine on each side: jax-js 2 workers ${fmt(w.medianMs)} ms / torch 2 threads ${fmt(t2.medianMs)} ms = ${fmt(w.medianMs / t2.medianMs, 2)}×.`] : [];
+    }),
     `Machine load (1-min load average) before / after each round: ${opts.load.map((l) => l.map((v) => v.toFixed(2)).join(' → ')).join('; ')}.`,
   ];
   if (opts.torchNote) notes.unshift(`**PyTorch not measured:** ${opts.torchNote}`);
@@ -339,14 +365,20 @@ function markdown(
 export async function main(args: string[]): Promise<void> {
   const o = parseFlags(args);
   const quickArg = o.quick ? ['--quick'] : [];
-  const contenders: Contender[] = [1, 2].map((threads) => ({
-    id: `jaxjs-${threads}t`,
-    label: `jax-js ${threads} thr`,
+  // jax-js on 1 and 2 kernel threads, and with 2 data-parallel workers of one thread each (the
+  // trainer's --workers 2); torch on 1 and 2 threads.
+  const contenders: Contender[] = [
+    { threads: 1, workers: 1 },
+    { threads: 2, workers: 1 },
+    { threads: 1, workers: 2 },
+  ].map(({ threads, workers }) => ({
+    id: workers > 1 ? `jaxjs-${workers}w` : `jaxjs-${threads}t`,
+    label: workers > 1 ? `jax-js ${workers} workers` : `jax-js ${threads} thr`,
     run: (file, p) =>
       runChild<StepResult>(
         process.execPath,
-        tsxArgs(SELF, ['--worker', '--threads', String(threads), '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), ...quickArg]),
-        `jax-js worker (${threads} threads)`,
+        tsxArgs(SELF, ['--worker', '--threads', String(threads), '--workers', String(workers), '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), ...quickArg]),
+        `jax-js worker (${threads} threads, ${workers} workers)`,
         { STARFLOW_THREADS: String(threads) },
       ),
   }));
@@ -355,17 +387,19 @@ export async function main(args: string[]): Promise<void> {
   let torchNote: string | null = null;
   if (tv.ok) {
     const script = path.join(HERE, 'torch', 'tarflow_train.py');
-    contenders.push({
-      id: 'torch',
-      label: 'torch 1 thr',
-      run: (file, p) =>
-        runChild<StepResult>(
-          o.python,
-          [script, '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), '--lr', String(LR), '--ema-decay', String(EMA_DECAY), '--threads', '1', '--nll-reps', String(NLL_REPS)],
-          'torch twin',
-          torchChildEnv,
-        ),
-    });
+    for (const threads of [1, 2]) {
+      contenders.push({
+        id: threads === 1 ? 'torch' : 'torch-2t',
+        label: `torch ${threads} thr`,
+        run: (file, p) =>
+          runChild<StepResult>(
+            o.python,
+            [script, '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), '--lr', String(LR), '--ema-decay', String(EMA_DECAY), '--threads', String(threads), '--nll-reps', String(NLL_REPS)],
+            `torch twin (${threads} threads)`,
+            { ...torchChildEnv, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
+          ),
+      });
+    }
   } else {
     torchNote = torchMissingNote(tv.why);
     console.log(`\n!! PyTorch is missing: ${torchNote}\n`);
