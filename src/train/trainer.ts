@@ -176,9 +176,9 @@ async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: State; s
   return { cfg, state, step: t.step, badSteps: t.badSteps };
 }
 
-/** The most data-parallel workers within the engine's thread budget that divide the batch size. */
-export function autoWorkers(batchSize: number): number {
-  for (let w = Math.min(threadBudget(), batchSize); w > 1; w--) if (batchSize % w === 0) return w;
+/** The most data-parallel workers within a thread budget (the engine's) that divide the batch size. */
+export function autoWorkers(batchSize: number, budget = threadBudget()): number {
+  for (let w = Math.min(budget, batchSize); w > 1; w--) if (batchSize % w === 0) return w;
   return 1;
 }
 

@@ -14,7 +14,7 @@ import { initTarFlow, type TarFlowParams } from '../../src/models/tarflow.js';
 import { namedLeaves } from '../../src/nn/params.js';
 import { makeGradStep } from '../../src/train/step.js';
 import { Replicas, ReplicaError, flattenParams } from '../../src/train/replicas.js';
-import { train, readLog, TrainingError } from '../../src/train/trainer.js';
+import { train, readLog, TrainingError, autoWorkers } from '../../src/train/trainer.js';
 import { parseTrainConfig } from '../../src/train/config.js';
 
 const MODEL = { model: 'tarflow', inChannels: 1, imgSize: 28, patchSize: 7, width: 16, headDim: 8, numBlocks: 2, layersPerBlock: 1, numClasses: 10, noiseStd: 0.1 };
@@ -88,4 +88,13 @@ test('a worker count that does not divide the batch is refused before anything i
   const params = initTarFlow(cfg.model, 0);
   await assert.rejects(Replicas.start(cfg.model, params, 0, currentDevice()), ReplicaError);
   release(params);
+});
+
+test('--workers auto: the most workers within the thread budget that divide the batch', () => {
+  assert.equal(autoWorkers(64, 2), 2);
+  assert.equal(autoWorkers(64, 3), 2);
+  assert.equal(autoWorkers(10, 4), 2);
+  assert.equal(autoWorkers(7, 2), 1);
+  assert.equal(autoWorkers(3, 8), 3);
+  assert.equal(autoWorkers(64, 1), 1);
 });
