@@ -358,7 +358,8 @@ function markdown(
     `Machine load (1-min load average) before / after each round: ${opts.load.map((l) => l.map((v) => v.toFixed(2)).join(' → ')).join('; ')}.`,
   ];
   if (opts.torchNote) notes.unshift(`**PyTorch not measured:** ${opts.torchNote}`);
-  if (opts.torchBlas !== undefined && hasTorch) notes.push(`torch BLAS: ${opts.torchBlas ? `OpenBLAS (${opts.torchBlas}), 1 thread` : 'the system libblas.so.3'}.`);
+  if (opts.torchBlas !== undefined && hasTorch) notes.push(`torch BLAS: ${opts.torchBlas ? `OpenBLAS (${opts.torchBlas}), as many threads as torch's` : 'the system libblas.so.3'}.`);
+  if (first.some((s) => s.id === 'jaxjs-2w')) notes.push('jax-js 2 workers: the workers compute the gradients; its likelihood column is the main thread alone (1 kernel thread), as bits/dim evaluation is not data-parallel.');
   return `${table}\n\n${notes.map((n) => `- ${n}`).join('\n')}\n`;
 }
 
