@@ -41,10 +41,10 @@ class ReplicaWorker {
       this.#pending = null;
     };
     this.#worker.on('message', (m: ReplicaReply) => {
+      if ('error' in m) return fail(`failed: ${m.error}`);
       const p = this.#pending;
       this.#pending = null;
-      if ('error' in m) fail(`failed: ${m.error}`);
-      else p?.resolve(m);
+      p?.resolve(m);
     });
     this.#worker.on('error', (e) => fail(`failed: ${e.message}`));
     this.#worker.on('exit', (code) => fail(`exited (code ${code})`));

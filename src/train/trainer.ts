@@ -53,8 +53,6 @@ export class TrainingError extends Error {
   override name = 'TrainingError';
 }
 
-type State = TrainState;
-
 export const CHECKPOINT_DIR = 'checkpoint';
 
 /** Nats per dimension → bits per dimension on 8-bit data (the log 128 bin term included). */
@@ -143,7 +141,7 @@ function unprefixed(prefix: string, t: FlatTensors): FlatTensors {
 
 type TrainerState = { version: 1; step: number; train: TrainConfig; badSteps: number };
 
-async function saveRun(dir: string, cfg: TrainConfig, state: State, step: number, badSteps: number): Promise<void> {
+async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, step: number, badSteps: number): Promise<void> {
   const trainer: TrainerState = { version: 1, step, train: cfg, badSteps };
   await saveCheckpoint(dir, {
     config: cfg.model,
@@ -158,7 +156,7 @@ async function saveRun(dir: string, cfg: TrainConfig, state: State, step: number
   });
 }
 
-async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: State; step: number; badSteps: number }> {
+async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: TrainState; step: number; badSteps: number }> {
   const ck = await loadCheckpoint(dir);
   const t = ck.trainer as TrainerState | undefined;
   if (!t || t.version !== 1 || !ck.optimizer) {
@@ -172,7 +170,7 @@ async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: State; s
     checkWeightsAgainst(shapes, flat, `${dir}/optimizer.safetensors (${p})`);
     return paramsFromHost<TarFlowParams>(flat);
   }) as [TarFlowParams, TarFlowParams, TarFlowParams];
-  const state: State = { params: parts[0], m: parts[1], v: parts[2], ema: paramsFromHost<TarFlowParams>(ck.model) };
+  const state: TrainState = { params: parts[0], m: parts[1], v: parts[2], ema: paramsFromHost<TarFlowParams>(ck.model) };
   return { cfg, state, step: t.step, badSteps: t.badSteps };
 }
 
@@ -198,7 +196,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   const ckDir = path.join(opts.outDir, CHECKPOINT_DIR);
   const emit = opts.onEvent ?? (() => {});
   let cfg: TrainConfig;
-  let state: State;
+  let state: TrainState;
   let step = 0;
   let badSteps = 0;
   let resumed = false;

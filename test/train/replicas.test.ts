@@ -54,6 +54,10 @@ test('the mean of 2 workers’ slice gradients is the whole batch’s gradient',
     // Float32 sums in another order: measured ~1e-7 of the largest entry.
     assert.ok(maxDiff <= 1e-5 * maxAbs, `max |Δgrad| ${maxDiff} vs max |grad| ${maxAbs}`);
     await assert.rejects(replicas.gradients(params, x.subarray(0, 5 * 784), [5, 1, 28, 28], y.subarray(0, 5)), ReplicaError);
+    // A worker that fails says why, and stays failed.
+    const bad = () => replicas.gradients(params, x.subarray(0, 2 * 784), [2, 1, 27, 28], y.subarray(0, 2));
+    await assert.rejects(bad(), /^ReplicaError: gradient worker \d failed: data of length 784 does not fill shape \[1,1,27,28\]/);
+    await assert.rejects(replicas.gradients(params, x, [n, 1, 28, 28], y), /gradient worker \d failed/);
   } finally {
     await replicas.close();
     release(params);
