@@ -70,14 +70,15 @@ class ReplicaWorker {
 
 export class Replicas {
   readonly count: number;
-  readonly #gradStep: ReturnType<typeof makeGradStep>;
+  /** The gradient on this thread, when there are no workers. */
+  readonly #local: ReturnType<typeof makeGradStep> | null;
   readonly #workers: ReplicaWorker[];
   readonly #names: string[];
   readonly #shapes: number[][];
 
   private constructor(model: TarFlowConfig, count: number, workers: ReplicaWorker[], names: string[], shapes: number[][]) {
     this.count = count;
-    this.#gradStep = makeGradStep(model);
+    this.#local = workers.length === 0 ? makeGradStep(model) : null;
     this.#workers = workers;
     this.#names = names;
     this.#shapes = shapes;
@@ -104,13 +105,11 @@ export class Replicas {
    */
   async gradients(params: TarFlowParams, x: Float32Array, xShape: number[], y: Int32Array): Promise<{ loss: Arr; grads: TarFlowParams }> {
     const n = xShape[0]!;
+    if (this.#local) return this.#local(keep(params), fromF32(x, xShape), fromI32(y, [n]));
     if (n % this.count !== 0) throw new ReplicaError(`a batch of ${n} does not split evenly over ${this.count} workers`);
     const part = n / this.count;
-    const slice = (i: number) => {
-      const per = x.length / n;
-      return { x: x.slice(i * part * per, (i + 1) * part * per), xShape: [part, ...xShape.slice(1)], y: y.slice(i * part, (i + 1) * part) };
-    };
-    if (this.count === 1) return this.#gradStep(keep(params), fromF32(x, xShape), fromI32(y, [n]));
+    const per = x.length / n;
+    const slice = (i: number) => ({ x: x.slice(i * part * per, (i + 1) * part * per), xShape: [part, ...xShape.slice(1)], y: y.slice(i * part, (i + 1) * part) });
 
     const flat = await flattenParams(keep(params), this.#names);
     const replies = await Promise.all(this.#workers.map((w, i) => w.request({ params: flat, ...slice(i) })));
@@ -126,7 +125,7 @@ export class Replicas {
   }
 
   async close(): Promise<void> {
-    this.#gradStep.dispose();
+    this.#local?.dispose();
     await Promise.all(this.#workers.map((w) => w.close()));
   }
 }
