@@ -160,7 +160,7 @@ export function eachFlag(args: string[], take: (flag: string, value: () => strin
  * initialised, it would make the backward pass and the inverse trivial. Loads the engine, so
  * child processes only.
  */
-export async function benchWeights(cfg: import('../src/models/config.js').TarFlowConfig): Promise<import('../src/models/tarflow.js').TarFlowParams> {
+export async function benchWeights(cfg: import('../src/models/tarflow.js').TarFlowConfig): Promise<import('../src/models/tarflow.js').TarFlowParams> {
   const E = await import('../src/engine/index.js');
   const { initTarFlow } = await import('../src/models/tarflow.js');
   const { tokenShape } = await import('../src/models/config.js');

@@ -141,7 +141,6 @@ async function stepBench(E: typeof import('../src/engine/index.js'), warmup: num
 
   const lossOf = (p: P, xs: Arr): Arr => {
     const r = forward(p, cfg, xs);
-    r.blockZ2.dispose();
     return flowLoss(r.z, r.logdet);
   };
   const trainStep = jit((p: P, s: S, xs: Arr, lr: Arr, bc1: Arr, bc2: Arr) => {

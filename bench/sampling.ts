@@ -10,7 +10,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync,
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseModelConfig, tokenShape, type TarFlowConfig } from '../src/models/config.js';
+import { parseTarFlowConfig as parseModelConfig, tokenShape, type TarFlowConfig } from '../src/models/tarflow.js';
 import { readSafetensorsFile, writeSafetensorsFile } from '../src/io/files.js';
 import { fromFloat32, fromInt32, toFloat32, toInt32 } from '../src/io/safetensors.js';
 import {

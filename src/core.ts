@@ -1,12 +1,15 @@
 // starflow-ts/core: the browser-safe library (no Node imports): models, samplers, formats.
 export { startEngine, currentDevice, parseDevice, Rng, type Device, type Arr } from './engine/index.js';
-export { parseModelConfig, tokenShape, ConfigError, type TarFlowConfig } from './models/config.js';
-export { initTarFlow, forward, flowLoss, bitsPerDim, patchify, unpatchify, type TarFlowParams } from './models/tarflow.js';
-export { sampleFromNoise, invertBlock, NO_GUIDANCE, SamplingError, type BlockPlan, type Guidance, type SampleOptions } from './sampling/solvers.js';
-export { makePlans, SOLVERS, type SolverName } from './sampling/plan.js';
+export { ConfigError } from './models/config.js';
+export { bitsPerDim, NO_GUIDANCE, type Model, type ModelConfig, type ModelFamily, type Guidance, type GuidanceRule, type AutoregressiveSampler, type DirectSampler, type BlockInverse, type FlowSteps } from './models/model.js';
+export { registerFamily, familyOf, familyNames, parseModelConfig, initModel } from './models/registry.js';
+export { tarflow, parseTarFlowConfig, tokenShape, initTarFlow, forward, flowLoss, flowNll, guide, patchify, unpatchify, type TarFlowConfig, type TarFlowParams } from './models/tarflow.js';
+export { sampleFromNoise, sampleModel, invertBlock, SamplingError, type BlockPlan, type SampleOptions } from './sampling/solvers.js';
+export { makePlans, plansFor, SOLVERS, type SolverName, type SolverChoice } from './sampling/plan.js';
 export { generate, drawNoise, type GenerateOptions } from './sampling/pipeline.js';
 export { denoise } from './sampling/denoise.js';
-export { guide, type GuidanceRule } from './sampling/step.js';
+export { nllOf, scoreImages, evaluateBpd, LikelihoodError, type BpdResult } from './eval/likelihood.js';
+export { classify } from './eval/classify.js';
 export { imageGrid, encodePng, decodePng } from './io/png.js';
 export { encodeGif } from './io/gif.js';
 export { parseSafetensors, serializeSafetensors, SafetensorsError } from './io/safetensors.js';

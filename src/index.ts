@@ -3,13 +3,12 @@
 import './engine/node-shims.js';
 export * from './core.js';
 export { startNodeEngine } from './engine/node.js';
-export { loadModel, saveModel } from './io/model.js';
+export { loadModel, saveModel, type LoadedModel, type Provenance } from './io/model.js';
 export { saveCheckpoint, loadCheckpoint, CheckpointError } from './io/checkpoint.js';
 export { loadDataset } from './data/load.js';
 export { loadMnist, loadMnistLike, type MnistKind, type MnistSplit } from './data/mnist.js';
 export { loadImageFolder } from './data/image-folder.js';
-export { train, evaluateBpd, sampleGrid, TrainingError, type TrainEvent, type TrainOptions } from './train/trainer.js';
+export { train, sampleGrid, TrainingError, type TrainEvent, type TrainOptions } from './train/trainer.js';
 export { parseTrainConfig, type TrainConfig } from './train/config.js';
-export { classify } from './eval/classify.js';
 export { trainClassifier, loadFeatureNet, saveFeatureNet, extract, features, datasetImages, FeatureNetError, FEATURE_NET_DEFAULTS, type FeatureNetConfig } from './eval/features.js';
 export { loadPreset } from './cli/train.js';

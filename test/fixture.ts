@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { parseModelConfig, type TarFlowConfig } from '../src/models/config.js';
+import { parseTarFlowConfig as parseModelConfig, type TarFlowConfig } from '../src/models/tarflow.js';
 import type { HostTensor } from '../src/nn/params.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));

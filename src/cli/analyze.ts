@@ -32,8 +32,7 @@ export async function analyzeCommand(argv: string[]): Promise<void> {
   const seed = intOpt(o.seed, 'seed', 0, 0);
   const tol = numOpt(o.tol, 'tol', 1e-6, (x) => x > 0, 'a number > 0');
   await startEngineFromOptions(o);
-  const { cfg, params } = await loadModel(dir);
-  const r = await analyzeSampling(params, cfg, { n, seed, tol });
+  const r = await analyzeSampling(await loadModel(dir), { n, seed, tol });
   if (o.json) return void console.log(JSON.stringify(r));
   const head = ['order', 'block', 'CRM', '‖α⊙z‖', '‖W_s‖', '‖W_u‖', 'mean a', 'IGM z', 'IGM 0', 'sweeps z', 'sweeps 0', ''];
   const rows = r.blocks.map((b) => [

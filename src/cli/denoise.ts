@@ -3,7 +3,7 @@ import { writeSafetensorsFile } from '../io/files.js';
 import { fromFloat32 } from '../io/safetensors.js';
 import { fromF32, toF32 } from '../engine/index.js';
 import { denoise } from '../sampling/denoise.js';
-import { readInputs } from './nll.js';
+import { readImageInputs } from '../io/inputs.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
 export const DENOISE_HELP = `starflow denoise: one score-based (Tweedie) denoising step on images
@@ -44,10 +44,11 @@ export async function denoiseCommand(argv: string[]): Promise<void> {
   if (!out.endsWith('.safetensors')) throw new UsageError(`--out must name a .safetensors file, got '${out}'`);
   const lrScale = numOpt(o['lr-scale'], 'lr-scale', 1, (x) => x >= 0, 'a number ≥ 0');
   await startEngineFromOptions(o);
-  const { cfg, params } = await loadModel(dir);
+  const model = await loadModel(dir);
+  const { cfg } = model;
   const sigma = numOpt(o.sigma, 'sigma', cfg.noiseStd, (x) => x >= 0, 'a number ≥ 0');
   if (o.sigma === undefined && sigma === 0) throw new UsageError('this model has noiseStd 0: pass --sigma S');
-  const { x, shape, labels } = await readInputs(input, strOpt(o['x-key'], 'x-key') ?? 'x', strOpt(o['y-key'], 'y-key'), cfg);
+  const { x, shape, labels } = await readImageInputs(input, strOpt(o['x-key'], 'x-key') ?? 'x', strOpt(o['y-key'], 'y-key'), cfg);
   const [b, c, h, w] = shape;
   const batch = intOpt(o.batch, 'batch', 1, b);
   const per = c * h * w;
@@ -55,7 +56,7 @@ export async function denoiseCommand(argv: string[]): Promise<void> {
   for (let s = 0; s < b; s += batch) {
     const n = Math.min(batch, b - s);
     const xs = fromF32(x.subarray(s * per, (s + n) * per), [n, c, h, w]);
-    result.set(await toF32(denoise(params, cfg, xs, labels?.slice(s, s + n), sigma, lrScale)), s * per);
+    result.set(await toF32(denoise(model, xs, labels?.slice(s, s + n), sigma, lrScale)), s * per);
   }
   await writeSafetensorsFile(out, { x: fromFloat32(result, [b, c, h, w]) }, { sigma: String(sigma), lr_scale: String(lrScale) });
   console.error(`wrote ${b} denoised images to ${out} (σ ${sigma})`);

@@ -1,5 +1,4 @@
 import { loadModel } from '../io/model.js';
-import { tokenShape } from '../models/config.js';
 import { countParams } from '../engine/index.js';
 import { parse, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
@@ -14,8 +13,9 @@ export async function infoCommand(argv: string[]): Promise<void> {
   if (o.help) return void console.log(INFO_HELP);
   const dir = modelDir(o);
   await startEngineFromOptions(o);
-  const { cfg, params } = await loadModel(dir);
-  const info = { ...cfg, ...tokenShape(cfg), parameters: countParams(params) };
-  if (o.json) console.log(JSON.stringify(info));
-  else for (const [k, v] of Object.entries(info)) console.log(`${k.padEnd(16)} ${v}`);
+  const { family, cfg, params, provenance } = await loadModel(dir);
+  const info = { ...cfg, noiseShape: family.noiseShape(cfg), parameters: countParams(params), ...(provenance ? { provenance } : {}) };
+  if (o.json) return void console.log(JSON.stringify(info));
+  console.log(family.describe(cfg));
+  for (const [k, v] of Object.entries(info)) console.log(`${k.padEnd(16)} ${typeof v === 'object' ? JSON.stringify(v) : v}`);
 }

@@ -1,7 +1,8 @@
 // `npm start`: the main job on the embedded default. Trains the mnist preset for a while, then
 // writes a sample grid and the test bits/dim, and says where.
 import path from 'node:path';
-import { evaluateBpd, sampleGrid, CHECKPOINT_DIR } from '../train/trainer.js';
+import { sampleGrid, CHECKPOINT_DIR } from '../train/trainer.js';
+import { evaluateBpd } from '../eval/likelihood.js';
 import { loadModel } from '../io/model.js';
 import { loadDataset } from '../data/load.js';
 import { writeFileAtomic } from '../io/files.js';
@@ -27,11 +28,12 @@ export async function mainJob(argv: string[]): Promise<void> {
   // Training reports progress through the same path as `starflow train`.
   await trainCommand(['--preset', preset, '--out', out, '--minutes', String(minutes), ...(o.device ? ['--device', String(o.device)] : []), ...(o.threads ? ['--threads', String(o.threads)] : [])]);
   await startEngineFromOptions(o);
-  const { cfg, params } = await loadModel(path.join(out, CHECKPOINT_DIR));
+  const model = await loadModel(path.join(out, CHECKPOINT_DIR));
+  const { cfg } = model;
   const samples = path.join(out, 'samples.png');
-  await sampleGrid(params, cfg, samples, 0);
+  await sampleGrid(model, samples, 0);
   const test = await loadDataset('mnist:test', { size: cfg.imgSize, channels: cfg.inChannels });
-  const r = await evaluateBpd(params, cfg, test, test.n);
+  const r = await evaluateBpd(model, test, test.n);
   const overflowed = r.nonFinite.length ? { testBpdFinite: r.finiteMean, nonFinite: r.nonFinite } : {};
   await writeFileAtomic(path.join(out, 'result.json'), JSON.stringify({ testBpd: Number.isFinite(r.mean) ? r.mean : null, images: test.n, ...overflowed, samples }, null, 2) + '\n');
   const bpdLine = r.nonFinite.length

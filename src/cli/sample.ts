@@ -1,11 +1,11 @@
 import path from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { loadModel } from '../io/model.js';
-import { tokenShape } from '../models/config.js';
 import { currentDevice } from '../engine/index.js';
 import { generate } from '../sampling/pipeline.js';
-import { makePlans, SOLVERS } from '../sampling/plan.js';
-import { SamplingError, type Guidance } from '../sampling/solvers.js';
+import { SOLVERS, type SolverName } from '../sampling/plan.js';
+import { SamplingError } from '../sampling/solvers.js';
+import type { Guidance } from '../models/model.js';
 import { writePngGrid, imageGrid, encodePng } from '../io/png.js';
 import { writeFileAtomic, writeSafetensorsFile, readSafetensorsFile } from '../io/files.js';
 import { fromFloat32, toFloat32, toInt32 } from '../io/safetensors.js';
@@ -97,8 +97,9 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   if (!(SOLVERS as readonly string[]).includes(solver)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${SOLVERS.join(', ')})`);
 
   await startEngineFromOptions(o);
-  const { cfg, params } = await loadModel(dir);
-  const { tokens, tokenDim } = tokenShape(cfg);
+  const model = await loadModel(dir);
+  const { cfg } = model;
+  const noiseShape = model.family.noiseShape(cfg);
 
   let noise: Float32Array | undefined;
   let fileLabels: number[] | undefined;
@@ -108,8 +109,8 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     const key = strOpt(o['noise-key'], 'noise-key') ?? 'noise';
     const t = f.tensors.get(key);
     if (!t) throw new UsageError(`${o.noise} has no tensor '${key}' (it has: ${[...f.tensors.keys()].join(', ')})`);
-    if (t.shape.length !== 3 || t.shape[1] !== tokens || t.shape[2] !== tokenDim) {
-      throw new UsageError(`noise '${key}' must have shape [n, ${tokens}, ${tokenDim}] for this model, got [${t.shape}]`);
+    if (t.shape.length !== noiseShape.length + 1 || t.shape.slice(1).join(',') !== noiseShape.join(',')) {
+      throw new UsageError(`noise '${key}' must have shape [n, ${noiseShape.join(', ')}] for this model, got [${t.shape}]`);
     }
     noise = toFloat32(t, key);
     n = t.shape[0]!;
@@ -140,20 +141,22 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     blocks: o['guided-blocks'] ? intList(o['guided-blocks'] as string, 'guided-blocks') : undefined,
   };
   const maxIter = o['jacobi-max-iter'] === undefined ? undefined : intOpt(o['jacobi-max-iter'], 'jacobi-max-iter', 1);
-  const plans = makePlans(solver, cfg.numBlocks, tokens, strOpt(o.strategy, 'strategy'), {
+  const choice = {
+    name: solver as SolverName,
+    strategy: strOpt(o.strategy, 'strategy'),
     tol: numOpt(o['jacobi-tol'], 'jacobi-tol', 1e-6, (x) => x >= 0, 'a number ≥ 0'),
     maxIter,
-    init,
-  });
+    init: init as 'z' | 'zeros',
+  };
   const denoise = o.denoise
     ? { sigma: numOpt(o.sigma, 'sigma', cfg.noiseStd, (x) => x >= 0, 'a number ≥ 0'), lrScale: numOpt(o['denoise-lr'], 'denoise-lr', 1, (x) => x >= 0, 'a number ≥ 0') }
     : undefined;
 
   const bar = new Progress('sample', 100);
-  const r = await generate(params, cfg, {
+  const r = await generate(model, {
     n,
     labels,
-    plans,
+    solver: choice,
     guidance,
     seed,
     noise,

@@ -113,7 +113,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
             bar = new Progress('train', e.totalSteps);
             break;
           case 'step':
-            bar?.update(e.step, `loss ${e.loss.toFixed(4)} bpd ${e.bpd.toFixed(3)} lr ${e.lr.toExponential(1)} ${e.stepsPerSec.toFixed(2)} it/s`);
+            bar?.update(e.step, `loss ${e.loss.toFixed(4)} ${e.bpd === null ? '' : `bpd ${e.bpd.toFixed(3)} `}lr ${e.lr.toExponential(1)} ${e.stepsPerSec.toFixed(2)} it/s`);
             break;
           case 'skip':
             bar?.note(`step ${e.step}: non-finite loss (${e.loss}), step skipped (${e.inARow} in a row)`);

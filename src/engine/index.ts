@@ -18,6 +18,9 @@ const { tree } = jax;
 export type Arr = jax.Array;
 export type JsTree<T> = jax.JsTree<T>;
 
+/** A tensor on the host: what checkpoints, converters and workers pass around. */
+export type HostTensor = { shape: number[]; data: Float32Array };
+
 /** Parameter trees: nested records of arrays. */
 export type Params = { [name: string]: Arr | Params | Params[] };
 
@@ -77,6 +80,23 @@ export class EngineError extends Error {
 export function parseDevice(name: string): Device | 'auto' {
   if (name === 'auto' || (DEVICES as readonly string[]).includes(name)) return name as Device | 'auto';
   throw new EngineError(`unknown device '${name}' (expected one of: auto, ${DEVICES.join(', ')})`);
+}
+
+const jitted = new Map<string, unknown>();
+
+/**
+ * `jit(make())`, built once per key and reused. jax-js caches compiled programs per jitted
+ * function object, so a function rebuilt per call would recompile: key it by what it closes over
+ * (a purpose and a config or spec, e.g. `nll:${JSON.stringify(cfg)}`).
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- any function signature
+export function cachedJit<F extends (...args: any[]) => any>(key: string, make: () => F): F {
+  let f = jitted.get(key) as F | undefined;
+  if (!f) {
+    f = jax.jit(make()) as unknown as F;
+    jitted.set(key, f);
+  }
+  return f;
 }
 
 /**

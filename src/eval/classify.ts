@@ -1,20 +1,19 @@
-// Classification by Bayes' rule with a class-conditional flow: with a uniform class prior,
-// argmax_k p(x | k) = argmin_k of the per-image bits/dim under label k.
+// Classification by Bayes' rule with a class-conditional model that has a likelihood: with a
+// uniform class prior, argmax_k p(x | k) = argmin_k of the per-image NLL under label k.
 import { fromF32, fromI32, toF32 } from '../engine/index.js';
-import type { TarFlowConfig } from '../models/config.js';
-import type { TarFlowParams } from '../models/tarflow.js';
-import { bitsPerDimOf } from '../train/trainer.js';
+import type { Model } from '../models/model.js';
 import { makeBatch } from '../data/transforms.js';
 import type { ImageDataset } from '../data/dataset.js';
+import { nllOf, LikelihoodError } from './likelihood.js';
 
 export async function classify(
-  params: TarFlowParams,
-  cfg: TarFlowConfig,
+  model: Model,
   ds: ImageDataset,
   n: number,
   opts: { batchSize?: number; onBatch?: (done: number, total: number) => void } = {},
 ): Promise<{ accuracy: number; predictions: Int32Array; n: number }> {
-  if (cfg.numClasses === 0) throw new Error('classification needs a class-conditional model (this one has numClasses 0)');
+  const classes = model.cfg.numClasses;
+  if (classes === 0) throw new LikelihoodError('classification needs a class-conditional model (this one has numClasses 0)');
   const total = Math.min(n, ds.n);
   const bs = Math.min(opts.batchSize ?? 200, total);
   const pred = new Int32Array(total);
@@ -23,12 +22,12 @@ export async function classify(
     const idx = Array.from({ length: bs }, (_, i) => Math.min(start + i, total - 1));
     const batch = makeBatch(ds, idx);
     const best = new Float32Array(bs).fill(Infinity);
-    for (let k = 0; k < cfg.numClasses; k++) {
+    for (let k = 0; k < classes; k++) {
       const x = fromF32(batch.x, [bs, ds.channels, ds.height, ds.width]);
-      const bpd = await toF32(bitsPerDimOf(params, cfg, x, fromI32(new Int32Array(bs).fill(k), [bs])));
+      const nll = await toF32(nllOf(model, x, fromI32(new Int32Array(bs).fill(k), [bs])));
       for (let i = 0; i < bs; i++) {
-        if (bpd[i]! < best[i]!) {
-          best[i] = bpd[i]!;
+        if (nll[i]! < best[i]!) {
+          best[i] = nll[i]!;
           if (start + i < total) pred[start + i] = k;
         }
       }

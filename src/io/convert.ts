@@ -8,7 +8,8 @@ import { inflateRawSync } from 'node:zlib';
 import { readStateDict, TorchCheckpointError, type StateDict, type TorchReadOptions } from './torch-checkpoint.js';
 import { fromReferenceStateDict, referenceRules } from './reference-names.js';
 import { saveCheckpoint } from './checkpoint.js';
-import { parseModelConfig, ConfigError, type TarFlowConfig } from '../models/config.js';
+import { ConfigError } from '../models/config.js';
+import { parseTarFlowConfig, type TarFlowConfig } from '../models/tarflow.js';
 
 export class ConvertError extends Error {
   override name = 'ConvertError';
@@ -163,7 +164,7 @@ export function inferConfig(sd: StateDict, opts: { fileName?: string; overrides?
 
   let cfg: TarFlowConfig;
   try {
-    cfg = parseModelConfig({ model: 'tarflow', inChannels, imgSize, patchSize, width, numBlocks, layersPerBlock, headDim, mlpRatio, numClasses, nvp, noiseStd }, 'inferred config');
+    cfg = parseTarFlowConfig({ model: 'tarflow', inChannels, imgSize, patchSize, width, numBlocks, layersPerBlock, headDim, mlpRatio, numClasses, nvp, noiseStd }, 'inferred config');
   } catch (e) {
     throw new ConvertError((e as ConfigError).message);
   }
@@ -258,7 +259,8 @@ export async function convertCheckpoint(from: string, outDir: string, overrides:
   const sd = await readStateDictFile(from);
   const { cfg, notes, prefix } = inferConfig(sd, { fileName: from, overrides });
   const model = convertStateDict(sd, cfg, prefix);
-  await saveCheckpoint(outDir, { config: cfg, model });
+  const provenance = { software: 'starflow-ts', convertedFrom: basename(from), notes };
+  await saveCheckpoint(outDir, { config: { ...cfg, provenance }, model });
   let parameters = 0;
   for (const t of model.values()) parameters += t.data.length;
   return { cfg, notes, tensors: model.size, parameters };

@@ -1,24 +1,35 @@
-// Model directories (config.json + model.safetensors) ↔ a config and parameters on the device.
-import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { parseModelConfig, type TarFlowConfig } from '../models/config.js';
-import { checkWeightsAgainst } from './checkpoint.js';
+// Model directories (config.json + model.safetensors) ↔ a model (family, config, parameters on
+// the device). config.json holds the model config and, under `provenance`, how the model was
+// made (training config, steps, time, seed, commit, evaluation figures).
+import { loadCheckpoint, saveCheckpoint, checkWeightsAgainst, CheckpointError } from './checkpoint.js';
+import { familyOf, parseModelConfig } from '../models/registry.js';
+import type { Model } from '../models/model.js';
 import { paramsFromHost, paramsToHost } from '../nn/params.js';
-import { expectedShapes } from '../train/trainer.js';
-import type { TarFlowParams } from '../models/tarflow.js';
 
-export type LoadedModel = { cfg: TarFlowConfig; params: TarFlowParams };
+export type Provenance = Record<string, unknown>;
+export type LoadedModel = Model & { provenance?: Provenance };
+
+/** Splits a config.json object into the model config and its provenance. */
+export function splitConfigJson(raw: unknown): { config: unknown; provenance?: Provenance } {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw) || !('provenance' in raw)) return { config: raw };
+  const { provenance, ...config } = raw as Record<string, unknown>;
+  if (typeof provenance !== 'object' || provenance === null || Array.isArray(provenance)) return { config: raw }; // the config's parser names the field
+  return { config, provenance: provenance as Provenance };
+}
 
 /** Loads a model directory, validating the config and every tensor's name and shape. */
 export async function loadModel(dir: string): Promise<LoadedModel> {
   const ck = await loadCheckpoint(dir);
-  const cfg = parseModelConfig(ck.config, `${dir}/config.json`);
-  checkWeightsAgainst(expectedShapes(cfg), ck.model, `${dir}/model.safetensors`);
+  const { config, provenance } = splitConfigJson(ck.config);
+  const cfg = parseModelConfig(config, `${dir}/config.json`);
+  const family = familyOf(cfg);
+  checkWeightsAgainst(family.paramShapes(cfg), ck.model, `${dir}/model.safetensors`);
   for (const [name, t] of ck.model) {
-    if (t.data.some((v) => !Number.isFinite(v))) throw new Error(`${dir}/model.safetensors: tensor '${name}' contains NaN or infinite values`);
+    if (t.data.some((v) => !Number.isFinite(v))) throw new CheckpointError(`${dir}/model.safetensors: tensor '${name}' contains NaN or infinite values`);
   }
-  return { cfg, params: paramsFromHost<TarFlowParams>(ck.model) };
+  return { family, cfg, params: paramsFromHost(ck.model), ...(provenance ? { provenance } : {}) };
 }
 
-export async function saveModel(dir: string, cfg: TarFlowConfig, params: TarFlowParams): Promise<void> {
-  await saveCheckpoint(dir, { config: cfg, model: await paramsToHost(params) });
+export async function saveModel(dir: string, model: Model, provenance?: Provenance): Promise<void> {
+  await saveCheckpoint(dir, { config: provenance ? { ...model.cfg, provenance } : model.cfg, model: await paramsToHost(model.params) });
 }

@@ -1,8 +1,8 @@
 // apple/ml-tarflow's parameter names and layouts ↔ ours. The reference stores Linear weights as
 // [out, in] and class embeddings as [K, 1, C]; we store [in, out] and [K, C].
-import type { TarFlowConfig } from '../models/config.js';
+import type { TarFlowConfig } from '../models/tarflow.js';
 
-export type HostTensor = { shape: number[]; data: Float32Array };
+import type { HostTensor } from '../engine/index.js';
 
 type Rule = { ours: string; transpose?: boolean; shape?: (s: number[]) => number[] };
 

@@ -13,7 +13,8 @@
 // memory.
 import { parseSafetensors, SafetensorsError, toFloat32, type SafeDType } from './safetensors.js';
 
-export type HostTensor = { shape: number[]; data: Float32Array };
+import type { HostTensor } from '../engine/index.js';
+export type { HostTensor };
 export type StateDict = Map<string, HostTensor>;
 
 export class TorchCheckpointError extends Error {

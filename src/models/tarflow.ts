@@ -1,14 +1,14 @@
 // TARFlow ("Normalizing Flows are Capable Generative Models"): a stack of autoregressive
 // Transformer flow blocks over image patches, alternating token order. The whole method is here:
-// patchify, the block (forward = data → noise), the likelihood, and the one block step that every
-// sampler (sequential, Jacobi, GS-Jacobi) uses to invert a block.
+// the config, patchify, the block (forward = data → noise), the likelihood and loss, guidance,
+// and the block's inverse step that every solver (sequential, Jacobi, GS-Jacobi) runs.
 //
 // Semantics follow apple/ml-tarflow exactly (see the parity test): feature order c·p² + ki·p + kj;
 // learned position embeddings permuted with the tokens; a class embedding added to every token,
 // label −1 meaning the mean class embedding; pre-norm layers; zero-initialised output projection;
 // outputs shifted one token so token t depends on tokens < t (token 0 passes through);
 // z = (x − b)·exp(−a); log-det = −mean(a) over tokens and features.
-import { np, Rng, type Arr } from '../engine/index.js';
+import { np, keep, Rng, type Arr } from '../engine/index.js';
 import { layerNorm, mlp, linear, embed, initLinear, initNorm, initNormal, initMlp, type Linear, type Norm, type Mlp } from '../nn/layers.js';
 import {
   causalSelfAttention,
@@ -22,7 +22,71 @@ import {
   type KvCache,
   type PendingKv,
 } from '../nn/attention.js';
-import { tokenShape, type TarFlowConfig } from './config.js';
+import { shapesOf } from '../nn/params.js';
+import { asObject, boolField, ConfigError, intField, numberField, withDefaults } from './config.js';
+import { HALF_LOG_2PI, type AutoregressiveSampler, type BlockInverse, type FlowSteps, type Guidance, type GuidanceRule, type ModelFamily } from './model.js';
+
+// ---- config ----
+
+export type TarFlowConfig = {
+  model: 'tarflow';
+  inChannels: number;
+  imgSize: number;
+  patchSize: number;
+  /** Transformer width ("channels" in the reference). */
+  width: number;
+  numBlocks: number;
+  layersPerBlock: number;
+  /** Head size; the reference fixes 64, here it is free (width must be a multiple). */
+  headDim: number;
+  mlpRatio: number;
+  /** 0 for an unconditional model. */
+  numClasses: number;
+  /** false: volume-preserving flow (shift only). */
+  nvp: boolean;
+  /** The σ of the Gaussian noise the model was trained with; used for score denoising. */
+  noiseStd: number;
+};
+
+const DEFAULTS = { model: 'tarflow', headDim: 64, mlpRatio: 4, numClasses: 0, nvp: true, noiseStd: 0 };
+const REQUIRED = ['inChannels', 'imgSize', 'patchSize', 'width', 'numBlocks', 'layersPerBlock'] as const;
+
+export function parseTarFlowConfig(raw: unknown, where = 'model config'): TarFlowConfig {
+  const o = withDefaults(asObject(raw, where), DEFAULTS, REQUIRED, where);
+  const int = (k: string, min: number) => intField(o, k, where, min);
+  const cfg: TarFlowConfig = {
+    model: 'tarflow',
+    inChannels: int('inChannels', 1),
+    imgSize: int('imgSize', 1),
+    patchSize: int('patchSize', 1),
+    width: int('width', 1),
+    numBlocks: int('numBlocks', 1),
+    layersPerBlock: int('layersPerBlock', 1),
+    headDim: int('headDim', 1),
+    mlpRatio: int('mlpRatio', 1),
+    numClasses: int('numClasses', 0),
+    nvp: boolField(o, 'nvp', where),
+    noiseStd: numberField(o, 'noiseStd', where, 0),
+  };
+  if (cfg.imgSize % cfg.patchSize !== 0) {
+    throw new ConfigError(`${where}: 'imgSize' (${cfg.imgSize}) must be a multiple of 'patchSize' (${cfg.patchSize})`);
+  }
+  if (cfg.width % cfg.headDim !== 0) {
+    throw new ConfigError(`${where}: 'width' (${cfg.width}) must be a multiple of 'headDim' (${cfg.headDim})`);
+  }
+  if ((cfg.imgSize / cfg.patchSize) ** 2 < 2) throw new ConfigError(`${where}: the image must have at least 2 patches`);
+  return cfg;
+}
+
+/** Sizes derived from a config. */
+export function tokenShape(cfg: TarFlowConfig): { tokens: number; tokenDim: number; dims: number } {
+  const side = cfg.imgSize / cfg.patchSize;
+  return {
+    tokens: side * side,
+    tokenDim: cfg.inChannels * cfg.patchSize * cfg.patchSize,
+    dims: cfg.inChannels * cfg.imgSize * cfg.imgSize,
+  };
+}
 
 export type Layer = { attnNorm: Norm; attn: Attention; mlpNorm: Norm; mlp: Mlp };
 export type Block = { pos: Arr; classEmbed?: Arr; projIn: Linear; layers: Layer[]; projOut: Linear };
@@ -151,69 +215,72 @@ export type ForwardResult = {
   z: Arr;
   /** Σ over blocks of the per-dimension log-determinant, [B]. */
   logdet: Arr;
-  /** mean(z²) after each block, [numBlocks]: a health signal printed while training. */
-  blockZ2: Arr;
 };
 
 /** Data → noise through every block. x: images [B, C, H, W]; labels: int32 [B] (−1 = dropped). */
 export function forward(params: TarFlowParams, cfg: TarFlowConfig, x: Arr, labels?: Arr): ForwardResult {
   let z = patchify(x, cfg.patchSize);
   let logdet: Arr | undefined;
-  const z2: Arr[] = [];
   params.blocks.forEach((block, i) => {
     const r = blockForward(block, z, labels?.ref, isFlipped(i), cfg);
     z = r.z;
     logdet = logdet ? logdet.add(r.logdet) : r.logdet;
-    z2.push(np.square(z.ref).mean());
   });
   labels?.dispose();
-  return { z, logdet: logdet!, blockZ2: np.stack(z2) };
+  return { z, logdet: logdet! };
 }
 
-/** The training loss: 0.5·mean(z²) − mean(logdet), the NLL per dimension minus ½·log 2π. */
+/** The reference's training loss, 0.5·mean(z²) − mean(logdet): the NLL per dimension minus ½·log 2π. */
 export function flowLoss(z: Arr, logdet: Arr): Arr {
   return np.square(z).mean().mul(0.5).sub(logdet.mean());
 }
 
-/**
- * Bits per dimension per sample for data on [−1, 1] with 256 levels (uniform dequantisation):
- * the log 128 term turns the density on [−1, 1] into a probability of a bin of width 2/256.
- */
-export function bitsPerDim(z: Arr, logdet: Arr): Arr {
-  const logp = np.square(z).add(Math.log(2 * Math.PI)).mul(-0.5).mean([1, 2]).sub(Math.log(128));
-  return logp.neg().sub(logdet).div(Math.LN2);
+/** Negative log-likelihood per sample in nats per dimension of the density, [B]. */
+export function flowNll(z: Arr, logdet: Arr): Arr {
+  return np.square(z).mean([1, 2]).mul(0.5).add(HALF_LOG_2PI).sub(logdet);
 }
 
-// ---- the block step shared by every sampler ----
+const conditional = (cfg: TarFlowConfig, y: Arr): Arr | undefined => (cfg.numClasses > 0 ? y : (y.dispose(), undefined));
+
+// ---- guidance ----
+
+/**
+ * Combines the conditional and unconditional predictions of log-scale a and shift b.
+ * - tarflow: linear extrapolation of a and b separately, a + w(a − a_u), b + w(b − b_u).
+ * - starflow: the Gaussian N(μ_c, σ_c²)^(1+w) / N(μ_u, σ_u²)^w, with the precision kept
+ *   ≥ 1/σ_c² by clipping σ_c/σ_u at 1.
+ * `w` may be an array (per position, for annealed guidance).
+ */
+export function guide(rule: GuidanceRule, ac: Arr, bc: Arr, au: Arr, bu: Arr, w: Arr): [Arr, Arr] {
+  if (rule === 'tarflow') {
+    const a = ac.ref.add(ac.sub(au).mul(w.ref));
+    const b = bc.ref.add(bc.sub(bu).mul(w));
+    return [a, b];
+  }
+  const ratio = np.minimum(np.exp(ac.ref.sub(au)), 1);
+  const s = np.square(ratio);
+  const denom = w.ref.add(1).sub(w.ref.mul(s.ref)); // 1 + w − w·s ≥ 1
+  const a = ac.sub(np.log(denom.ref).mul(0.5));
+  const b = w.ref.add(1).mul(bc).sub(w.mul(s).mul(bu)).div(denom);
+  return [a, b];
+}
+
+// ---- the inverse: one block step for the solvers ----
 
 /** Per-block sampling state: one KV cache per layer. */
 export type BlockCache = KvCache[];
 /** Per layer, a chunk's keys and values not yet in the cache. */
 export type BlockPending = PendingKv[];
 
-/** A block's cache for solvers that write chunks of `chunk` tokens. */
-export function emptyBlockCache(cfg: TarFlowConfig, batch: number, chunk = 1): BlockCache {
-  const { tokens } = tokenShape(cfg);
-  return Array.from({ length: cfg.layersPerBlock }, () => emptyKvCache(batch, tokens, attentionShape(cfg), chunk));
-}
-
-/** Room for a chunk of `n` tokens fed to blockStep one at a time. */
-export function emptyBlockPending(cfg: TarFlowConfig, batch: number, n: number): BlockPending {
-  return Array.from({ length: cfg.layersPerBlock }, () => emptyPendingKv(batch, n, attentionShape(cfg)));
-}
-
 /**
  * Runs L input tokens u (model order, [B, L, D]) through a block and returns the affine
  * parameters (a, b) they predict for the tokens one position later. The tokens come right after
  * `pending` (per layer: keys and values of positions cacheEnd.. not yet in the cache), which
- * comes right after the cache's positions 0..cacheEnd−1. Also returns `pending` extended by u;
- * commitBlockCache writes it into the cache. The cache itself is only read (the caller keeps
- * it). `pos` is the block's position table already in model order. The sequential solver passes
- * one token at a time; Jacobi-style solvers pass whole chunks.
+ * comes right after the cache's positions 0..cacheEnd−1. Also returns `pending` extended by u.
+ * The cache itself is only read. `block.pos` is the position table in processing order.
  */
 export function blockStep(
   block: Block,
-  pos: Arr,
   u: Arr,
   cacheEnd: Arr,
   cache: BlockCache,
@@ -224,12 +291,12 @@ export function blockStep(
 ): { a: Arr; b: Arr; recent: BlockPending } {
   const shape = attentionShape(cfg);
   const l = u.shape[1]!;
-  const t = pos.shape[0]!;
+  const t = block.pos.shape[0]!;
   const first = cacheEnd.ref.add(pending?.[0]?.filled ?? 0);
-  // Position rows first..first+L−1, picked with a one-hot matrix so shapes stay static.
+  // The embeddings of positions first..first+L−1, picked with a one-hot matrix so shapes stay static.
   const rows = np.arange(l, undefined, undefined, { dtype: np.int32 }).add(first);
   const pick = rows.reshape([l, 1]).equal(np.arange(t, undefined, undefined, { dtype: np.int32 }).reshape([1, t]));
-  let h = linear(block.projIn, u).add(np.matmul(pick.astype(np.float32), pos));
+  let h = linear(block.projIn, u).add(np.matmul(pick.astype(np.float32), block.pos));
   const cls = classBias(block, labels);
   if (cls) h = h.add(cls);
   const recent: BlockPending = [];
@@ -247,14 +314,105 @@ export function blockStep(
   return { a, b, recent };
 }
 
-/** Every layer's cache with `recent` written at positions start.. (a multiple of `chunk`). Consumes all three. */
-export function commitBlockCache(cache: BlockCache, recent: BlockPending, start: Arr, chunk: number): BlockCache {
-  const out = cache.map((c, i) => commitKv(c, recent[i]!, start.ref, chunk));
-  start.dispose();
-  return out;
+/** The solvers' step functions for a config: x = z·exp(a) + b with (a, b) from the block, guided. */
+function flowSteps(cfg: TarFlowConfig): FlowSteps<Block, BlockCache, BlockPending> {
+  const { tokens } = tokenShape(cfg);
+  const shape = attentionShape(cfg);
+  return {
+    emptyCache: (rows, chunk) => Array.from({ length: cfg.layersPerBlock }, () => emptyKvCache(rows, tokens, shape, chunk)),
+    emptyPending: (rows, n) => Array.from({ length: cfg.layersPerBlock }, () => emptyPendingKv(rows, n, shape)),
+    commit(cache, recent, start, chunk) {
+      const out = cache.map((c, i) => commitKv(c, recent[i]!, start.ref, chunk));
+      start.dispose();
+      return out;
+    },
+    invert(block, io, how) {
+      const batch = io.z.shape[0]!;
+      const labels = conditional(cfg, io.labels);
+      const rows = how.guided ? np.concatenate([io.u.ref, io.u], 0) : io.u;
+      const r = blockStep(block, rows, io.cacheEnd, io.cache, labels, cfg, io.temps, io.pending);
+      let a = r.a;
+      let b = r.b;
+      if (how.guided) {
+        const half = (v: Arr, i: number) => v.slice([i * batch, (i + 1) * batch]);
+        [a, b] = guide(how.rule, half(a.ref, 0), half(b.ref, 0), half(a, 1), half(b, 1), io.weights);
+      } else io.weights.dispose();
+      io.first.dispose();
+      return { x: io.z.mul(np.exp(a)).add(b), recent: r.recent };
+    },
+  };
 }
 
-/** Position table of block i in the order its tokens are processed. */
-export function blockPositions(pos: Arr, blockIndex: number): Arr {
-  return isFlipped(blockIndex) ? np.flip(pos, 0) : pos;
+/** Block `bi`'s parameters (new references) with its position table in processing order. */
+export function blockInOrder(params: TarFlowParams, bi: number): Block {
+  const { pos, ...rest } = params.blocks[bi]!;
+  return { ...keep(rest), pos: isFlipped(bi) ? np.flip(pos.ref, 0) : pos.ref };
 }
+
+function tarflowSampler(cfg: TarFlowConfig): AutoregressiveSampler<TarFlowParams> {
+  const { tokens } = tokenShape(cfg);
+  const isGuided = (g: Guidance, blockIndex: number) => {
+    if (g.weight === 0) return false;
+    if (cfg.numClasses === 0 && g.attnTemp === 1) return false; // both branches would be identical
+    return !g.blocks || g.blocks.includes(blockIndex);
+  };
+  return {
+    kind: 'autoregressive',
+    numBlocks: cfg.numBlocks,
+    length: tokens,
+    steps: flowSteps(cfg) as FlowSteps,
+    isGuided,
+    block(params, bi, z, labels, g): BlockInverse<Block> {
+      const flipped = isFlipped(bi);
+      const guided = isGuided(g, bi);
+      const batch = z.shape[0]!;
+      const rows = guided ? 2 * batch : batch;
+      const ys = labels ?? new Array<number>(batch).fill(0);
+      return {
+        // Token 0 passes through, so the solver sequence is the tokens themselves in processing order.
+        params: blockInOrder(params, bi),
+        toSequence: (x) => (flipped ? flipTokens(x) : x),
+        fromSequence: (x) => (flipped ? flipTokens(x) : x),
+        conditioning: {
+          rows,
+          labels: np.array(Int32Array.from(guided ? [...ys, ...ys.map(() => -1)] : ys), { dtype: np.int32 }),
+          temps: np.array(Float32Array.from({ length: rows }, (_, r) => (r >= batch ? g.attnTemp : 1)), { shape: [rows, 1, 1, 1] }),
+        },
+      };
+    },
+    toImages: (x) => unpatchify(x, cfg),
+  };
+}
+
+// ---- the family ----
+
+const samplers = new Map<string, AutoregressiveSampler<TarFlowParams>>();
+
+export const tarflow: ModelFamily<TarFlowConfig, TarFlowParams> = {
+  name: 'tarflow',
+  source: import.meta.url,
+  describe: (cfg) =>
+    `TARFlow: ${cfg.numBlocks} blocks × ${cfg.layersPerBlock} layers, width ${cfg.width}, ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize} images in ${cfg.patchSize}×${cfg.patchSize} patches, ${cfg.numClasses} classes`,
+  parseConfig: (raw, where) => parseTarFlowConfig(raw, where),
+  init: initTarFlow,
+  paramShapes: (cfg) => shapesOf(() => initTarFlow(cfg, 0)),
+  noiseShape: (cfg) => {
+    const { tokens, tokenDim } = tokenShape(cfg);
+    return [tokens, tokenDim];
+  },
+  loss(params, cfg, x, y) {
+    const r = forward(params, cfg, x, conditional(cfg, y));
+    return flowLoss(r.z, r.logdet).add(HALF_LOG_2PI);
+  },
+  encode: (params, cfg, x, y) => forward(params, cfg, x, conditional(cfg, y)),
+  nll(params, cfg, x, y) {
+    const r = forward(params, cfg, x, conditional(cfg, y));
+    return flowNll(r.z, r.logdet);
+  },
+  sampler(cfg) {
+    const key = JSON.stringify(cfg);
+    let s = samplers.get(key);
+    if (!s) samplers.set(key, (s = tarflowSampler(cfg)));
+    return s;
+  },
+};

@@ -58,12 +58,6 @@ export function mlp(p: Mlp, x: Arr): Arr {
   return linear(p.fc2, gelu(linear(p.fc1, x)));
 }
 
-/** SwiGLU feed-forward: fc2(silu(gate(x)) * up(x)). */
-export type SwiGlu = { gate: Linear; up: Linear; fc2: Linear };
-export function swiglu(p: SwiGlu, x: Arr): Arr {
-  return linear(p.fc2, jnn.silu(linear(p.gate, x.ref)).mul(linear(p.up, x)));
-}
-
 /** Rows of an embedding table; a negative id selects the mean row (TARFlow's dropped label). */
 export function embed(table: Arr, ids: Arr): Arr {
   const n = table.shape[0]!;
@@ -93,8 +87,4 @@ export function initNormal(rng: Rng, shape: number[], std: number): Arr {
 
 export function initMlp(rng: Rng, width: number, hidden: number): Mlp {
   return { fc1: initLinear(rng.fork(0), width, hidden), fc2: initLinear(rng.fork(1), hidden, width) };
-}
-
-export function initSwiGlu(rng: Rng, width: number, hidden: number): SwiGlu {
-  return { gate: initLinear(rng.fork(0), width, hidden), up: initLinear(rng.fork(1), width, hidden), fc2: initLinear(rng.fork(2), hidden, width) };
 }

@@ -1,7 +1,7 @@
 // Parameter trees ↔ flat dotted names ("blocks.0.layers.1.attn.qkv.w"), the form checkpoints use.
-import { np, fromF32, toF32, type Arr } from '../engine/index.js';
+import { np, fromF32, toF32, release, type Arr, type HostTensor } from '../engine/index.js';
 
-export type HostTensor = { shape: number[]; data: Float32Array };
+export type { HostTensor };
 
 function isArr(x: unknown): x is Arr {
   return x instanceof np.Array;
@@ -89,4 +89,12 @@ export function paramsFromHost<P>(named: Map<string, HostTensor>): P {
 /** Shapes by name, for validating a checkpoint against a config before loading it. */
 export function paramShapes(t: Tree<Arr>): Map<string, number[]> {
   return new Map(namedLeaves(t).map(([k, a]) => [k, [...a.shape]]));
+}
+
+/** Shapes by name of the tree `make` builds (built once and released). */
+export function shapesOf(make: () => Tree<Arr>): Map<string, number[]> {
+  const t = make();
+  const shapes = paramShapes(t);
+  release(t as never);
+  return shapes;
 }

@@ -16,11 +16,11 @@
 //   from z (IGM_z) and from zeros (IGM_0); the smaller one marks the better initial guess.
 // - iterations: Jacobi sweeps over the whole sequence until the relative change is below `tol`
 //   (the `jacobi` solver's stopping rule), from each initial guess.
-import { jit, keep, fromF32, fromI32, toF32, release, type Arr } from '../engine/index.js';
-import { blockStep, blockPositions, emptyBlockCache, isFlipped, type Block, type TarFlowParams } from '../models/tarflow.js';
-import { tokenShape, type TarFlowConfig } from '../models/config.js';
+import { jit, fromF32, fromI32, toF32, release, type Arr } from '../engine/index.js';
+import { blockStep, blockInOrder, isFlipped, tarflow, tokenShape, type Block, type BlockCache, type TarFlowConfig, type TarFlowParams } from '../models/tarflow.js';
+import type { AutoregressiveSampler, Model } from '../models/model.js';
 import { drawNoise } from './pipeline.js';
-import { invertBlock, NO_GUIDANCE, type BlockPlan } from './solvers.js';
+import { invertBlock, NO_GUIDANCE, SamplingError, type BlockPlan } from './solvers.js';
 
 export type BlockAnalysis = {
   /** Position in sampling order (0 = the first block run = the model's last). */
@@ -102,26 +102,30 @@ function rms(a: Float32Array, b?: Float32Array): number {
 
 /** log-scale a for every token of a block at inputs x (model order): a[:, t] is the parameter of token t+1. */
 function logScaleFunction(cfg: TarFlowConfig) {
-  return jit((blk: Block, pos: Arr, x: Arr, start: Arr, labels: Arr) => {
-    const cache = emptyBlockCache(cfg, x.shape[0]!);
-    const r = blockStep(blk, pos, x, start, cache, cfg.numClasses > 0 ? labels : (labels.dispose(), undefined), cfg);
+  const steps = (tarflow.sampler(cfg) as AutoregressiveSampler).steps;
+  return jit((blk: Block, x: Arr, start: Arr, labels: Arr) => {
+    const cache = steps.emptyCache(x.shape[0]!, 1) as BlockCache;
+    const r = blockStep(blk, x, start, cache, cfg.numClasses > 0 ? labels : (labels.dispose(), undefined), cfg);
     r.b.dispose();
     for (const p of r.recent) release([p.kT, p.v]);
     release(cache);
     return r.a;
-  }) as unknown as ((blk: Block, pos: Arr, x: Arr, start: Arr, labels: Arr) => Arr) & { dispose?: () => void };
+  }) as unknown as ((blk: Block, x: Arr, start: Arr, labels: Arr) => Arr) & { dispose?: () => void };
 }
 
-export async function analyzeSampling(params: TarFlowParams, cfg: TarFlowConfig, o: AnalyzeOptions = {}): Promise<SamplingAnalysis> {
+export async function analyzeSampling(model: Model, o: AnalyzeOptions = {}): Promise<SamplingAnalysis> {
+  if (model.family !== (tarflow as unknown)) throw new SamplingError(`analyze-sampling measures TARFlow blocks; this is a ${model.family.name} model`);
+  const cfg = model.cfg as TarFlowConfig;
+  const params = model.params as TarFlowParams;
   const n = o.n ?? 8;
   const tol = o.tol ?? 1e-6;
   const { tokens: t, tokenDim: d } = tokenShape(cfg);
   const labels = cfg.numClasses > 0 ? o.labels ?? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
-  let z = o.noise ?? (await drawNoise(cfg, n, o.seed ?? 0));
+  let z = o.noise ?? drawNoise(model, n, o.seed ?? 0);
   const logScale = logScaleFunction(cfg);
   const up = (x: Float32Array) => fromF32(x, [n, t, d]);
   const solve = async (bi: number, zin: Float32Array, plan: BlockPlan) => {
-    const r = await invertBlock(params, cfg, bi, up(zin), labels, plan, NO_GUIDANCE);
+    const r = await invertBlock(model, bi, up(zin), labels, plan, NO_GUIDANCE);
     return { x: await toF32(r.x), iterations: r.stats.iterations[0] ?? r.stats.calls };
   };
   const blocks: BlockAnalysis[] = [];
@@ -139,7 +143,7 @@ export async function analyzeSampling(params: TarFlowParams, cfg: TarFlowConfig,
     const flipped = isFlipped(bi);
     const xm = flipped ? flipTokensHost(exact, n, t, d) : exact;
     const zm = flipped ? flipTokensHost(z, n, t, d) : z;
-    const aArr = logScale(keep(block), blockPositions(block.pos.ref, bi), up(xm), fromI32([0], []), fromI32(labels ?? new Array<number>(n).fill(0), [n]));
+    const aArr = logScale(blockInOrder(params, bi), up(xm), fromI32([0], []), fromI32(labels ?? new Array<number>(n).fill(0), [n]));
     const a = await toF32(aArr);
     let alphaZ = 0;
     let sumA = 0;

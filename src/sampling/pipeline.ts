@@ -1,21 +1,22 @@
 // The sampling pipeline: noise → images, in batches, optionally denoised. The library call
-// behind `starflow sample`.
-import { Rng, toF32, fromF32, type Arr } from '../engine/index.js';
-import { tokenShape, type TarFlowConfig } from '../models/config.js';
-import type { TarFlowParams } from '../models/tarflow.js';
-import { sampleFromNoise, SamplingError, type BlockPlan, type BlockStats, type Guidance } from './solvers.js';
+// behind `starflow sample`, generic over model families.
+import { Rng, toF32, type Arr } from '../engine/index.js';
+import type { Guidance, Model } from '../models/model.js';
+import { sampleModel, noiseArray, SamplingError, type BlockStats } from './solvers.js';
+import { plansFor, type SolverChoice } from './plan.js';
 import { denoise } from './denoise.js';
 
 export type GenerateOptions = {
   n: number;
   /** One label per sample (class models); −1 = unconditional. */
   labels?: number[];
-  plans: BlockPlan[];
+  /** Solver for autoregressive flows (default sequential). */
+  solver?: SolverChoice;
   guidance: Guidance;
   seed: number;
   /** Samples per solver call batch. */
   batchSize?: number;
-  /** Noise tokens to start from instead of drawing them, [n, T, D]. */
+  /** Noise to start from instead of drawing it, [n, ...noiseShape]. */
   noise?: Float32Array;
   denoise?: { sigma: number; lrScale: number };
   onProgress?: (done: number, total: number) => void;
@@ -37,37 +38,43 @@ function mix(seed: number, round: number): number {
   return (Math.imul(seed ^ 0x5bd1e995, 0x9e3779b1) + round * 0x85ebca6b) >>> 0;
 }
 
-/** Draws n × T × D standard normal noise tokens from a seed (the same for every solver). */
-export async function drawNoise(cfg: TarFlowConfig, n: number, seed: number): Promise<Float32Array> {
-  const { tokens, tokenDim } = tokenShape(cfg);
+/** Values in one sample's noise. */
+export function noiseSize(model: Model): number {
+  return model.family.noiseShape(model.cfg).reduce((a, b) => a * b, 1);
+}
+
+/** Draws n samples' standard normal noise from a seed (the same for every solver and device). */
+export function drawNoise(model: Model, n: number, seed: number): Float32Array {
   const rng = new Rng(seed);
-  const out = new Float32Array(n * tokens * tokenDim);
+  const out = new Float32Array(n * noiseSize(model));
   for (let i = 0; i < out.length; i++) out[i] = rng.normal();
   return out;
 }
 
-export async function generate(params: TarFlowParams, cfg: TarFlowConfig, o: GenerateOptions): Promise<GenerateResult> {
+export async function generate(model: Model, o: GenerateOptions): Promise<GenerateResult> {
+  const { cfg } = model;
   if (!Number.isInteger(o.n) || o.n < 1) throw new SamplingError(`the number of samples must be an integer ≥ 1, got ${o.n}`);
   if (o.denoise && !(o.denoise.sigma > 0)) {
     throw new SamplingError('denoising needs the noise level σ the model was trained with (this model has noiseStd 0: pass --sigma)');
   }
-  const { tokens, tokenDim, dims } = tokenShape(cfg);
-  const noise = o.noise ?? (await drawNoise(cfg, o.n, o.seed));
-  if (noise.length !== o.n * tokens * tokenDim) throw new SamplingError(`noise must hold ${o.n}×${tokens}×${tokenDim} values, got ${noise.length}`);
+  const plans = plansFor(model, o.solver);
+  const per = noiseSize(model);
+  const dims = cfg.inChannels * cfg.imgSize * cfg.imgSize;
+  const noise = o.noise ?? drawNoise(model, o.n, o.seed);
+  if (noise.length !== o.n * per) throw new SamplingError(`noise must hold ${o.n}×${per} values, got ${noise.length}`);
   const bs = Math.min(o.batchSize ?? o.n, o.n);
   const images = new Float32Array(o.n * dims);
   const stats: BlockStats[][] = [];
   const t0 = performance.now();
   const sampleBatch = async (z: Float32Array, labels: number[] | undefined, progress: (done: number, total: number) => void) => {
-    const b = z.length / (tokens * tokenDim);
-    const r = await sampleFromNoise(params, cfg, fromF32(z, [b, tokens, tokenDim]), labels, { plans: o.plans, guidance: o.guidance, onStep: progress });
+    const r = await sampleModel(model, noiseArray(model, z, z.length / per), labels, { plans, guidance: o.guidance, onStep: progress });
     stats.push(r.stats);
-    const x: Arr = o.denoise ? denoise(params, cfg, r.images, labels, o.denoise.sigma, o.denoise.lrScale) : r.images;
+    const x: Arr = o.denoise ? denoise(model, r.images, labels, o.denoise.sigma, o.denoise.lrScale) : r.images;
     return toF32(x);
   };
   for (let start = 0; start < o.n; start += bs) {
     const b = Math.min(bs, o.n - start);
-    const z = noise.subarray(start * tokens * tokenDim, (start + b) * tokens * tokenDim);
+    const z = noise.subarray(start * per, (start + b) * per);
     images.set(await sampleBatch(z, o.labels?.slice(start, start + b), (done, total) => o.onProgress?.(start * total + done * b, o.n * total)), start * dims);
   }
   // An inverse can overflow where the flow is poorly trained; like the reference, draw those
@@ -78,7 +85,7 @@ export async function generate(params: TarFlowParams, cfg: TarFlowConfig, o: Gen
     const idx = bad();
     if (idx.length === 0) break;
     redrawn += idx.length;
-    const fresh = await drawNoise(cfg, idx.length, mix(o.seed, round));
+    const fresh = drawNoise(model, idx.length, mix(o.seed, round));
     const x = await sampleBatch(fresh, o.labels && idx.map((i) => o.labels![i]!), () => {});
     idx.forEach((i, k) => images.set(x.subarray(k * dims, (k + 1) * dims), i * dims));
   }

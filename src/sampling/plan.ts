@@ -2,6 +2,7 @@
 // Strategy strings name blocks in sampling order (0 = the first block run), as the GS-Jacobi
 // paper does: "0=8x32,*=1x10" splits the first block into 8 modules of ≤32 Jacobi iterations and
 // solves the others as one module of ≤10 iterations; "seq" is the sequential solver.
+import type { Model } from '../models/model.js';
 import { SamplingError, type BlockPlan } from './solvers.js';
 
 export type SolverName = 'sequential' | 'jacobi' | 'gs-jacobi';
@@ -51,4 +52,19 @@ export function makePlans(solver: string, numBlocks: number, tokens: number, str
     }
   }
   return Array.from({ length: numBlocks }, (_, i) => chosen.get(i) ?? fallback);
+}
+
+/** A solver by name, with an optional gs-jacobi strategy and Jacobi knobs: what `generate` takes. */
+export type SolverChoice = { name: SolverName; strategy?: string } & Partial<JacobiKnobs>;
+
+export const SEQUENTIAL: SolverChoice = { name: 'sequential' };
+
+/** Per-block plans for a model (none for families that sample in one call). */
+export function plansFor(model: Model, choice: SolverChoice = SEQUENTIAL): BlockPlan[] {
+  const s = model.family.sampler(model.cfg);
+  if (s.kind !== 'autoregressive') {
+    if (choice.name !== 'sequential' || choice.strategy) throw new SamplingError(`${model.family.name} models sample in one call: solvers and strategies do not apply`);
+    return [];
+  }
+  return makePlans(choice.name, s.numBlocks, s.length, choice.strategy, { ...JACOBI_DEFAULTS, ...choice });
 }

@@ -1,31 +1,22 @@
-// Inverting the flow, block by block, from the last block to the first. Each block is a
-// triangular system solved chunk by chunk with the shared step (step.ts):
-// - sequential: exact, token by token, several tokens per call (the KV cache is written once per
-//   call, and per-call overhead is what batch-1 sampling mostly costs);
+// Inverting an autoregressive flow, block by block, from the last block to the first. Each block
+// is a triangular system solved chunk by chunk with the shared step (step.ts), generic over the
+// model's block inverse (models/model.ts):
+// - sequential: exact, position by position, several positions per call (the KV cache is written
+//   once per call, and per-call overhead is what batch-1 sampling mostly costs);
 // - jacobi: the whole sequence as one chunk, iterated until it stops changing;
 // - gs-jacobi: the sequence split into modules solved in order, Jacobi inside each.
-// A chunk of L tokens is exact after L iterations, so iteration caps above L are never needed.
-import { np, keep, fromI32, fromF32, toNumber, type Arr } from '../engine/index.js';
-import { emptyBlockCache, blockPositions, isFlipped, unpatchify, type TarFlowParams } from '../models/tarflow.js';
-import { tokenShape, type TarFlowConfig } from '../models/config.js';
-import { stepFunction, type GuidanceRule } from './step.js';
+// A chunk of L positions is exact after L iterations, so iteration caps above L are never needed.
+// Jacobi's stopping rule holds per sample: a chunk is done when every sample's relative change is
+// below the tolerance, so one hard sample in a large batch is not cut short by the easy ones.
+import { np, keep, release, fromF32, fromI32, toF32, type Arr } from '../engine/index.js';
+import { NO_GUIDANCE, type AutoregressiveSampler, type Guidance, type Model } from '../models/model.js';
+import { stepFunction } from './step.js';
+
+export { NO_GUIDANCE, type Guidance };
 
 export type BlockPlan =
   | { kind: 'sequential'; tokensPerCall?: number }
   | { kind: 'jacobi'; modules: number; maxIter: number; tol: number; init: 'z' | 'zeros' };
-
-export type Guidance = {
-  weight: number;
-  rule: GuidanceRule;
-  /** Ramp the weight linearly along the sequence, (t/(T−1))·w for token t. */
-  annealed: boolean;
-  /** Attention temperature of the unconditional branch. */
-  attnTemp: number;
-  /** Model block indices that get guidance; all when absent. */
-  blocks?: number[];
-};
-
-export const NO_GUIDANCE: Guidance = { weight: 0, rule: 'tarflow', annealed: false, attnTemp: 1 };
 
 export type SampleOptions = {
   /** One plan per block, indexed by sampling order (0 = the first block run = the model's last). */
@@ -41,18 +32,12 @@ export class SamplingError extends Error {
   override name = 'SamplingError';
 }
 
-export function isGuided(g: Guidance, cfg: TarFlowConfig, blockIndex: number): boolean {
-  if (g.weight === 0) return false;
-  if (cfg.numClasses === 0 && g.attnTemp === 1) return false; // both branches would be identical
-  return !g.blocks || g.blocks.includes(blockIndex);
-}
-
-/** Tokens per call of the sequential solver unless a plan says otherwise. */
+/** Positions per call of the sequential solver unless a plan says otherwise. */
 export const SEQUENTIAL_TOKENS_PER_CALL = 8;
 
-/** Chunk boundaries over the T − 1 unknown tokens: [start, length] with start the first input position. */
-export function chunksOf(plan: BlockPlan, tokens: number): [number, number][] {
-  const unknown = tokens - 1;
+/** Chunk boundaries over the S − 1 unknown positions: [start, length] with start the first input position. */
+export function chunksOf(plan: BlockPlan, length: number): [number, number][] {
+  const unknown = length - 1;
   const size =
     plan.kind === 'sequential'
       ? Math.max(1, plan.tokensPerCall ?? SEQUENTIAL_TOKENS_PER_CALL)
@@ -63,18 +48,24 @@ export function chunksOf(plan: BlockPlan, tokens: number): [number, number][] {
 }
 
 /** The number of solver calls a plan makes at most, for progress reporting. */
-export function maxCalls(plan: BlockPlan, tokens: number): number {
-  if (plan.kind === 'sequential') return chunksOf(plan, tokens).length;
-  return chunksOf(plan, tokens).reduce((n, [, l]) => n + Math.min(l, plan.maxIter), 0);
+export function maxCalls(plan: BlockPlan, length: number): number {
+  if (plan.kind === 'sequential') return chunksOf(plan, length).length;
+  return chunksOf(plan, length).reduce((n, [, l]) => n + Math.min(l, plan.maxIter), 0);
+}
+
+/** The autoregressive sampler of a model, or a clear error for families that sample otherwise. */
+export function autoregressive(model: Model): AutoregressiveSampler {
+  const s = model.family.sampler(model.cfg);
+  if (s.kind !== 'autoregressive') throw new SamplingError(`${model.family.name} models are not autoregressive flows: they have no block solvers`);
+  return s;
 }
 
 /**
- * Inverts block `bi`: z (natural token order, [B, T, D]) → its input x. `labels` are int32 [B]
- * (class models) or undefined.
+ * Inverts block `bi`: z (natural token order, [B, T, D]) → its input x. `labels` are one per
+ * sample (class models) or undefined.
  */
 export async function invertBlock(
-  params: TarFlowParams,
-  cfg: TarFlowConfig,
+  model: Model,
   bi: number,
   z: Arr,
   labels: number[] | undefined,
@@ -82,54 +73,35 @@ export async function invertBlock(
   guidance: Guidance,
   onCall?: () => void,
 ): Promise<{ x: Arr; stats: BlockStats }> {
-  const batch = z.shape[0]!;
-  const { tokens } = tokenShape(cfg);
-  const guided = isGuided(guidance, cfg, bi);
-  const rows = guided ? 2 * batch : batch;
-  const block = params.blocks[bi]!;
-  const flipped = isFlipped(bi);
-
-  const zm = flipped ? np.flip(z, 1) : z;
-  const first = np.arange(tokens).equal(0).reshape([1, tokens, 1]);
-  // Token 0 passes through every block; the others start from z or from zeros.
-  let x = plan.kind === 'jacobi' && plan.init === 'zeros' ? np.where(first, zm.ref, 0) : (first.dispose(), zm.ref);
-
-  const ys = labels ?? new Array<number>(batch).fill(0);
-  const labelArr = fromI32(guided ? [...ys, ...ys.map(() => -1)] : ys, [rows]);
-  const temps = fromF32(
-    Array.from({ length: rows }, (_, r) => (r >= batch ? guidance.attnTemp : 1)),
-    [rows, 1, 1, 1],
-  );
-  const pos = blockPositions(block.pos.ref, bi);
-  const chunks = chunksOf(plan, tokens);
+  const sampler = autoregressive(model);
+  const block = sampler.block(model.params, bi, z.ref, labels, guidance);
+  const guided = sampler.isGuided(guidance, bi);
+  const length = sampler.length;
+  const zs = block.toSequence(z);
+  const first = np.arange(length).equal(0).reshape([1, length, 1]);
+  // Position 0 is known; the others start from z or from zeros.
+  let x = plan.kind === 'jacobi' && plan.init === 'zeros' ? np.where(first, zs.ref, 0) : (first.dispose(), zs.ref);
+  const { labels: labelArr, temps, rows } = block.conditioning;
+  const chunks = chunksOf(plan, length);
   const size = chunks[0]![1]; // every chunk starts at a multiple of the first one's length
-  let cache = emptyBlockCache(cfg, rows, size);
+  let cache = sampler.steps.emptyCache(rows, size);
   const stats: BlockStats = { block: bi, calls: 0, iterations: [] };
+  const key = JSON.stringify(model.cfg);
 
   let startArr: Arr | null = null; // chunks are contiguous: each call returns the next start
   for (const [start, len] of chunks) {
     startArr ??= fromI32([start], []);
     const order = plan.kind === 'sequential' ? 'sequential' : 'parallel';
-    const step = stepFunction({ cfg, chunk: len, size, order, guided, rule: guidance.rule });
+    const step = stepFunction(sampler.steps, { key, chunk: len, size, order, guided, rule: guidance.rule });
     const w = Array.from({ length: len }, (_, i) =>
-      guided ? (guidance.annealed ? ((start + i + 1) / (tokens - 1)) * guidance.weight : guidance.weight) : 0,
+      guided ? (guidance.annealed ? ((start + i + 1) / (length - 1)) * guidance.weight : guidance.weight) : 0,
     );
     const weights = fromF32(w, [1, len, 1]);
     const cap = plan.kind === 'sequential' ? 1 : Math.min(len, plan.maxIter);
     let iters = 0;
     let next: Arr | null = null;
     for (; iters < cap; ) {
-      const out = step({
-        block: keep(block),
-        pos: pos.ref,
-        x,
-        z: zm.ref,
-        start: startArr.ref,
-        cache,
-        labels: labelArr.ref,
-        temps: temps.ref,
-        weights: weights.ref,
-      });
+      const out = step({ block: keep(block.params as never), x, z: zs.ref, start: startArr.ref, cache, labels: labelArr.ref, temps: temps.ref, weights: weights.ref });
       x = out.x;
       cache = out.cache;
       next?.dispose();
@@ -140,7 +112,7 @@ export async function invertBlock(
       if (plan.kind === 'sequential') {
         out.change.dispose();
         await x.blockUntilReady(); // lazy dispatch would otherwise pile up every call
-      } else if ((await toNumber(out.change)) < plan.tol) {
+      } else if ((await toF32(out.change)).every((c) => c < plan.tol)) {
         break;
       }
     }
@@ -150,64 +122,73 @@ export async function invertBlock(
     startArr = next;
   }
   startArr?.dispose();
-  for (const c of cache) {
-    c.kT.dispose();
-    c.v.dispose();
-  }
-  pos.dispose();
+  release(cache as never);
+  release(block.params as never);
   labelArr.dispose();
   temps.dispose();
-  zm.dispose();
-  return { x: flipped ? np.flip(x, 1) : x, stats };
+  zs.dispose();
+  return { x: block.fromSequence(x), stats };
 }
 
-/** Noise tokens → images [B, C, H, W] (not denoised). */
-export async function sampleFromNoise(
-  params: TarFlowParams,
-  cfg: TarFlowConfig,
-  z: Arr,
-  labels: number[] | undefined,
-  opts: SampleOptions,
-): Promise<{ images: Arr; stats: BlockStats[] }> {
-  validateRequest(cfg, z, labels, opts);
-  const { tokens } = tokenShape(cfg);
-  const total = opts.plans.reduce((n, p) => n + maxCalls(p, tokens), 0);
+/** Noise → images [B, C, H, W] (not denoised) with an autoregressive flow's block solvers. */
+export async function sampleFromNoise(model: Model, z: Arr, labels: number[] | undefined, opts: SampleOptions): Promise<{ images: Arr; stats: BlockStats[] }> {
+  const sampler = autoregressive(model);
+  validateRequest(model, z, labels, opts.guidance);
+  if (opts.plans.length !== sampler.numBlocks) {
+    throw new SamplingError(`a sampling plan needs one entry per block (${sampler.numBlocks}), got ${opts.plans.length}`);
+  }
+  const total = opts.plans.reduce((n, p) => n + maxCalls(p, sampler.length), 0);
   let done = 0;
   const stats: BlockStats[] = [];
   let x = z;
-  for (let k = 0; k < cfg.numBlocks; k++) {
-    const bi = cfg.numBlocks - 1 - k;
-    const r = await invertBlock(params, cfg, bi, x, labels, opts.plans[k]!, opts.guidance, () => opts.onStep?.(++done, total));
+  for (let k = 0; k < sampler.numBlocks; k++) {
+    const bi = sampler.numBlocks - 1 - k;
+    const r = await invertBlock(model, bi, x, labels, opts.plans[k]!, opts.guidance, () => opts.onStep?.(++done, total));
     x = r.x;
     stats.push(r.stats);
   }
-  return { images: unpatchify(x, cfg), stats };
+  return { images: sampler.toImages(x), stats };
 }
 
-function validateRequest(cfg: TarFlowConfig, z: Arr, labels: number[] | undefined, opts: SampleOptions): void {
-  const { tokens, tokenDim } = tokenShape(cfg);
-  const [b, t, d] = z.shape;
-  if (z.ndim !== 3 || t !== tokens || d !== tokenDim) {
-    throw new SamplingError(`noise must have shape [batch, ${tokens}, ${tokenDim}], got [${z.shape}]`);
+/** Checks noise, labels and guidance against a model before any work. */
+export function validateRequest(model: Model, z: Arr, labels: number[] | undefined, g: Guidance): void {
+  const { cfg, family } = model;
+  const want = family.noiseShape(cfg);
+  const [b] = z.shape;
+  if (z.ndim !== want.length + 1 || z.shape.slice(1).join(',') !== want.join(',')) {
+    throw new SamplingError(`noise must have shape [batch, ${want.join(', ')}], got [${z.shape}]`);
   }
   if (b === 0) throw new SamplingError('the number of samples must be at least 1');
-  if (opts.plans.length !== cfg.numBlocks) {
-    throw new SamplingError(`a sampling plan needs one entry per block (${cfg.numBlocks}), got ${opts.plans.length}`);
-  }
   if (cfg.numClasses > 0) {
     if (!labels || labels.length !== b) throw new SamplingError(`a class-conditional model needs ${b} labels, got ${labels?.length ?? 0}`);
     const bad = labels.find((y) => !Number.isInteger(y) || y < -1 || y >= cfg.numClasses);
-    if (bad !== undefined) throw new SamplingError(`class ${bad} is out of range: this model has classes 0..${cfg.numClasses - 1} (−1 = unconditional)`);
+    if (bad !== undefined) throw new SamplingError(`class ${bad} is out of range: this model has classes 0..${cfg.numClasses - 1} (-1 = unconditional)`);
   } else if (labels && labels.some((y) => y !== -1)) {
     throw new SamplingError('this model is unconditional: it takes no class labels');
   }
-  const g = opts.guidance;
   if (!(g.weight >= 0) || !Number.isFinite(g.weight)) throw new SamplingError(`the guidance weight must be a number ≥ 0, got ${g.weight}`);
   if (!(g.attnTemp > 0)) throw new SamplingError(`the attention temperature must be > 0, got ${g.attnTemp}`);
   if (g.weight > 0 && cfg.numClasses === 0 && g.attnTemp === 1) {
     throw new SamplingError('guidance on an unconditional model needs an attention temperature ≠ 1 for its negative branch (e.g. --attn-temp 0.5)');
   }
+  const s = family.sampler(cfg);
+  const blocks = s.kind === 'autoregressive' ? s.numBlocks : 0;
   for (const bi of g.blocks ?? []) {
-    if (!Number.isInteger(bi) || bi < 0 || bi >= cfg.numBlocks) throw new SamplingError(`guided block ${bi} does not exist (0..${cfg.numBlocks - 1})`);
+    if (!Number.isInteger(bi) || bi < 0 || bi >= blocks) throw new SamplingError(`guided block ${bi} does not exist (0..${blocks - 1})`);
   }
+}
+
+/** Noise → images with whatever sampler the family has. */
+export async function sampleModel(model: Model, z: Arr, labels: number[] | undefined, opts: SampleOptions): Promise<{ images: Arr; stats: BlockStats[] }> {
+  const s = model.family.sampler(model.cfg);
+  if (s.kind === 'autoregressive') return sampleFromNoise(model, z, labels, opts);
+  validateRequest(model, z, labels, opts.guidance);
+  const images = s.sample(keep(model.params), z, labels, opts.guidance);
+  opts.onStep?.(1, 1);
+  return { images, stats: [] };
+}
+
+/** Host noise [n, ...shape] as an array. */
+export function noiseArray(model: Model, data: Float32Array, n: number): Arr {
+  return fromF32(data, [n, ...model.family.noiseShape(model.cfg)]);
 }

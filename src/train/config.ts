@@ -1,10 +1,12 @@
 // Training configuration: JSON or YAML, validated once here; every error names the field.
-import { parseModelConfig, ConfigError, type TarFlowConfig } from '../models/config.js';
+import { ConfigError } from '../models/config.js';
+import { parseModelConfig } from '../models/registry.js';
+import type { ModelConfig } from '../models/model.js';
 
 export type NoiseType = 'gaussian' | 'uniform';
 
 export type TrainConfig = {
-  model: TarFlowConfig;
+  model: ModelConfig;
   /** Data specs: 'mnist:train', 'mnist:test', 'folder:/path'. */
   data: { train: string; test: string; flip: boolean };
   /** Gaussian noise augmentation (σ = model.noiseStd) or uniform dequantisation (for bits/dim runs). */

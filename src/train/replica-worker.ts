@@ -12,11 +12,12 @@ const send = (m: ReplicaReply, transfer: ArrayBuffer[] = []) => port.postMessage
 
 try {
   await startEngine(init.device);
+  await import(init.familySource); // registers the family in this thread (built-ins are registered anyway)
   const gradStep = makeGradStep(init.model);
   port.on('message', (r: ReplicaRequest) => {
     void (async () => {
       const params = unflattenParams(r.params, init.names, init.shapes);
-      const { loss, grads } = gradStep(params, fromF32(r.x, r.xShape), fromI32(r.y, [r.xShape[0]!]));
+      const { loss, grads } = gradStep(params, fromF32(r.x, r.xShape), fromI32(r.y, [r.xShape[0]!]), r.eps && fromF32(r.eps.data, r.eps.shape));
       const flat = await flattenParams(grads, init.names);
       send({ loss: await toNumber(loss), grads: flat }, [flat.buffer as ArrayBuffer]);
     })().catch((e: Error) => send({ error: e.message }));

@@ -5,16 +5,16 @@
 // of the slices' gradients is the whole batch's (the loss is a mean over the batch). This thread
 // only hands out the work, so its own engine's thread count does not compete with them.
 import { Worker } from 'node:worker_threads';
-import { np, fromF32, fromI32, toF32, toNumber, keep, type Arr, type Device } from '../engine/index.js';
-import { namedLeaves, paramsFromHost, type HostTensor } from '../nn/params.js';
-import type { TarFlowConfig } from '../models/config.js';
-import type { TarFlowParams } from '../models/tarflow.js';
-import { makeGradStep } from './step.js';
+import { np, fromF32, fromI32, toF32, keep, type Arr, type Device, type HostTensor, type Params } from '../engine/index.js';
+import { namedLeaves, paramsFromHost } from '../nn/params.js';
+import type { ModelConfig } from '../models/model.js';
+import { familyOf } from '../models/registry.js';
+import { makeGradStep, type GradStep } from './step.js';
 
-/** What a replica worker starts from (workerData). */
-export type ReplicaInit = { model: TarFlowConfig; device: Device; names: string[]; shapes: number[][] };
-/** One gradient request: all parameters in `names` order in one buffer, and the worker's slice of the batch. */
-export type ReplicaRequest = { params: Float32Array; x: Float32Array; xShape: number[]; y: Int32Array };
+/** What a replica worker starts from (workerData); `familySource` is the module that registers the model's family. */
+export type ReplicaInit = { model: ModelConfig; familySource: string; device: Device; names: string[]; shapes: number[][] };
+/** One gradient request: all parameters in `names` order in one buffer, and the worker's slice of the batch (and of the loss's noise draws). */
+export type ReplicaRequest = { params: Float32Array; x: Float32Array; xShape: number[]; y: Int32Array; eps?: { data: Float32Array; shape: number[] } };
 export type ReplicaReply = { ready: true } | { loss: number; grads: Float32Array } | { error: string };
 
 export class ReplicaError extends Error {
@@ -58,7 +58,7 @@ class ReplicaWorker {
 
   request(r: ReplicaRequest): Promise<ReplicaReply> {
     const reply = this.reply();
-    this.#worker.postMessage(r, [r.x.buffer as ArrayBuffer, r.y.buffer as ArrayBuffer]);
+    this.#worker.postMessage(r, [r.x.buffer as ArrayBuffer, r.y.buffer as ArrayBuffer, ...(r.eps ? [r.eps.data.buffer as ArrayBuffer] : [])]);
     return reply;
   }
 
@@ -71,12 +71,12 @@ class ReplicaWorker {
 export class Replicas {
   readonly count: number;
   /** The gradient on this thread, when there are no workers. */
-  readonly #local: ReturnType<typeof makeGradStep> | null;
+  readonly #local: GradStep | null;
   readonly #workers: ReplicaWorker[];
   readonly #names: string[];
   readonly #shapes: number[][];
 
-  private constructor(model: TarFlowConfig, count: number, workers: ReplicaWorker[], names: string[], shapes: number[][]) {
+  private constructor(model: ModelConfig, count: number, workers: ReplicaWorker[], names: string[], shapes: number[][]) {
     this.count = count;
     this.#local = workers.length === 0 ? makeGradStep(model) : null;
     this.#workers = workers;
@@ -85,10 +85,10 @@ export class Replicas {
   }
 
   /** Starts `count` worker threads (none for 1: the gradient is computed here) and waits until their engines are up. */
-  static async start(model: TarFlowConfig, params: TarFlowParams, count: number, device: Device): Promise<Replicas> {
+  static async start(model: ModelConfig, params: Params, count: number, device: Device): Promise<Replicas> {
     if (!Number.isInteger(count) || count < 1) throw new ReplicaError(`the number of workers must be an integer ≥ 1, got ${count}`);
     const leaves = namedLeaves(params);
-    const init: ReplicaInit = { model, device, names: leaves.map(([n]) => n), shapes: leaves.map(([, a]) => [...a.shape]) };
+    const init: ReplicaInit = { model, familySource: familyOf(model).source, device, names: leaves.map(([n]) => n), shapes: leaves.map(([, a]) => [...a.shape]) };
     const workers = count === 1 ? [] : Array.from({ length: count }, (_, i) => new ReplicaWorker(init, i + 1));
     try {
       await Promise.all(workers.map((w) => w.reply()));
@@ -101,15 +101,22 @@ export class Replicas {
 
   /**
    * The mean loss and its gradient over a batch of `n` images (`x` is [n, C, H, W], n divisible by
-   * the replica count). Does not consume `params`.
+   * the replica count), with the loss's noise draws `eps` (leading axis: the batch) when the
+   * family takes some. Does not consume `params`.
    */
-  async gradients(params: TarFlowParams, x: Float32Array, xShape: number[], y: Int32Array): Promise<{ loss: Arr; grads: TarFlowParams }> {
+  async gradients(params: Params, x: Float32Array, xShape: number[], y: Int32Array, eps?: { data: Float32Array; shape: number[] }): Promise<{ loss: Arr; grads: Params }> {
     const n = xShape[0]!;
-    if (this.#local) return this.#local(keep(params), fromF32(x, xShape), fromI32(y, [n]));
+    if (this.#local) return this.#local(keep(params), fromF32(x, xShape), fromI32(y, [n]), eps && fromF32(eps.data, eps.shape));
     if (n % this.count !== 0) throw new ReplicaError(`a batch of ${n} does not split evenly over ${this.count} workers`);
     const part = n / this.count;
     const per = x.length / n;
-    const slice = (i: number) => ({ x: x.slice(i * part * per, (i + 1) * part * per), xShape: [part, ...xShape.slice(1)], y: y.slice(i * part, (i + 1) * part) });
+    const epsPer = eps ? eps.data.length / n : 0;
+    const slice = (i: number) => ({
+      x: x.slice(i * part * per, (i + 1) * part * per),
+      xShape: [part, ...xShape.slice(1)],
+      y: y.slice(i * part, (i + 1) * part),
+      ...(eps ? { eps: { data: eps.data.slice(i * part * epsPer, (i + 1) * part * epsPer), shape: [part, ...eps.shape.slice(1)] } } : {}),
+    });
 
     const flat = await flattenParams(keep(params), this.#names);
     const replies = await Promise.all(this.#workers.map((w, i) => w.request({ params: flat, ...slice(i) })));
@@ -131,7 +138,7 @@ export class Replicas {
 }
 
 /** Parameters on the device from one buffer in `names` order. */
-export function unflattenParams(flat: Float32Array, names: string[], shapes: number[][]): TarFlowParams {
+export function unflattenParams(flat: Float32Array, names: string[], shapes: number[][]): Params {
   const host = new Map<string, HostTensor>();
   let offset = 0;
   names.forEach((name, i) => {
@@ -139,11 +146,11 @@ export function unflattenParams(flat: Float32Array, names: string[], shapes: num
     host.set(name, { shape: shapes[i]!, data: flat.subarray(offset, offset + size) });
     offset += size;
   });
-  return paramsFromHost<TarFlowParams>(host);
+  return paramsFromHost<Params>(host);
 }
 
 /** Every leaf of a tree, in `names` order, in one buffer; disposes the tree. */
-export async function flattenParams(t: TarFlowParams, names: string[]): Promise<Float32Array> {
+export async function flattenParams(t: Params, names: string[]): Promise<Float32Array> {
   const leaves = new Map(namedLeaves(t));
   const parts: Float32Array[] = [];
   for (const name of names) parts.push(await toF32(leaves.get(name)!));

@@ -1,30 +1,33 @@
-// Maximum-likelihood training of a TARFlow: AdamW with warm-up + cosine, gradient clipping and an
-// EMA of the weights, all in one jitted step. The run is a pure function of (config, seed, step):
-// batch indices, noise and label drops at step s depend only on the seed and s, so a run resumed
-// from a checkpoint reproduces the uninterrupted run's losses.
+// Training of any registered family (models/registry.ts): AdamW with warm-up + cosine, gradient
+// clipping and an EMA of the weights, the gradient optionally split over data-parallel workers.
+// The run is a pure function of (config, seed, step): batch indices, noise, label drops and the
+// loss's own random draws at step s depend only on the seed and s, so a run resumed from a
+// checkpoint reproduces the uninterrupted run's losses. Every checkpoint records how it was made
+// (config.json's `provenance`).
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
-import { np, jit, keep, release, fromF32, fromI32, toF32, toNumber, countParams, currentDevice, threadBudget, type Arr } from '../engine/index.js';
-import { initTarFlow, forward, bitsPerDim, type TarFlowParams } from '../models/tarflow.js';
-import { tokenShape, type TarFlowConfig } from '../models/config.js';
-import { paramsToHost, paramsFromHost, paramShapes } from '../nn/params.js';
+import { np, keep, release, toNumber, countParams, currentDevice, threadBudget, type Params } from '../engine/index.js';
+import { familyOf, initModel } from '../models/registry.js';
+import { bitsPerDim, NO_GUIDANCE, type Model } from '../models/model.js';
+import { paramsToHost, paramsFromHost } from '../nn/params.js';
 import { ADAMW_DEFAULTS, adamScalars, cosineLr, emaDecayAt, initAdamState } from '../nn/optim.js';
 import { makeApplyStep, type TrainState } from './step.js';
 import { Replicas } from './replicas.js';
 import { loadDataset } from '../data/load.js';
 import { BatchSampler, makeBatch, addGaussianNoise, uniformDequantize, dropLabels } from '../data/transforms.js';
 import { Rng } from '../engine/rng.js';
-import type { ImageDataset } from '../data/dataset.js';
 import { saveCheckpoint, loadCheckpoint, checkWeightsAgainst, type FlatTensors } from '../io/checkpoint.js';
+import { splitConfigJson, type Provenance } from '../io/model.js';
 import { writePngGrid } from '../io/png.js';
-import { NO_GUIDANCE } from '../sampling/solvers.js';
 import { generate } from '../sampling/pipeline.js';
-import { makePlans } from '../sampling/plan.js';
+import { evaluateBpd } from '../eval/likelihood.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 
 export type TrainEvent =
   | { type: 'start'; step: number; totalSteps: number; params: number; resumed: boolean; workers: number }
-  | { type: 'step'; step: number; totalSteps: number; loss: number; bpd: number; lr: number; gradNorm: number; stepsPerSec: number; etaSec: number }
+  | { type: 'step'; step: number; totalSteps: number; loss: number; bpd: number | null; lr: number; gradNorm: number; stepsPerSec: number; etaSec: number }
   | { type: 'skip'; step: number; loss: number; inARow: number }
   | { type: 'eval'; step: number; bpd: number; images: number }
   | { type: 'samples'; step: number; path: string }
@@ -55,78 +58,15 @@ export class TrainingError extends Error {
 
 export const CHECKPOINT_DIR = 'checkpoint';
 
-/** Nats per dimension → bits per dimension on 8-bit data (the log 128 bin term included). */
-export function lossToBpd(loss: number): number {
-  return (loss + 0.5 * Math.log(2 * Math.PI) + Math.log(128)) / Math.LN2;
-}
-
-/** Per-sample bits/dim of images under a model (labels −1 or a class each). */
-const bpdFns = new Map<string, (p: TarFlowParams, x: Arr, y: Arr) => Arr>();
-export function bitsPerDimOf(params: TarFlowParams, cfg: TarFlowConfig, x: Arr, y: Arr): Arr {
-  const key = JSON.stringify(cfg);
-  let f = bpdFns.get(key);
-  if (!f) {
-    f = jit((p: TarFlowParams, x: Arr, y: Arr) => {
-      const r = forward(p, cfg, x, cfg.numClasses > 0 ? y : (y.dispose(), undefined));
-      r.blockZ2.dispose();
-      return bitsPerDim(r.z, r.logdet);
-    }) as unknown as (p: TarFlowParams, x: Arr, y: Arr) => Arr;
-    bpdFns.set(key, f);
-  }
-  return f(keep(params), x, y);
-}
-
-/**
- * Mean bits/dim over the first `n` images of a dataset, uniformly dequantised with a fixed seed
- * (as the reference evaluates likelihood). Class models are evaluated as p(x | true label).
- */
-/**
- * Bits/dim per image. `mean` is over every image: +Infinity when the float32 likelihood of one
- * of them underflows (its z overflowed); `finiteMean` and `nonFinite` (indices) say what the
- * rest scored and which did.
- */
-export type BpdResult = { mean: number; finiteMean: number; nonFinite: number[]; perImage: Float32Array };
-
-export async function evaluateBpd(
-  params: TarFlowParams,
-  cfg: TarFlowConfig,
-  ds: ImageDataset,
-  n: number,
-  opts: { batchSize?: number; seed?: number; onBatch?: (done: number, total: number) => void } = {},
-): Promise<BpdResult> {
-  const total = Math.min(n, ds.n);
-  const bs = Math.min(opts.batchSize ?? 200, total);
-  const rng = new Rng(opts.seed ?? 1234);
-  const out = new Float32Array(total);
-  for (let start = 0; start < total; start += bs) {
-    // Static batch shape: the last batch is padded with repeats and the padding ignored.
-    const idx = Array.from({ length: bs }, (_, i) => Math.min(start + i, total - 1));
-    const batch = makeBatch(ds, idx);
-    const x = uniformDequantize(batch.x, rng);
-    const bpd = await toF32(bitsPerDimOf(params, cfg, fromF32(x, [bs, ds.channels, ds.height, ds.width]), fromI32(batch.y, [bs])));
-    for (let i = 0; i < bs && start + i < total; i++) out[start + i] = bpd[i]!;
-    opts.onBatch?.(Math.min(start + bs, total), total);
-  }
-  let s = 0;
-  let finite = 0;
-  const nonFinite: number[] = [];
-  for (const [i, v] of out.entries()) {
-    s += v;
-    if (Number.isFinite(v)) finite += v;
-    else nonFinite.push(i);
-  }
-  return { mean: s / total, finiteMean: finite / (total - nonFinite.length), nonFinite, perImage: out };
-}
-
 /** A grid of samples: one row per class (class models) or 64 unconditional samples, sequential solver, denoised for noise-trained models. */
-export async function sampleGrid(params: TarFlowParams, cfg: TarFlowConfig, file: string, seed: number): Promise<void> {
+export async function sampleGrid(model: Model, file: string, seed: number): Promise<void> {
+  const { cfg } = model;
   const perClass = cfg.numClasses > 0 ? 10 : 0;
   const n = cfg.numClasses > 0 ? perClass * Math.min(cfg.numClasses, 10) : 64;
   const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => Math.floor(i / perClass)) : undefined;
-  const plans = makePlans('sequential', cfg.numBlocks, tokenShape(cfg).tokens);
   // A model trained on Gaussian-noised images samples them noisy: one score step removes it.
-  const denoise = cfg.noiseStd > 0 ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
-  const r = await generate(params, cfg, { n, labels, plans, guidance: NO_GUIDANCE, seed, denoise });
+  const denoise = cfg.noiseStd > 0 && model.family.nll ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
+  const r = await generate(model, { n, labels, guidance: NO_GUIDANCE, seed, denoise });
   await writePngGrid(file, r.images, r.shape, { nrow: perClass || 8 });
 }
 
@@ -139,12 +79,41 @@ function unprefixed(prefix: string, t: FlatTensors): FlatTensors {
   return new Map([...t].filter(([k]) => k.startsWith(p)).map(([k, v]) => [k.slice(p.length), v]));
 }
 
-type TrainerState = { version: 1; step: number; train: TrainConfig; badSteps: number };
+type TrainerState = { version: 1; step: number; train: TrainConfig; badSteps: number; seconds?: number };
 
-async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, step: number, badSteps: number): Promise<void> {
-  const trainer: TrainerState = { version: 1, step, train: cfg, badSteps };
+/** What a run knows about itself when it saves: becomes config.json's provenance. */
+type RunRecord = { step: number; badSteps: number; seconds: number; workers: number; device: string; evaluation?: Provenance };
+
+/** The commit of the code doing the training (null outside a git checkout); `dirty` when it has uncommitted changes. */
+function codeVersion(): { commit: string | null; dirty: boolean | null } {
+  const cwd = path.dirname(fileURLToPath(import.meta.url));
+  const git = (...args: string[]) => execFileSync('git', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }).trim();
+  try {
+    return { commit: git('rev-parse', 'HEAD'), dirty: git('status', '--porcelain', '--untracked-files=no').length > 0 };
+  } catch {
+    return { commit: null, dirty: null };
+  }
+}
+
+const CODE = codeVersion();
+
+async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, run: RunRecord): Promise<void> {
+  const trainer: TrainerState = { version: 1, step: run.step, train: cfg, badSteps: run.badSteps, seconds: run.seconds };
+  const provenance: Provenance = {
+    software: 'starflow-ts',
+    ...CODE,
+    steps: run.step,
+    seconds: Math.round(run.seconds),
+    workers: run.workers,
+    device: run.device,
+    seed: cfg.seed,
+    weights: cfg.emaDecay > 0 ? `EMA (decay ${cfg.emaDecay})` : 'raw',
+    train: cfg,
+    ...(run.evaluation ? { evaluation: run.evaluation } : {}),
+    savedAt: new Date().toISOString(),
+  };
   await saveCheckpoint(dir, {
-    config: cfg.model,
+    config: { ...cfg.model, provenance },
     // model.safetensors holds the weights to sample with: the EMA when there is one.
     model: await paramsToHost(state.ema),
     optimizer: new Map([
@@ -156,36 +125,29 @@ async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, step: n
   });
 }
 
-async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: TrainState; step: number; badSteps: number }> {
+async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: TrainState; step: number; badSteps: number; seconds: number; evaluation?: Provenance }> {
   const ck = await loadCheckpoint(dir);
   const t = ck.trainer as TrainerState | undefined;
   if (!t || t.version !== 1 || !ck.optimizer) {
     throw new TrainingError(`${dir} is a model checkpoint without training state (trainer.json, optimizer.safetensors): it cannot be resumed`);
   }
   const cfg = parseTrainConfig(t.train, `${dir}/trainer.json: train`);
-  const shapes = expectedShapes(cfg.model);
+  const shapes = familyOf(cfg.model).paramShapes(cfg.model);
   checkWeightsAgainst(shapes, ck.model, `${dir}/model.safetensors`);
   const parts = ['params', 'm', 'v'].map((p) => {
     const flat = unprefixed(p, ck.optimizer!);
     checkWeightsAgainst(shapes, flat, `${dir}/optimizer.safetensors (${p})`);
-    return paramsFromHost<TarFlowParams>(flat);
-  }) as [TarFlowParams, TarFlowParams, TarFlowParams];
-  const state: TrainState = { params: parts[0], m: parts[1], v: parts[2], ema: paramsFromHost<TarFlowParams>(ck.model) };
-  return { cfg, state, step: t.step, badSteps: t.badSteps };
+    return paramsFromHost<Params>(flat);
+  }) as [Params, Params, Params];
+  const state: TrainState = { params: parts[0], m: parts[1], v: parts[2], ema: paramsFromHost<Params>(ck.model) };
+  const evaluation = splitConfigJson(ck.config).provenance?.evaluation as Provenance | undefined;
+  return { cfg, state, step: t.step, badSteps: t.badSteps, seconds: t.seconds ?? 0, evaluation };
 }
 
 /** The most data-parallel workers within a thread budget (the engine's) that divide the batch size. */
 export function autoWorkers(batchSize: number, budget = threadBudget()): number {
   for (let w = Math.min(budget, batchSize); w > 1; w--) if (batchSize % w === 0) return w;
   return 1;
-}
-
-/** Parameter names and shapes a config implies. */
-export function expectedShapes(cfg: TarFlowConfig): Map<string, number[]> {
-  const p = initTarFlow(cfg, 0);
-  const shapes = paramShapes(p);
-  release(p);
-  return shapes;
 }
 
 /**
@@ -200,12 +162,14 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   let step = 0;
   let badSteps = 0;
   let resumed = false;
+  let secondsBefore = 0; // training time of earlier invocations of this run
+  let evaluation: Provenance | undefined;
   if (config === null) {
-    ({ cfg, state, step, badSteps } = await loadRun(ckDir));
+    ({ cfg, state, step, badSteps, seconds: secondsBefore, evaluation } = await loadRun(ckDir));
     resumed = true;
   } else {
     cfg = config;
-    const params = initTarFlow(cfg.model, cfg.seed);
+    const { params } = initModel(cfg.model, cfg.seed);
     const adam = initAdamState(params);
     state = { params, m: adam.m, v: adam.v, ema: keep(params) }; // the EMA starts at the initial weights
   }
@@ -217,9 +181,10 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   const log = (e: object) => appendFile(logFile, JSON.stringify(e) + '\n');
 
   const m = cfg.model;
+  const family = familyOf(m);
   const shape = { size: m.imgSize, channels: m.inChannels };
   const trainData = await loadDataset(cfg.data.train, shape);
-  const testData = cfg.evalEvery > 0 ? await loadDataset(cfg.data.test, shape) : undefined;
+  const testData = cfg.evalEvery > 0 && family.nll ? await loadDataset(cfg.data.test, shape) : undefined;
   if (m.numClasses > 0 && trainData.numClasses > m.numClasses) {
     throw new TrainingError(`the data has ${trainData.numClasses} classes but model.numClasses is ${m.numClasses}`);
   }
@@ -238,6 +203,9 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     const t0 = performance.now();
     const firstStep = step;
     const { channels, height, width } = trainData;
+    const device = currentDevice();
+    const record = (): RunRecord => ({ step, badSteps, seconds: secondsBefore + (performance.now() - t0) / 1000, workers, device, evaluation });
+    const modelOf = (params: Params): Model => ({ family, cfg: m, params });
 
     while (step < cfg.steps) {
       if (step >= stopAt) break;
@@ -254,9 +222,11 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
       const batch = makeBatch(trainData, sampler.batchIndices(step), { flip: cfg.data.flip, rng });
       const x = cfg.noise === 'uniform' ? uniformDequantize(batch.x, rng) : addGaussianNoise(batch.x, m.noiseStd, rng);
       const y = dropLabels(batch.y, cfg.labelDrop, rng);
+      const epsShape = family.lossNoiseShape?.(m, cfg.batchSize);
+      const eps = epsShape && { data: Float32Array.from({ length: epsShape.reduce((a, b) => a * b, 1) }, () => rng.normal()), shape: epsShape };
       const lr = cosineLr({ lr: cfg.lr, minLr: cfg.minLr, warmupSteps: cfg.warmupSteps, totalSteps: cfg.steps }, step);
       const { bc1, bc2 } = adamScalars({ ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2 }, step + 1);
-      const g = await replicas.gradients(state.params, x, [cfg.batchSize, channels, height, width], y);
+      const g = await replicas.gradients(state.params, x, [cfg.batchSize, channels, height, width], y, eps);
       const out = applyStep(keep(state), g.grads, np.array(lr), np.array(bc1), np.array(bc2), np.array(emaDecayAt(cfg.emaDecay, step)));
       const loss = await toNumber(g.loss);
       const gradNorm = await toNumber(out.gradNorm);
@@ -284,29 +254,31 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
       if (step % cfg.logEvery === 0 || step === stopAt) {
         const elapsed = (performance.now() - t0) / 1000;
         const stepsPerSec = (step - firstStep) / elapsed;
-        const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: lossToBpd(loss), lr, gradNorm, stepsPerSec, etaSec: (Math.min(stopAt, cfg.steps) - step) / stepsPerSec };
+        const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: family.nll ? bitsPerDim(loss) : null, lr, gradNorm, stepsPerSec, etaSec: (Math.min(stopAt, cfg.steps) - step) / stepsPerSec };
         emit(e);
         await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
       }
       if (testData && cfg.evalEvery > 0 && step % cfg.evalEvery === 0) {
-        const r = await evaluateBpd(state.ema, m, testData, cfg.evalImages);
-        emit({ type: 'eval', step, bpd: r.mean, images: Math.min(cfg.evalImages, testData.n) });
+        const r = await evaluateBpd(modelOf(state.ema), testData, cfg.evalImages);
+        const images = r.perImage.length;
+        evaluation = { testBpd: { data: cfg.data.test, bitsPerDim: r.finiteMean, images: images - r.nonFinite.length, of: images, step, weights: 'EMA' } };
+        emit({ type: 'eval', step, bpd: r.mean, images });
         await log({ step, testBpd: r.finiteMean, ...(r.nonFinite.length ? { testNonFinite: r.nonFinite.length } : {}), time: Date.now() });
       }
       if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
         const file = path.join(opts.outDir, 'samples', `step-${String(step).padStart(6, '0')}.png`);
-        await sampleGrid(state.ema, m, file, cfg.seed);
+        await sampleGrid(modelOf(state.ema), file, cfg.seed);
         emit({ type: 'samples', step, path: file });
       }
       if (step % cfg.checkpointEvery === 0) {
-        await saveRun(ckDir, cfg, state, step, badSteps);
+        await saveRun(ckDir, cfg, state, record());
         lastCheckpoint = step;
         haveCheckpoint = true;
         emit({ type: 'checkpoint', step, dir: ckDir });
       }
     }
     if (lastCheckpoint !== step || !resumed) {
-      await saveRun(ckDir, cfg, state, step, badSteps);
+      await saveRun(ckDir, cfg, state, record());
       emit({ type: 'checkpoint', step, dir: ckDir });
     }
     emit({ type: 'stop', step, reason });

@@ -9,8 +9,8 @@ import path from 'node:path';
 import '../setup.js';
 import { starflow } from '../cli.js';
 import { release } from '../../src/engine/index.js';
-import { initTarFlow } from '../../src/models/tarflow.js';
-import { parseModelConfig } from '../../src/models/config.js';
+import { initTarFlow, tarflow } from '../../src/models/tarflow.js';
+import { parseTarFlowConfig as parseModelConfig } from '../../src/models/tarflow.js';
 import { saveModel } from '../../src/io/model.js';
 import { saveCheckpoint } from '../../src/io/checkpoint.js';
 import { paramsToHost } from '../../src/nn/params.js';
@@ -46,7 +46,7 @@ async function writeModelDir(name: string, raw: object): Promise<string> {
   const cfg = parseModelConfig(raw);
   const d = path.join(dir, name);
   const params = initTarFlow(cfg, 0);
-  await saveModel(d, cfg, params);
+  await saveModel(d, { family: tarflow, cfg, params });
   release(params);
   return d;
 }

@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import '../setup.js';
 import { release } from '../../src/engine/index.js';
-import { initTarFlow } from '../../src/models/tarflow.js';
-import { parseModelConfig } from '../../src/models/config.js';
+import { initTarFlow, tarflow } from '../../src/models/tarflow.js';
+import { parseTarFlowConfig as parseModelConfig } from '../../src/models/tarflow.js';
 import { saveModel } from '../../src/io/model.js';
 import { FEATURE_NET_DEFAULTS, initFeatureNet, saveFeatureNet } from '../../src/eval/features.js';
 
@@ -23,7 +23,7 @@ before(async () => {
   for (const [name, size] of [['run/checkpoint', 28], ['m32', 32]] as const) {
     const cfg = parseModelConfig(model(size));
     const p = initTarFlow(cfg, 0);
-    await saveModel(path.join(dir, name), cfg, p);
+    await saveModel(path.join(dir, name), { family: tarflow, cfg, params: p });
     release(p);
   }
   const log = Array.from({ length: 20 }, (_, i) => JSON.stringify({ step: 10 * (i + 1), loss: 1 - i / 20, bpd: 3 - i / 20 })).join('\n');

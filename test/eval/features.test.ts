@@ -10,7 +10,7 @@ import { release } from '../../src/engine/index.js';
 import { Rng } from '../../src/engine/rng.js';
 import { FEATURE_NET_DEFAULTS, extract, initFeatureNet, loadFeatureNet, saveFeatureNet, trainClassifier, type FeatureNetConfig } from '../../src/eval/features.js';
 import { checkModelAgainstExtractor, diagonalGaussianSamples } from '../../src/cli/eval.js';
-import { parseModelConfig } from '../../src/models/config.js';
+import { parseTarFlowConfig as parseModelConfig } from '../../src/models/tarflow.js';
 import type { ImageDataset } from '../../src/data/dataset.js';
 
 const small: FeatureNetConfig = { ...FEATURE_NET_DEFAULTS, conv1: 4, conv2: 8, hidden: 16 };

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
 import { Rng, normalArray } from '../../src/engine/index.js';
-import { parseModelConfig, tokenShape } from '../../src/models/config.js';
+import { parseTarFlowConfig as parseModelConfig, tokenShape, tarflow } from '../../src/models/tarflow.js';
 import { initTarFlow } from '../../src/models/tarflow.js';
 import { analyzeSampling, spectralNorm, propose, type BlockAnalysis } from '../../src/sampling/analyze.js';
 import { makePlans } from '../../src/sampling/plan.js';
@@ -22,7 +22,7 @@ test('analyzeSampling on a tiny model: metrics per block and a strategy makePlan
     b.projOut.w = normalArray(new Rng(5).fork(i), [cfg.width, 8], 0.03);
   });
   const { tokens } = tokenShape(cfg);
-  const r = await analyzeSampling(params, cfg, { n: 2 });
+  const r = await analyzeSampling({ family: tarflow, cfg, params }, { n: 2 });
   assert.equal(r.blocks.length, 2);
   assert.deepEqual(r.blocks.map((b) => b.block), [1, 0]);
   for (const b of r.blocks) {

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
 import { fromF32, toF32 } from '../../src/engine/index.js';
-import { type TarFlowParams } from '../../src/models/tarflow.js';
+import { type TarFlowParams, tarflow } from '../../src/models/tarflow.js';
 import { fromReferenceStateDict } from '../../src/io/reference-names.js';
 import { paramsFromHost } from '../../src/nn/params.js';
 import { denoise } from '../../src/sampling/denoise.js';
@@ -20,7 +20,7 @@ function model(c: FixtureCase) {
 
 async function run(c: FixtureCase, labels: number[] | undefined, guidance: Guidance, plan: BlockPlan = SEQ) {
   const { cfg, params } = model(c);
-  const r = await sampleFromNoise(params, cfg, fromF32(noise.data, noise.shape), labels, { plans: [plan, plan], guidance });
+  const r = await sampleFromNoise({ family: tarflow, cfg, params }, fromF32(noise.data, noise.shape), labels, { plans: [plan, plan], guidance });
   return { x: await toF32(r.images), stats: r.stats };
 }
 
@@ -73,7 +73,7 @@ for (const [name, c, labels] of [
     const { cfg, params } = model(c);
     const d = c.denoise as { sigma: number; lr: number; x_denoised: number[] };
     const x = detTensor([2, 1, 8, 8], 0.5, 0.3, 0.8);
-    const out = await toF32(denoise(params, cfg, fromF32(x.data, x.shape), labels ? [...labels] : undefined, d.sigma));
+    const out = await toF32(denoise({ family: tarflow, cfg, params }, fromF32(x.data, x.shape), labels ? [...labels] : undefined, d.sigma));
     const diff = maxAbsDiff(out, d.x_denoised);
     assert.ok(diff < 1e-5, `max abs diff ${diff}`);
   });

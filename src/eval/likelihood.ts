@@ -1,0 +1,113 @@
+// Exact likelihood of images under a model with one (flows): per batch of tensors, per host
+// batch (`starflow nll --input`), and over a dataset (`starflow nll`, the trainer's periodic
+// evaluation, the eval report). Bits/dim come from the one formula in models/model.ts.
+import { cachedJit, keep, fromF32, fromI32, toF32, Rng, type Arr, type Params } from '../engine/index.js';
+import { bitsPerDim, type Model } from '../models/model.js';
+import type { ImageDataset } from '../data/dataset.js';
+import { makeBatch, uniformDequantize } from '../data/transforms.js';
+
+export class LikelihoodError extends Error {
+  override name = 'LikelihoodError';
+}
+
+function nllFn(model: Model): (p: Params, x: Arr, y: Arr) => Arr {
+  const { family, cfg } = model;
+  const nll = family.nll;
+  if (!nll) throw new LikelihoodError(`${family.name} models have no exact likelihood`);
+  return cachedJit(`nll:${JSON.stringify(cfg)}`, () => (p: Params, x: Arr, y: Arr) => nll(p, cfg, x, y));
+}
+
+/** NLL per image in nats per dimension, [B], of images x [B, C, H, W] with labels y int32 [B] (−1 or a class each). Consumes x and y. */
+export function nllOf(model: Model, x: Arr, y: Arr): Arr {
+  return nllFn(model)(keep(model.params), x, y);
+}
+
+export type ImageScores = {
+  /** NLL per image, nats per dimension. */
+  nll: Float32Array;
+  /** Bits per dimension per image (8-bit data: the log 128 bin term included). */
+  bpd: Float32Array;
+  /** Flows: the noise [B, ...noiseShape] and the log-determinant per dimension per image. */
+  z?: Float32Array;
+  logdet?: Float32Array;
+};
+
+/**
+ * Scores host images [B, C, H, W] in [−1, 1] as they are (no dequantisation noise), in batches.
+ * `encode` also returns z and the log-determinants (flows only).
+ */
+export async function scoreImages(
+  model: Model,
+  x: Float32Array,
+  shape: [number, number, number, number],
+  labels: number[] | undefined,
+  opts: { batchSize?: number; encode?: boolean } = {},
+): Promise<ImageScores> {
+  const { family, cfg } = model;
+  const [b, c, h, w] = shape;
+  const per = c * h * w;
+  const bs = opts.batchSize ?? 200;
+  const encode = family.encode;
+  if (opts.encode && !encode) throw new LikelihoodError(`${family.name} models are not flows: they have no noise for an image`);
+  const enc = opts.encode && encode ? cachedJit(`encode:${JSON.stringify(cfg)}`, () => (p: Params, xs: Arr, ys: Arr) => encode(p, cfg, xs, ys)) : undefined;
+  const zPer = family.noiseShape(cfg).reduce((a, v) => a * v, 1);
+  const out: ImageScores = { nll: new Float32Array(b), bpd: new Float32Array(b) };
+  if (enc) {
+    out.z = new Float32Array(b * zPer);
+    out.logdet = new Float32Array(b);
+  }
+  for (let s = 0; s < b; s += bs) {
+    const n = Math.min(bs, b - s);
+    const xs = () => fromF32(x.subarray(s * per, (s + n) * per), [n, c, h, w]);
+    const ys = () => fromI32(labels ? labels.slice(s, s + n) : new Array<number>(n).fill(0), [n]);
+    out.nll.set(await toF32(nllOf(model, xs(), ys())), s);
+    if (enc) {
+      const r = enc(keep(model.params), xs(), ys());
+      out.z!.set(await toF32(r.z), s * zPer);
+      out.logdet!.set(await toF32(r.logdet), s);
+    }
+  }
+  out.nll.forEach((v, i) => (out.bpd[i] = bitsPerDim(v)));
+  return out;
+}
+
+/**
+ * Bits/dim per image. `mean` is over every image: +Infinity when the float32 likelihood of one
+ * of them underflows (its z overflowed); `finiteMean` and `nonFinite` (indices) say what the
+ * rest scored and which did.
+ */
+export type BpdResult = { mean: number; finiteMean: number; nonFinite: number[]; perImage: Float32Array };
+
+/**
+ * Bits/dim of the first `n` images of a dataset, uniformly dequantised with a fixed seed (as the
+ * reference evaluates likelihood). Class models are evaluated as p(x | true label).
+ */
+export async function evaluateBpd(
+  model: Model,
+  ds: ImageDataset,
+  n: number,
+  opts: { batchSize?: number; seed?: number; onBatch?: (done: number, total: number) => void } = {},
+): Promise<BpdResult> {
+  const total = Math.min(n, ds.n);
+  const bs = Math.min(opts.batchSize ?? 200, total);
+  const rng = new Rng(opts.seed ?? 1234);
+  const out = new Float32Array(total);
+  for (let start = 0; start < total; start += bs) {
+    // Static batch shape: the last batch is padded with repeats and the padding ignored.
+    const idx = Array.from({ length: bs }, (_, i) => Math.min(start + i, total - 1));
+    const batch = makeBatch(ds, idx);
+    const x = uniformDequantize(batch.x, rng);
+    const nll = await toF32(nllOf(model, fromF32(x, [bs, ds.channels, ds.height, ds.width]), fromI32(batch.y, [bs])));
+    for (let i = 0; i < bs && start + i < total; i++) out[start + i] = bitsPerDim(nll[i]!);
+    opts.onBatch?.(Math.min(start + bs, total), total);
+  }
+  let s = 0;
+  let finite = 0;
+  const nonFinite: number[] = [];
+  for (const [i, v] of out.entries()) {
+    s += v;
+    if (Number.isFinite(v)) finite += v;
+    else nonFinite.push(i);
+  }
+  return { mean: s / total, finiteMean: finite / (total - nonFinite.length), nonFinite, perImage: out };
+}

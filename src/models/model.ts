@@ -1,0 +1,145 @@
+// The model interface: what every family (TARFlow, a test's tiny Gaussian, later STARFlow and
+// rectified flow) implements, and all that the trainer, the samplers, evaluation, checkpoint I/O
+// and the CLI know about a model. A family is one file plus a `registerFamily` call; `config.json`'s
+// `model` field names it (registry.ts).
+import type { Arr, Params } from '../engine/index.js';
+
+/** Fields every family's config has: the images it models and how it was conditioned. */
+export type ModelConfig = {
+  /** The family's registered name. */
+  model: string;
+  inChannels: number;
+  imgSize: number;
+  /** 0 for an unconditional model. */
+  numClasses: number;
+  /** σ of the Gaussian noise the training images carried (0: none); score denoising undoes it. */
+  noiseStd: number;
+};
+
+// ---- guidance ----
+
+export type GuidanceRule = 'tarflow' | 'starflow';
+
+export type Guidance = {
+  weight: number;
+  rule: GuidanceRule;
+  /** Ramp the weight linearly along the sequence, (t/(T−1))·w for token t. */
+  annealed: boolean;
+  /** Attention temperature of the unconditional branch. */
+  attnTemp: number;
+  /** Model block indices that get guidance; all when absent. */
+  blocks?: number[];
+};
+
+export const NO_GUIDANCE: Guidance = { weight: 0, rule: 'tarflow', annealed: false, attnTemp: 1 };
+
+// ---- how a family samples ----
+
+/**
+ * One block of an autoregressive flow, as the solvers (sampling/solvers.ts) see it. The block is a
+ * triangular system over a sequence of S positions: position 0 is an input only (TARFlow: token
+ * 0, which passes through; with a learned start token, a placeholder the model replaces), and
+ * the output for position j + 1 depends on positions ≤ j. The model owns everything inside a
+ * step; the solvers own the order of the steps (sequential, Jacobi, GS-Jacobi) and the cache
+ * writes.
+ */
+export interface BlockInverse<B = unknown, C = unknown, Pd = unknown> {
+  /** Parameters the jitted step takes as an input (the block's weights in processing order). */
+  params: B;
+  /** The block's noise [B, T, D] (natural token order) → the solver sequence [B, S, D]. */
+  toSequence(z: Arr): Arr;
+  /** A solved sequence [B, S, D] → the block's input tokens [B, T, D] (natural order). */
+  fromSequence(x: Arr): Arr;
+  /** Conditioning rows for the step: labels (int32) and attention temperatures, [rows] and [rows, 1, 1, 1]. */
+  conditioning: { labels: Arr; temps: Arr; rows: number };
+}
+
+/** What the solvers call inside a jitted step: pure functions of the static options. */
+export interface FlowSteps<B = unknown, C = unknown, Pd = unknown> {
+  /** A KV cache for `rows` rows written in chunks of `chunk` positions. */
+  emptyCache(rows: number, chunk: number): C;
+  /** Room for `n` positions fed one at a time before they are committed. */
+  emptyPending(rows: number, n: number): Pd;
+  /** The cache with `recent` written at positions start.. (a multiple of `chunk`); consumes all three. */
+  commit(cache: C, recent: Pd, start: Arr, chunk: number): C;
+  /**
+   * Inverts L positions at once: from inputs u [B, L, D] at positions first..first+L−1 (after the
+   * cache's 0..cacheEnd−1 and `pending`) and the noise z [B, L, D] of positions first+1..first+L,
+   * the block's inputs at those positions. Guidance (when `guided`) combines a conditional and an
+   * unconditional branch in the model's own parameter space; `weights` is [1, L, 1].
+   */
+  invert(
+    params: B,
+    io: { u: Arr; z: Arr; first: Arr; cacheEnd: Arr; cache: C; pending?: Pd; labels: Arr; temps: Arr; weights: Arr },
+    how: { guided: boolean; rule: GuidanceRule },
+  ): { x: Arr; recent: Pd };
+}
+
+/** An autoregressive flow: blocks inverted last to first, each by the solvers. */
+export interface AutoregressiveSampler<P = Params> {
+  kind: 'autoregressive';
+  numBlocks: number;
+  /** Positions S of every block's solver sequence (the first one known). */
+  length: number;
+  /** The static step functions (one object per config: the jit cache keys on it). */
+  steps: FlowSteps;
+  /** Whether block `blockIndex` samples with two branches under this guidance. */
+  isGuided(g: Guidance, blockIndex: number): boolean;
+  /** Block `blockIndex` set up for inverting noise z with these labels and guidance. */
+  block(params: P, blockIndex: number, z: Arr, labels: number[] | undefined, g: Guidance): BlockInverse;
+  /** Tokens [B, T, D] → images [B, C, H, W]. */
+  toImages(x: Arr): Arr;
+}
+
+/** A family that maps noise to images in one call (closed-form or a fixed number of steps). */
+export interface DirectSampler<P = Params> {
+  kind: 'direct';
+  /** Noise [B, ...noiseShape] → images [B, C, H, W]. */
+  sample(params: P, z: Arr, labels: number[] | undefined, g: Guidance): Arr;
+}
+
+// ---- the family ----
+
+export interface ModelFamily<C extends ModelConfig = ModelConfig, P extends Params = Params> {
+  /** The `model` field of its configs. */
+  readonly name: string;
+  /** One line for `starflow info` and reports. */
+  describe(cfg: C): string;
+  /**
+   * The module that defines the family (its import.meta.url): data-parallel workers import it
+   * to have the family registered in their thread too.
+   */
+  readonly source: string;
+  /** Validates a raw config (JSON/YAML), filling defaults; every error names the field. */
+  parseConfig(raw: Record<string, unknown>, where: string): C;
+  init(cfg: C, seed: number): P;
+  /** Parameter names (dotted) and shapes a config implies, for loading weights. */
+  paramShapes(cfg: C): Map<string, number[]>;
+  /** The shape of one sample's noise. */
+  noiseShape(cfg: C): number[];
+  /** Shape of the standard-normal draws the loss takes per batch of `batch` (drawn by the trainer from the run's seed and step); none when absent. */
+  lossNoiseShape?(cfg: C, batch: number): number[];
+  /**
+   * The training loss (a scalar) on images x [B, C, H, W] in [−1, 1] with labels y int32 [B]
+   * (−1 = dropped; ignored by unconditional models). For a family with `nll`, the mean of it, so
+   * that the trainer can report bits/dim.
+   */
+  loss(params: P, cfg: C, x: Arr, y: Arr, eps?: Arr): Arr;
+  /** Exact negative log-likelihood per sample in nats per dimension (continuous density), [B]. */
+  nll?(params: P, cfg: C, x: Arr, y: Arr): Arr;
+  /** Flows: data → noise [B, ...noiseShape] and the per-sample log-determinant per dimension [B]. */
+  encode?(params: P, cfg: C, x: Arr, y: Arr): { z: Arr; logdet: Arr };
+  /** How it turns noise into images (one object per config). */
+  sampler(cfg: C): AutoregressiveSampler<P> | DirectSampler<P>;
+}
+
+/** Bits per dimension of 8-bit data on [−1, 1] from the NLL in nats per dimension of its density: the log 128 term is the bin width 2/256. */
+export function bitsPerDim(natsPerDim: number): number {
+  return (natsPerDim + Math.log(128)) / Math.LN2;
+}
+
+/** ½·log 2π: a standard normal's NLL per dimension beyond ½z². */
+export const HALF_LOG_2PI = 0.5 * Math.log(2 * Math.PI);
+
+/** A family, its config and its weights: what the library's functions take. */
+export type Model<C extends ModelConfig = ModelConfig, P extends Params = Params> = { family: ModelFamily<C, P>; cfg: C; params: P };
