@@ -19,11 +19,11 @@ type Ratio = { what: string; jax: string; torch: string; ratio: number | null; n
 /** Child: writes a notebook-config model directory (config.json + model.safetensors). */
 async function makeNotebookModel(args: string[]): Promise<void> {
   await startWorkerEngine(1);
-  const { parseModelConfig } = await import('../src/models/config.js');
+  const { parseTarFlowConfig, tarflow } = await import('../src/models/tarflow.js');
   const { saveModel } = await import('../src/io/model.js');
   const { NOTEBOOK_MODEL } = await import('./train.js');
-  const cfg = parseModelConfig({ ...NOTEBOOK_MODEL });
-  await saveModel(argOf(args, '--out'), cfg, await benchWeights(cfg));
+  const cfg = parseTarFlowConfig({ ...NOTEBOOK_MODEL });
+  await saveModel(argOf(args, '--out'), { family: tarflow, cfg, params: await benchWeights(cfg) });
   process.stdout.write(JSON.stringify({ ok: true }) + '\n');
 }
 

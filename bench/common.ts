@@ -162,8 +162,7 @@ export function eachFlag(args: string[], take: (flag: string, value: () => strin
  */
 export async function benchWeights(cfg: import('../src/models/tarflow.js').TarFlowConfig): Promise<import('../src/models/tarflow.js').TarFlowParams> {
   const E = await import('../src/engine/index.js');
-  const { initTarFlow } = await import('../src/models/tarflow.js');
-  const { tokenShape } = await import('../src/models/config.js');
+  const { initTarFlow, tokenShape } = await import('../src/models/tarflow.js');
   const params = initTarFlow(cfg, 0);
   params.blocks.forEach((b, i) => {
     b.projOut.w.dispose();

@@ -125,8 +125,7 @@ export const MICRO_LR = 1e-4;
 
 async function stepBench(E: typeof import('../src/engine/index.js'), warmup: number, steps: number): Promise<StepResult> {
   const { jit, valueAndGrad, Rng, normalArray, keep, settle, fromF32, toNumber, countParams, release } = E;
-  const { parseModelConfig, tokenShape } = await import('../src/models/config.js');
-  const { forward, flowLoss } = await import('../src/models/tarflow.js');
+  const { parseTarFlowConfig: parseModelConfig, tokenShape, forward, flowLoss } = await import('../src/models/tarflow.js');
   const optim = await import('../src/nn/optim.js');
   type P = import('../src/models/tarflow.js').TarFlowParams;
   type S = import('../src/nn/optim.js').AdamState<P>;

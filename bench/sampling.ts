@@ -82,7 +82,8 @@ async function prep(args: string[]): Promise<void> {
   const cfg = parseModelConfig(JSON.parse(readFileSync(path.join(argOf(args, '--model'), 'config.json'), 'utf8')));
   const n = Number(argOf(args, '--n'));
   const { tokens, tokenDim } = tokenShape(cfg);
-  const z = await drawNoise(cfg, n, Number(argOf(args, '--seed', '0')));
+  const { tarflow } = await import('../src/models/tarflow.js');
+  const z = drawNoise({ family: tarflow, cfg }, n, Number(argOf(args, '--seed', '0')));
   const labels = Int32Array.from({ length: n }, (_, i) => (cfg.numClasses > 0 ? i % cfg.numClasses : -1));
   await writeSafetensorsFile(argOf(args, '--out'), { z: fromFloat32(z, [n, tokens, tokenDim]), labels: fromInt32(labels, [n]) });
   process.stdout.write(JSON.stringify({ ok: true }) + '\n');
@@ -96,19 +97,19 @@ type Loaded = {
 async function loadForSampling(args: string[]): Promise<Loaded> {
   const { loadModel } = await import('../src/io/model.js');
   const { generate } = await import('../src/sampling/pipeline.js');
-  const { makePlans } = await import('../src/sampling/plan.js');
   const { NO_GUIDANCE } = await import('../src/sampling/solvers.js');
-  const { cfg, params } = await loadModel(argOf(args, '--model'));
+  const model = await loadModel(argOf(args, '--model'));
+  const cfg = model.cfg as TarFlowConfig;
   const { tokens, tokenDim } = tokenShape(cfg);
   const noise = await readSafetensorsFile(argOf(args, '--noise'));
   const z = toFloat32(noise.tensors.get('z')!);
   const labels = Array.from(toInt32(noise.tensors.get('labels')!));
   const attnTemp = Number(argOf(args, '--attn-temp', '1'));
   const run: Loaded['run'] = async (b, w, solver) => {
-    const r = await generate(params, cfg, {
+    const r = await generate(model, {
       n: b,
       labels: cfg.numClasses > 0 ? labels.slice(0, b) : undefined,
-      plans: makePlans(solver, cfg.numBlocks, tokens),
+      solver: { name: solver },
       guidance: w > 0 ? { ...NO_GUIDANCE, weight: w, attnTemp } : NO_GUIDANCE,
       seed: 0,
       noise: z.subarray(0, b * tokens * tokenDim),

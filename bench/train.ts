@@ -98,13 +98,14 @@ async function prep(args: string[]): Promise<void> {
   const file = argOf(args, '--out');
   await startWorkerEngine(1);
   const E = await import('../src/engine/index.js');
-  const { tokenShape } = await import('../src/models/config.js');
+  const { tokenShape } = await import('../src/models/tarflow.js');
+  type TarFlowConfig = import('../src/models/tarflow.js').TarFlowConfig;
   const { paramsToHost } = await import('../src/nn/params.js');
   const { loadMnist } = await import('../src/data/mnist.js');
   const { makeBatch, addGaussianNoise, dropLabels } = await import('../src/data/transforms.js');
   const st = await import('../src/io/safetensors.js');
   const cfg = await trainConfig(name);
-  const m = cfg.model;
+  const m = cfg.model as TarFlowConfig;
   const params = await benchWeights(m);
   const host = await paramsToHost(params);
   const nParams = E.countParams(params);
@@ -131,7 +132,8 @@ async function worker(args: string[]): Promise<void> {
   const steps = Number(argOf(args, '--steps'));
   const usedThreads = await startWorkerEngine(threads);
   const E = await import('../src/engine/index.js');
-  const { bitsPerDimOf } = await import('../src/train/trainer.js');
+  const { nllOf } = await import('../src/eval/likelihood.js');
+  const { familyOf } = await import('../src/models/registry.js');
   const { makeTrainStep, makeApplyStep } = await import('../src/train/step.js');
   const { Replicas } = await import('../src/train/replicas.js');
   const { initAdamState } = await import('../src/nn/optim.js');
@@ -149,7 +151,7 @@ async function worker(args: string[]): Promise<void> {
   );
   const params = paramsFromHost<P>(host);
   const adam = initAdamState(params);
-  let state = { params, m: adam.m, v: adam.v, ema: E.keep(params) };
+  let state: import('../src/train/step.js').TrainState = { params, m: adam.m, v: adam.v, ema: E.keep(params) };
   const xShape = [cfg.batchSize, m.inChannels, m.imgSize, m.imgSize];
   const xHost = st.toFloat32(f.tensors.get('x')!);
   const yHost = st.toInt32(f.tensors.get('y')!);
@@ -189,7 +191,7 @@ async function worker(args: string[]): Promise<void> {
   const samplesMs: number[] = [];
   for (let i = 0; i < steps; i++) samplesMs.push(await once());
   // Likelihood throughput on the trained weights (not the EMA: the twin evaluates its live model).
-  const nll = () => bitsPerDimOf(state.params, m, x.ref, y.ref);
+  const nll = () => nllOf({ family: familyOf(m), cfg: m, params: state.params }, x.ref, y.ref);
   const bpd = [...(await E.toF32(nll()))];
   const nllMs: number[] = [];
   for (let i = 0; i < NLL_REPS; i++) {

@@ -39,12 +39,12 @@ function mix(seed: number, round: number): number {
 }
 
 /** Values in one sample's noise. */
-export function noiseSize(model: Model): number {
+export function noiseSize(model: Pick<Model, 'family' | 'cfg'>): number {
   return model.family.noiseShape(model.cfg).reduce((a, b) => a * b, 1);
 }
 
 /** Draws n samples' standard normal noise from a seed (the same for every solver and device). */
-export function drawNoise(model: Model, n: number, seed: number): Float32Array {
+export function drawNoise(model: Pick<Model, 'family' | 'cfg'>, n: number, seed: number): Float32Array {
   const rng = new Rng(seed);
   const out = new Float32Array(n * noiseSize(model));
   for (let i = 0; i < out.length; i++) out[i] = rng.normal();
