@@ -6,7 +6,8 @@ import { evaluateBpd } from '../eval/likelihood.js';
 import { loadModel } from '../io/model.js';
 import { loadDataset } from '../data/load.js';
 import { writeFileAtomic } from '../io/files.js';
-import { loadPreset, trainCommand } from './train.js';
+import { loadPreset } from '../train/presets.js';
+import { asUsageError, trainCommand } from './train.js';
 import { parse, numOpt, strOpt, startEngineFromOptions, ENGINE_HELP } from './common.js';
 
 export const MAIN_HELP = `starflow main: train the mnist preset, then write samples and test bits/dim
@@ -24,7 +25,7 @@ export async function mainJob(argv: string[]): Promise<void> {
   const minutes = numOpt(o.minutes, 'minutes', 15, (x) => x > 0, 'a number > 0');
   const out = strOpt(o.out, 'out') ?? path.join('runs', 'main');
   const preset = strOpt(o.preset, 'preset') ?? 'mnist';
-  await loadPreset(preset); // fail fast on a bad name
+  await asUsageError(loadPreset(preset)); // fail fast on a bad name
   // Training reports progress through the same path as `starflow train`.
   await trainCommand(['--preset', preset, '--out', out, '--minutes', String(minutes), ...(o.device ? ['--device', String(o.device)] : []), ...(o.threads ? ['--threads', String(o.threads)] : [])]);
   await startEngineFromOptions(o);

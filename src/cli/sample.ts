@@ -1,14 +1,12 @@
-import path from 'node:path';
-import { mkdir } from 'node:fs/promises';
 import { loadModel } from '../io/model.js';
 import { currentDevice } from '../engine/index.js';
 import { generate } from '../sampling/pipeline.js';
 import { SOLVERS, type SolverName } from '../sampling/plan.js';
 import { SamplingError } from '../sampling/solvers.js';
 import type { Guidance } from '../models/model.js';
-import { writePngGrid, imageGrid, encodePng } from '../io/png.js';
-import { writeFileAtomic, writeSafetensorsFile, readSafetensorsFile } from '../io/files.js';
-import { fromFloat32, toFloat32, toInt32 } from '../io/safetensors.js';
+import { readSafetensorsFile } from '../io/files.js';
+import { toFloat32, toInt32 } from '../io/safetensors.js';
+import { saveSamples } from '../io/samples.js';
 import { Progress } from './progress.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
@@ -32,7 +30,7 @@ Guidance:
   --guided-blocks 0,1    model block indices that get guidance (default all)
 
 Solver:
-  --solver NAME          ${SOLVERS.join(' | ')} (default sequential: fastest on CPU)
+  --solver NAME          ${SOLVERS.join(' | ')} (default sequential, exact; Jacobi can be faster at batch 1: bench/README.md)
   --strategy S           gs-jacobi per-block plan, blocks in sampling order: e.g. "0=8x32,*=1x10", "*=seq"
   --jacobi-tol E         stop a Jacobi module when mean((new−old)²)/mean(new²) < E (default 1e-6)
   --jacobi-max-iter N    iteration cap per module (default: the module length, which is exact)
@@ -166,18 +164,8 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   });
   bar.update(100);
 
-  if (out.endsWith('.safetensors')) {
-    await writeSafetensorsFile(out, { samples: fromFloat32(r.images, r.shape) }, { solver, seed: String(seed) });
-  } else if (out.endsWith('.png')) {
-    await writePngGrid(out, r.images, r.shape, { nrow: cfg.numClasses > 0 && !o.class && !o.labels ? Math.ceil(n / Math.min(cfg.numClasses, 10)) : Math.ceil(Math.sqrt(n)) });
-  } else {
-    await mkdir(out, { recursive: true });
-    const per = r.shape[1] * r.shape[2] * r.shape[3];
-    for (let i = 0; i < n; i++) {
-      const img = imageGrid(r.images.subarray(i * per, (i + 1) * per), [1, r.shape[1], r.shape[2], r.shape[3]], { nrow: 1, padding: 0 });
-      await writeFileAtomic(path.join(out, `${String(i).padStart(5, '0')}.png`), encodePng(img));
-    }
-  }
+  const nrow = cfg.numClasses > 0 && !o.class && !o.labels ? Math.ceil(n / Math.min(cfg.numClasses, 10)) : Math.ceil(Math.sqrt(n));
+  await saveSamples(out, r.images, r.shape, { nrow, metadata: { solver, seed: String(seed) } });
   const iterations = r.stats.map((batch) => batch.map((s) => ({ block: s.block, calls: s.calls, iterations: s.iterations })));
   const summary = { out, n, seconds: r.seconds, samplesPerSec: n / r.seconds, solver, device: currentDevice(), redrawn: r.redrawn, nonFinite: r.nonFinite, blocks: iterations[0] };
   if (r.redrawn > 0 || r.nonFinite > 0) {

@@ -1,9 +1,6 @@
 import path from 'node:path';
-import { readFile } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
-import YAML from 'yaml';
-import { ConfigError } from '../models/config.js';
 import { parseTrainConfig, type TrainConfig } from '../train/config.js';
+import { loadPreset, loadConfigFile, PresetError } from '../train/presets.js';
 import { train, CHECKPOINT_DIR } from '../train/trainer.js';
 import { Progress } from './progress.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
@@ -33,26 +30,14 @@ Options:
 Ctrl-C saves a checkpoint and exits; --resume continues from it.
 ${ENGINE_HELP}`;
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-export const PRESET_DIR = path.resolve(here, '../../presets');
-
-export async function readConfigFile(file: string): Promise<unknown> {
-  const text = await readFile(file, 'utf8').catch(() => {
-    throw new UsageError(`cannot read config file '${file}'`);
-  });
+/** The library's PresetError (an unknown preset, an unreadable config file) is a usage error here: exit code 2 and the --help hint. */
+export async function asUsageError<T>(p: Promise<T>): Promise<T> {
   try {
-    return file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
+    return await p;
   } catch (e) {
-    throw new ConfigError(`${file}: not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(e as Error).message.split('\n')[0]}`);
+    if (e instanceof PresetError) throw new UsageError(e.message);
+    throw e;
   }
-}
-
-export async function loadPreset(name: string): Promise<TrainConfig> {
-  if (!/^[a-z0-9-]+$/.test(name)) throw new UsageError(`unknown preset '${name}'`);
-  const file = path.join(PRESET_DIR, `${name}.json`);
-  const raw = await readFile(file, 'utf8').catch(() => null);
-  if (raw === null) throw new UsageError(`unknown preset '${name}' (look in ${PRESET_DIR})`);
-  return parseTrainConfig(JSON.parse(raw), `preset ${name}`);
 }
 
 export async function trainCommand(argv: string[]): Promise<void> {
@@ -78,7 +63,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
     if (o.noise || o.seed || o['schedule-steps']) throw new UsageError('--noise, --seed and --schedule-steps cannot change a resumed run');
   } else {
     const name = o.preset ? strOpt(o.preset, 'preset')! : path.basename(strOpt(o.config, 'config')!).replace(/\.(json|ya?ml)$/, '');
-    const raw = o.preset ? await loadPreset(name) : parseTrainConfig(await readConfigFile(strOpt(o.config, 'config')!), strOpt(o.config, 'config'));
+    const raw = await asUsageError(o.preset ? loadPreset(name) : loadConfigFile(strOpt(o.config, 'config')!));
     const overrides: Record<string, unknown> = {};
     if (o.noise !== undefined) overrides.noise = o.noise;
     if (o.seed !== undefined) overrides.seed = intOpt(o.seed, 'seed', 0);

@@ -9,7 +9,7 @@ import '../setup.js';
 import { release } from '../../src/engine/index.js';
 import { Rng } from '../../src/engine/rng.js';
 import { FEATURE_NET_DEFAULTS, extract, initFeatureNet, loadFeatureNet, saveFeatureNet, trainClassifier, type FeatureNetConfig } from '../../src/eval/features.js';
-import { checkModelAgainstExtractor, diagonalGaussianSamples } from '../../src/cli/eval.js';
+import { checkModelAgainstExtractor, diagonalGaussianSamples } from '../../src/eval/baselines.js';
 import { parseTarFlowConfig as parseModelConfig } from '../../src/models/tarflow.js';
 import type { ImageDataset } from '../../src/data/dataset.js';
 

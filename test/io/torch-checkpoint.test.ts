@@ -24,9 +24,6 @@ import { readSafetensorsFile, writeSafetensorsFile } from '../../src/io/files.js
 import { fromFloat32, fromInt32, serializeSafetensors, toFloat32 } from '../../src/io/safetensors.js';
 import { loadModel } from '../../src/io/model.js';
 import { fromReferenceStateDict } from '../../src/io/reference-names.js';
-import { nllCommand } from '../../src/cli/nll.js';
-import { sampleCommand } from '../../src/cli/sample.js';
-import { denoiseCommand } from '../../src/cli/denoise.js';
 import { Rng } from '../../src/engine/index.js';
 import { loadFixture, fixtureStateDict, fixtureConfig, detTensor, maxAbsDiff, maxRelDiff, scaledMaxDiff, type FixtureCase } from '../fixture.js';
 
@@ -166,16 +163,11 @@ function expectRefused(fn: () => unknown, pattern: RegExp): void {
 
 // ---- capturing command output ----
 
-async function capture(fn: () => Promise<void>): Promise<string> {
-  const orig = console.log;
-  const lines: string[] = [];
-  console.log = (...args: unknown[]) => void lines.push(args.map(String).join(' '));
-  try {
-    await fn();
-  } finally {
-    console.log = orig;
-  }
-  return lines.join('\n');
+/** Runs a starflow command in a child process; fails on a non-zero exit; returns stdout. */
+async function cli(args: string[]): Promise<string> {
+  const r = await starflow(args);
+  assert.equal(r.code, 0, `starflow ${args.join(' ')}\nexit ${r.code}\nstderr:\n${r.stderr}`);
+  return r.stdout;
 }
 
 function torchAvailable(): boolean {
@@ -336,7 +328,7 @@ describe('round trip against the ml-tarflow fixture', () => {
     const yArgs = labels ? ['--y-key', 'y'] : [];
 
     const zOut = path.join(tmp, `${tag}-z.safetensors`);
-    const out = JSON.parse(await capture(() => nllCommand(['--model', dir, '--input', input, '--x-key', 'x', ...yArgs, '--json', '--z-out', zOut])));
+    const out = JSON.parse(await cli(['nll', '--model', dir, '--input', input, '--x-key', 'x', ...yArgs, '--json', '--z-out', zOut]));
     const z = toFloat32((await readSafetensorsFile(zOut)).tensors.get('z')!);
     const d = {
       z: maxAbsDiff(z, c.z),
@@ -352,7 +344,7 @@ describe('round trip against the ml-tarflow fixture', () => {
     assert.ok(d.bpdRel < 1e-5, `bpd ${d.bpd}`);
 
     const samples = path.join(tmp, `${tag}-x.safetensors`);
-    await capture(() => sampleCommand(['--model', dir, '--noise', input, '--noise-key', 'noise', ...(labels ? ['--labels-key', 'y'] : []), '--out', samples]));
+    await cli(['sample', '--model', dir, '--noise', input, '--noise-key', 'noise', ...(labels ? ['--labels-key', 'y'] : []), '--out', samples]);
     const sf = await readSafetensorsFile(samples);
     assert.deepEqual([...sf.tensors.keys()], ['samples']);
     const key = labels ? 'sample_cfg0' : 'sample_uncond';
@@ -361,7 +353,7 @@ describe('round trip against the ml-tarflow fixture', () => {
 
     const den = c.denoise as { sigma: number; x_denoised: number[] };
     const dOut = path.join(tmp, `${tag}-den.safetensors`);
-    await capture(() => denoiseCommand(['--model', dir, '--input', input, '--x-key', 'xd', ...yArgs, '--sigma', String(den.sigma), '--out', dOut]));
+    await cli(['denoise', '--model', dir, '--input', input, '--x-key', 'xd', ...yArgs, '--sigma', String(den.sigma), '--out', dOut]);
     const dd = maxAbsDiff(toFloat32((await readSafetensorsFile(dOut)).tensors.get('x')!), den.x_denoised);
     assert.ok(dd < 1e-5, `denoised ${dd}`);
     console.error(`# ${tag}: max |Δ| z ${d.z.toExponential(2)}, logdet ${d.logdet.toExponential(2)}, loss ${d.loss.toExponential(2)}, bpd ${d.bpd.toExponential(2)}, samples ${ds.toExponential(2)}, denoised ${dd.toExponential(2)}`);

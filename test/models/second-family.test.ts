@@ -16,6 +16,7 @@ import { evaluateBpd } from '../../src/eval/likelihood.js';
 import { classify } from '../../src/eval/classify.js';
 import { NO_GUIDANCE } from '../../src/models/model.js';
 import { loadMnist } from '../../src/data/mnist.js';
+import { evaluateModel } from '../../src/eval/report.js';
 
 const config = (over: Record<string, unknown> = {}) =>
   parseTrainConfig({
@@ -76,4 +77,13 @@ test('a second family trains on 2 workers, resumes exactly, samples, is scored a
   const again = await generate(model, { n: 5, labels, guidance: NO_GUIDANCE, seed: 3 });
   assert.deepEqual(again.images, g.images, 'a seed reproduces the samples');
   await assert.rejects(generate(model, { n: 2, guidance: NO_GUIDANCE, seed: 0, solver: { name: 'jacobi' } }), /sample in one call/);
+
+  // starflow eval's library call scores it like any model: samples, floor, ceiling, bits/dim, curves.
+  const r = await evaluateModel({ modelDir: path.join(whole, CHECKPOINT_DIR), outDir: path.join(dir, 'eval'), n: 20, refN: 200, kidSubsets: 5 });
+  assert.equal(r.metrics.model.length, 1);
+  assert.ok(Number.isFinite(r.metrics.model[0]!.frechet));
+  assert.ok(r.metrics.floor.frechet < r.metrics.model[0]!.frechet, 'real test images score better than 8 steps of a diagonal Gaussian');
+  assert.equal(r.metrics.testBpd?.n, 20);
+  assert.ok(r.metrics.curves !== null, 'training curves from the run log');
+  assert.match(r.markdown, /diagonal Gaussian over 1×28×28 pixels/);
 });

@@ -1,0 +1,450 @@
+// The sample-quality evaluation behind `starflow eval`: Fréchet distance, KID, precision/recall
+// and class accuracy of a model's samples at each guidance weight, against a reference set of
+// training images, with a floor (test images) and a ceiling (a diagonal Gaussian) scored the same
+// way, the model's test bits/dim, and a report in a directory: metrics.json, report.md and PNGs
+// (sample grids, the guidance sweep and, inside a training run, the loss and bits/dim curves).
+import path from 'node:path';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
+import { currentDevice, release } from '../engine/index.js';
+import { Rng } from '../engine/rng.js';
+import { loadModel } from '../io/model.js';
+import { loadDataset } from '../data/load.js';
+import type { ImageDataset } from '../data/dataset.js';
+import type { Guidance, GuidanceRule, Model, ModelConfig } from '../models/model.js';
+import { generate } from '../sampling/pipeline.js';
+import { plansFor, SOLVERS, type SolverChoice, type SolverName } from '../sampling/plan.js';
+import { encodePng, imageGrid } from '../io/png.js';
+import { writeFileAtomic } from '../io/files.js';
+import { datasetImages, extract, loadFeatureNet, SHIPPED_FEATURES, type FeatureNetConfig, type LoadedFeatureNet } from './features.js';
+import { argmaxRows, classAccuracy, featureSet, frechetFromFits, gaussianFit, kernelDistance, precisionRecall, type FeatureSet, type GaussianFit } from './metrics.js';
+import { lineChart, sideBySide, type Series } from './chart.js';
+import { checkModelAgainstExtractor, diagonalGaussianSamples } from './baselines.js';
+import { evaluateBpd } from './likelihood.js';
+
+/** Options that do not fit the model or each other. `option` names the EvalOptions field at fault, when one is. */
+export class EvalError extends Error {
+  override name = 'EvalError';
+  constructor(
+    message: string,
+    readonly option?: keyof EvalOptions,
+  ) {
+    super(message);
+  }
+}
+
+export type EvalOptions = {
+  /** Model directory (config.json + model.safetensors). */
+  modelDir: string;
+  /** Feature extractor directory (default SHIPPED_FEATURES); its dataset supplies the reference and floor images. */
+  featuresDir?: string;
+  /** Where metrics.json, report.md and the PNGs go (created if missing). */
+  outDir: string;
+  /** Samples per guidance weight, and images in the floor (default 500, at least 4). */
+  n?: number;
+  /** Guidance weights to sweep (default [0]); the first is the headline figure. */
+  weights?: number[];
+  guidanceRule?: GuidanceRule;
+  /** Attention temperature of the unguided branch (default 1). */
+  attnTemp?: number;
+  solver?: SolverName;
+  /** gs-jacobi per-block plan. */
+  strategy?: string;
+  /** Samples per solver batch (default 100). */
+  batchSize?: number;
+  /** One score-based denoising step after sampling, at the model's noiseStd. */
+  denoise?: boolean;
+  /** Seed of the noise, the reference and floor subsets and KID's subsets (default 0). */
+  seed?: number;
+  /** Training images in the reference set (default 10000). */
+  refN?: number;
+  /** KID subsets (default 50). */
+  kidSubsets?: number;
+  /** One line per stage (what `starflow eval` prints on stderr). */
+  onLog?: (line: string) => void;
+  onProgress?: (e: EvalProgress) => void;
+};
+
+/** Sampling progress at guidance weight `cfg`, the `run`-th of the sweep (from 0). */
+export type EvalProgress = { stage: 'sample'; run: number; cfg: number; done: number; total: number };
+
+export type SetMetrics = {
+  name: string;
+  n: number;
+  frechet: number;
+  kid: { mean: number; stdError: number };
+  precision: number;
+  recall: number;
+  classAccuracy: number | null;
+};
+
+/** The model's figures at one guidance weight; `grid` is its sample grid's file name in outDir. */
+export type ModelRun = SetMetrics & { nonFiniteSamples: number; cfg: number; seconds: number; samplesPerSec: number; grid: string };
+
+/** metrics.json. */
+export type EvalMetrics = {
+  modelDir: string;
+  modelConfig: ModelConfig;
+  n: number;
+  seed: number;
+  solver: SolverName;
+  strategy: string | null;
+  denoise: { sigma: number; lrScale: number } | null;
+  guidanceRule: GuidanceRule;
+  device: string;
+  features: { dir: string; config: FeatureNetConfig; testAccuracy: number | null };
+  reference: { data: string; n: number; precisionRecallSupport: number };
+  kid: { kernel: string; subsets: number; subsetSize: number };
+  precisionRecallK: number;
+  floor: SetMetrics;
+  ceiling: SetMetrics;
+  model: ModelRun[];
+  /** Families without an exact likelihood: null. */
+  testBpd: { data: string; n: number; bitsPerDim: number; nonFinite: number } | null;
+  ordered: { frechet: boolean };
+  curves: { file: string; points: number; lastStep: number; lastTestBpd: number | null } | null;
+};
+
+export type EvalResult = {
+  metrics: EvalMetrics;
+  /** report.md's text. */
+  markdown: string;
+  /** outDir/metrics.json and outDir/report.md. */
+  metricsFile: string;
+  reportFile: string;
+};
+
+// ---- the model API, in one place: sampling and test bits/dim ----
+
+type Sampler = (weight: number, onProgress: (done: number, total: number) => void) => Promise<{ images: Float32Array; seconds: number }>;
+
+/** Draws the run's n samples at a guidance weight. Checks the solver and strategy against the model at once. */
+function makeSampler(
+  model: Model,
+  o: { n: number; labels: number[] | undefined; solver: SolverName; strategy?: string; rule: GuidanceRule; attnTemp: number; seed: number; batchSize: number; denoise?: { sigma: number; lrScale: number } },
+): Sampler {
+  const solver: SolverChoice = { name: o.solver, strategy: o.strategy };
+  plansFor(model, solver); // a bad solver or strategy fails before any work
+  return async (weight, onProgress) => {
+    const guidance: Guidance = { weight, rule: o.rule, annealed: false, attnTemp: o.attnTemp };
+    const g = await generate(model, { n: o.n, labels: o.labels, solver, guidance, seed: o.seed, batchSize: o.batchSize, denoise: o.denoise, onProgress });
+    return { images: g.images, seconds: g.seconds };
+  };
+}
+
+/** The model's bits/dim on the first n images of a test set, uniformly dequantised (as `starflow nll`). */
+async function testBitsPerDim(model: Model, ds: ImageDataset, n: number, seed: number): Promise<{ n: number; bitsPerDim: number; nonFinite: number }> {
+  const bpd = await evaluateBpd(model, ds, n, { seed });
+  return { n: bpd.perImage.length, bitsPerDim: bpd.finiteMean, nonFinite: bpd.nonFinite.length };
+}
+
+// ---- scoring ----
+
+type Scorer = (name: string, images: Float32Array, labels: number[] | Int32Array | undefined) => Promise<SetMetrics>;
+
+function makeScorer(fx: LoadedFeatureNet, refFit: GaussianFit, refSubset: FeatureSet, kidOpts: { subsets: number; seed: number }, refFeatures: FeatureSet): Scorer {
+  const shapeOf = (images: Float32Array): number[] => {
+    const per = fx.cfg.inChannels * fx.cfg.imgSize * fx.cfg.imgSize;
+    return [images.length / per, fx.cfg.inChannels, fx.cfg.imgSize, fx.cfg.imgSize];
+  };
+  return async (name, images, labels) => {
+    const r = await extract(fx.params, fx.cfg, images, shapeOf(images));
+    const f = featureSet(r.features, r.n, fx.cfg.hidden);
+    const pr = precisionRecall(refSubset, f, 3);
+    const kid = kernelDistance(f, refFeatures, { subsets: kidOpts.subsets, subsetSize: 1000, seed: kidOpts.seed });
+    let acc: number | null = null;
+    if (labels && Array.from(labels).some((l) => l >= 0)) acc = classAccuracy(argmaxRows(r.logits, r.n, fx.cfg.numClasses), labels);
+    return { name, n: r.n, frechet: frechetFromFits(refFit, gaussianFit(f)), kid: { mean: kid.mean, stdError: kid.stdError }, precision: pr.precision, recall: pr.recall, classAccuracy: acc };
+  };
+}
+
+/** Clips samples to [-1, 1] in place, NaN to -1 (as a saved image holds them); returns how many samples had a non-finite value. */
+function clipSamples(images: Float32Array, n: number, per: number): number {
+  let nonFinite = 0;
+  for (let i = 0; i < n; i++) {
+    let bad = false;
+    for (let j = i * per; j < (i + 1) * per; j++) {
+      const v = images[j]!;
+      if (!Number.isFinite(v)) bad = true;
+      images[j] = v >= 1 ? 1 : v >= -1 ? v : -1; // NaN fails both tests: -1
+    }
+    if (bad) nonFinite++;
+  }
+  return nonFinite;
+}
+
+// ---- pictures ----
+
+type Rgb = [number, number, number];
+const BLUE: Rgb = [31, 119, 180];
+const ORANGE: Rgb = [230, 110, 20];
+const GREEN: Rgb = [44, 160, 44];
+const RED: Rgb = [214, 39, 40];
+
+async function writePng(file: string, image: ReturnType<typeof imageGrid>): Promise<void> {
+  await writeFileAtomic(file, encodePng(image));
+}
+
+type LogRow = { step?: number; loss?: number; bpd?: number; testBpd?: number; skipped?: boolean };
+
+/**
+ * Loss and bits/dim curves (outDir/curves.png) of the training run a model directory belongs to:
+ * the run's log.jsonl one level up. Undefined when there is none or it has no training steps.
+ */
+export async function trainingCurves(modelDir: string, outDir: string): Promise<{ file: string; points: number; lastStep: number; lastTestBpd?: number } | undefined> {
+  const logFile = path.join(path.dirname(path.resolve(modelDir)), 'log.jsonl');
+  if (!existsSync(logFile)) return undefined;
+  const rows: LogRow[] = [];
+  for (const line of (await readFile(logFile, 'utf8')).split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      rows.push(JSON.parse(line) as LogRow);
+    } catch {
+      // a line cut by a kill mid-write
+    }
+  }
+  const train = rows.filter((r) => !r.skipped && typeof r.step === 'number' && typeof r.loss === 'number');
+  const test = rows.filter((r) => typeof r.step === 'number' && typeof r.testBpd === 'number');
+  if (train.length === 0) return undefined;
+  const loss = lineChart([{ points: train.map((r) => [r.step!, r.loss!]), color: BLUE }]);
+  const bpdSeries: Series[] = [{ points: train.filter((r) => typeof r.bpd === 'number').map((r) => [r.step!, r.bpd!]), color: BLUE }];
+  if (test.length) bpdSeries.push({ points: test.map((r) => [r.step!, r.testBpd!]), color: ORANGE, dots: true });
+  const file = path.join(outDir, 'curves.png');
+  await writePng(file, sideBySide([loss, lineChart(bpdSeries)]));
+  return { file, points: train.length, lastStep: train.at(-1)!.step!, lastTestBpd: test.at(-1)?.testBpd };
+}
+
+/** The guidance sweep: Fréchet distance (log scale) and class accuracy against the weight, floor and ceiling as flat lines. */
+async function guidanceChart(file: string, weights: number[], floor: SetMetrics, ceiling: SetMetrics, runs: ModelRun[]): Promise<void> {
+  const xs = weights.length > 1 ? [Math.min(...weights), Math.max(...weights)] : [weights[0]! - 0.5, weights[0]! + 0.5];
+  const flat = (v: number | null, color: Rgb): Series[] => (v === null ? [] : [{ points: xs.map((x) => [x, v] as [number, number]), color, dots: false }]);
+  const distChart = lineChart([...flat(floor.frechet, GREEN), ...flat(ceiling.frechet, RED), { points: runs.map((r) => [r.cfg, r.frechet]), color: BLUE, dots: true }], { logY: true });
+  const accChart = lineChart([...flat(floor.classAccuracy, GREEN), ...flat(ceiling.classAccuracy, RED), { points: runs.filter((r) => r.classAccuracy !== null).map((r) => [r.cfg, r.classAccuracy!]), color: BLUE, dots: true }]);
+  await writePng(file, sideBySide([distChart, accChart]));
+}
+
+// ---- text ----
+
+/** A figure for a table: '–' when missing or not finite. */
+export const fmt = (v: number | null | undefined, digits = 3): string => (v === null || v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
+/** A share as a percentage: '–' when not applicable. */
+export const pct = (v: number | null): string => (v === null ? '–' : `${(100 * v).toFixed(1)}%`);
+
+const accuracyText = (a: number | null | undefined) => (a === null || a === undefined ? '?' : (100 * a).toFixed(2) + '%');
+
+/** The tab-separated summary `starflow eval` prints: a header, then floor, the model at each weight, ceiling. */
+export function summaryTable(m: EvalMetrics): string[] {
+  return [
+    `set\tfrechet\tkid\tprecision\trecall\tclass_acc`,
+    ...[m.floor, ...m.model, m.ceiling].map((s) => `${s.name}\t${fmt(s.frechet)}\t${fmt(s.kid.mean, 4)}\t${fmt(s.precision)}\t${fmt(s.recall)}\t${pct(s.classAccuracy)}`),
+  ];
+}
+
+/** report.md. `fxDir` as the caller gave it; `summary`: the model's architecture. */
+function renderReport(m: EvalMetrics, fxDir: string, summary: string): string {
+  const { floor, ceiling, model: runs, testBpd, curves } = m;
+  const cfg = m.modelConfig;
+  const head = runs[0]!;
+  const perClass = cfg.numClasses > 0;
+  const trainSpec = m.reference.data;
+  const testSpec = m.reference.data.replace(/:train$/, ':test');
+  const row = (label: string, s: SetMetrics) =>
+    `| ${label} | ${fmt(s.frechet)} | ${fmt(s.kid.mean, 4)} ± ${fmt(s.kid.stdError, 4)} | ${fmt(s.precision)} | ${fmt(s.recall)} | ${pct(s.classAccuracy)} |`;
+  return [
+    `# Sample quality: ${path.basename(m.modelDir) === 'checkpoint' ? path.basename(path.dirname(m.modelDir)) : path.basename(m.modelDir)}`,
+    '',
+    `Model \`${m.modelDir}\` (${summary}), ${m.n} samples per guidance weight, ${m.solver} solver${m.denoise ? `, denoised at σ = ${m.denoise.sigma}` : ''}, seed ${m.seed}, ${m.device}.`,
+    '',
+    `Features: the ${m.features.config.hidden}-d penultimate layer of our ${trainSpec.replace(/:train$/, '')} classifier (\`${fxDir}\`, test accuracy ${accuracyText(m.features.testAccuracy)}). ` +
+      `Every set is compared with the same ${m.reference.n} ${trainSpec} images. The Fréchet distance is FID's formula on these features: it is not comparable with published FIDs, ` +
+      `and like FID it is biased upwards at small n, so only figures at the same n compare.`,
+    '',
+    '| set | Fréchet distance | KID (± s.e.) | precision | recall | class accuracy |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+    row(`floor (${floor.n} ${testSpec} images)`, floor),
+    ...runs.map((r) => row(`**model, cfg ${r.cfg}**`, r)),
+    row(`ceiling (diagonal Gaussian${perClass ? ' per class' : ''})`, ceiling),
+    '',
+    `Ordered floor < model < ceiling (Fréchet distance, cfg ${head.cfg}): **${m.ordered.frechet ? 'yes' : 'no'}**.`,
+    '',
+    testBpd
+      ? `Test bits/dim of the model: ${fmt(testBpd.bitsPerDim, 3)} on ${testBpd.n} ${testSpec} images (uniform dequantisation, as \`starflow nll\`${testBpd.nonFinite ? `; ${testBpd.nonFinite} images overflowed float32 and are left out` : ''})${cfg.noiseStd > 0 ? `; this model was trained on Gaussian-noised data (σ = ${cfg.noiseStd}), so the figure is not its training objective` : ''}.`
+      : 'This model family has no exact likelihood: no test bits/dim.',
+    '',
+    `Class accuracy is the share of samples the classifier assigns to the class they were drawn for${perClass ? '' : ' (this model is unconditional: not applicable)'}; for the floor, the classifier's accuracy on those test images.`,
+    `Precision and recall use k = ${m.precisionRecallK} nearest-neighbour manifolds against ${m.reference.precisionRecallSupport} reference images; KID uses ${m.kid.subsets} subsets of ${m.kid.subsetSize}.`,
+    '',
+    '## Samples',
+    '',
+    ...runs.flatMap((r) => [`cfg ${r.cfg} (${r.samplesPerSec.toFixed(1)} samples/s):`, '', `![samples cfg ${r.cfg}](${r.grid})`, '']),
+    'Reference points: test images (floor) and the diagonal Gaussian (ceiling):',
+    '',
+    '![floor](floor.png) ![ceiling](ceiling.png)',
+    '',
+    '## Guidance sweep',
+    '',
+    'Left: Fréchet distance (log scale) against the guidance weight; right: class accuracy. Blue: the model; green: floor; red: ceiling.',
+    '',
+    '![guidance sweep](guidance.png)',
+    '',
+    '| cfg | Fréchet distance | KID | precision | recall | class accuracy | samples/s | samples with NaN/inf |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...runs.map((r) => `| ${r.cfg} | ${fmt(r.frechet)} | ${fmt(r.kid.mean, 4)} | ${fmt(r.precision)} | ${fmt(r.recall)} | ${pct(r.classAccuracy)} | ${r.samplesPerSec.toFixed(1)} | ${r.nonFiniteSamples} |`),
+    '',
+    'Samples are scored as a saved image holds them: clipped to [-1, 1], NaN as black.',
+    '',
+    ...(curves
+      ? [
+          '## Training',
+          '',
+          `From \`${path.join(path.dirname(m.modelDir), 'log.jsonl')}\` (${curves.points} logged steps, last step ${curves.lastStep}${curves.lastTestBpd !== null ? `, last test bits/dim ${curves.lastTestBpd.toFixed(3)}` : ''}). Left: training loss; right: bits/dim (blue: training batches, orange: test).`,
+          '',
+          '![training curves](curves.png)',
+          '',
+        ]
+      : []),
+  ].join('\n');
+}
+
+// ---- the evaluation ----
+
+function checkOptions(o: EvalOptions): void {
+  const int = (v: number | undefined, name: keyof EvalOptions, min: number) => {
+    if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new EvalError(`${name} must be an integer ≥ ${min}, got ${v}`, name);
+  };
+  int(o.n, 'n', 4);
+  int(o.batchSize, 'batchSize', 1);
+  int(o.seed, 'seed', 0);
+  int(o.refN, 'refN', 2);
+  int(o.kidSubsets, 'kidSubsets', 1);
+  if (o.weights !== undefined && (o.weights.length === 0 || o.weights.some((w) => !Number.isFinite(w) || w < 0))) {
+    throw new EvalError(`weights must be a non-empty list of numbers ≥ 0, got [${o.weights.join(', ')}]`, 'weights');
+  }
+  if (o.guidanceRule !== undefined && o.guidanceRule !== 'tarflow' && o.guidanceRule !== 'starflow') throw new EvalError(`guidanceRule must be tarflow or starflow, got '${o.guidanceRule}'`, 'guidanceRule');
+  if (o.attnTemp !== undefined && !(o.attnTemp > 0)) throw new EvalError(`attnTemp must be a number > 0, got ${o.attnTemp}`, 'attnTemp');
+  if (o.solver !== undefined && !(SOLVERS as readonly string[]).includes(o.solver)) throw new EvalError(`unknown solver '${o.solver}' (expected one of: ${SOLVERS.join(', ')})`, 'solver');
+}
+
+/**
+ * Evaluates a model's samples and writes the report into outDir: metrics.json, report.md,
+ * samples-cfg<w>.png for each guidance weight, floor.png, ceiling.png, guidance.png and, for a
+ * model inside a training run, curves.png. Every image set is scored against the same reference
+ * set (refN training images of the extractor's dataset) through the extractor's penultimate
+ * features; the floor is n test images of that dataset, the ceiling n samples of a diagonal
+ * Gaussian fitted to the training pixels (per class for class models). The engine must be started.
+ */
+export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
+  checkOptions(opts);
+  const n = opts.n ?? 500;
+  const weights = opts.weights ?? [0];
+  const rule = opts.guidanceRule ?? 'tarflow';
+  const attnTemp = opts.attnTemp ?? 1;
+  const solver = opts.solver ?? 'sequential';
+  const batch = opts.batchSize ?? 100;
+  const seed = opts.seed ?? 0;
+  const refN = opts.refN ?? 10000;
+  const kidSubsets = opts.kidSubsets ?? 50;
+  const { outDir, modelDir: mDir } = opts;
+  const fxDir = opts.featuresDir ?? SHIPPED_FEATURES;
+  const log = opts.onLog ?? (() => {});
+  const device = currentDevice();
+
+  const model = await loadModel(mDir);
+  let fx: LoadedFeatureNet | undefined;
+  try {
+    const { cfg } = model;
+    fx = await loadFeatureNet(fxDir);
+    checkModelAgainstExtractor(cfg, fx.cfg, fxDir);
+    if (opts.denoise && !(cfg.noiseStd > 0)) throw new EvalError('denoising needs a model trained with Gaussian noise (this one has noiseStd 0)', 'denoise');
+    const denoise = opts.denoise ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
+    const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
+    const sample = makeSampler(model, { n, labels, solver, strategy: opts.strategy, rule, attnTemp, seed, batchSize: batch, denoise });
+    await mkdir(outDir, { recursive: true });
+    const shape = { size: fx.cfg.imgSize, channels: fx.cfg.inChannels };
+    // The extractor's own dataset: reference and floor come from it (train and test splits).
+    const trainSpec = fx.data;
+    const testSpec = trainSpec.replace(/:train$/, ':test');
+    const trainDs = await loadDataset(trainSpec, shape);
+    const testDs = await loadDataset(testSpec, shape);
+    log(`eval: ${device}, model ${mDir}, extractor ${fxDir} (test accuracy ${accuracyText(fx.testAccuracy)}), n ${n}, cfg ${weights.join(',')}`);
+
+    // The reference set: refN training images in a seeded order; its first n are the support of
+    // precision/recall, so both sides of those have n vectors.
+    const t0 = performance.now();
+    const order = new Rng(seed).fork(1).shuffle(Uint32Array.from({ length: trainDs.n }, (_, i) => i));
+    const ref = datasetImages(trainDs, order.subarray(0, Math.min(refN, trainDs.n)));
+    const refR = await extract(fx.params, fx.cfg, ref.x, ref.shape);
+    const refFeatures = featureSet(refR.features, refR.n, fx.cfg.hidden);
+    const refFit = gaussianFit(refFeatures);
+    const supportN = Math.min(n, refR.n);
+    const refSubset = featureSet(refR.features.subarray(0, supportN * fx.cfg.hidden), supportN, fx.cfg.hidden);
+    const score = makeScorer(fx, refFit, refSubset, { subsets: kidSubsets, seed }, refFeatures);
+    log(`reference: ${refR.n} ${trainSpec} images (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+
+    const testOrder = new Rng(seed).fork(2).shuffle(Uint32Array.from({ length: testDs.n }, (_, i) => i));
+    const floorImgs = datasetImages(testDs, testOrder.subarray(0, Math.min(n, testDs.n)));
+    const floor = await score(`floor: ${testSpec} images`, floorImgs.x, floorImgs.y);
+    log(`floor: Fréchet ${fmt(floor.frechet)}`);
+
+    const gauss = diagonalGaussianSamples(trainDs, n, labels, seed);
+    const ceiling = await score(`ceiling: diagonal Gaussian${labels ? ' per class' : ''}`, gauss, labels);
+    log(`ceiling: Fréchet ${fmt(ceiling.frechet)}`);
+    const dims = [n, fx.cfg.inChannels, fx.cfg.imgSize, fx.cfg.imgSize] as const;
+    const per = dims[1] * dims[2] * dims[3];
+    const gridN = Math.min(n, 100);
+    const grid = (x: Float32Array) => imageGrid(x.subarray(0, gridN * per), [gridN, dims[1], dims[2], dims[3]], { nrow: 10 });
+    await writePng(path.join(outDir, 'ceiling.png'), grid(gauss));
+    await writePng(path.join(outDir, 'floor.png'), grid(floorImgs.x));
+
+    const runs: ModelRun[] = [];
+    for (const [run, w] of weights.entries()) {
+      const g = await sample(w, (done, total) => opts.onProgress?.({ stage: 'sample', run, cfg: w, done, total }));
+      // Scored as saved images are: clipped to [-1, 1], NaN as black; samples with non-finite values are counted.
+      const nonFinite = clipSamples(g.images, n, per);
+      const m = { ...(await score(`model, cfg ${w}`, g.images, labels)), nonFiniteSamples: nonFinite };
+      const gridFile = `samples-cfg${w}.png`;
+      await writePng(path.join(outDir, gridFile), grid(g.images));
+      runs.push({ ...m, cfg: w, seconds: g.seconds, samplesPerSec: n / g.seconds, grid: gridFile });
+      log(`cfg ${w}: Fréchet ${fmt(m.frechet)}, KID ${fmt(m.kid.mean, 4)}, class accuracy ${pct(m.classAccuracy)} (${(n / g.seconds).toFixed(1)} samples/s${nonFinite ? `; ${nonFinite} samples had NaN/inf pixels, scored as clipped` : ''})`);
+    }
+
+    // The model's likelihood of n test images of the same dataset, as `starflow nll` scores it.
+    const testBpd = model.family.nll ? { data: testSpec, ...(await testBitsPerDim(model, testDs, n, seed)) } : null;
+    if (testBpd) log(`test bits/dim: ${fmt(testBpd.bitsPerDim, 3)} on ${testBpd.n} ${testSpec} images${testBpd.nonFinite ? ` (${testBpd.nonFinite} overflowed)` : ''}`);
+
+    await guidanceChart(path.join(outDir, 'guidance.png'), weights, floor, ceiling, runs);
+    const curves = await trainingCurves(mDir, outDir);
+
+    const head = runs[0]!;
+    const metrics: EvalMetrics = {
+      modelDir: path.resolve(mDir),
+      modelConfig: cfg,
+      n,
+      seed,
+      solver,
+      strategy: opts.strategy ?? null,
+      denoise: denoise ?? null,
+      guidanceRule: rule,
+      device,
+      features: { dir: path.resolve(fxDir), config: fx.cfg, testAccuracy: fx.testAccuracy ?? null },
+      reference: { data: trainSpec, n: refR.n, precisionRecallSupport: supportN },
+      kid: { kernel: '(x·y/d + 1)^3', subsets: kidSubsets, subsetSize: Math.min(1000, n, refR.n) },
+      precisionRecallK: 3,
+      floor,
+      ceiling,
+      model: runs,
+      testBpd,
+      ordered: { frechet: floor.frechet < head.frechet && head.frechet < ceiling.frechet },
+      curves: curves ? { file: path.basename(curves.file), points: curves.points, lastStep: curves.lastStep, lastTestBpd: curves.lastTestBpd ?? null } : null,
+    };
+    const metricsFile = path.join(outDir, 'metrics.json');
+    await writeFileAtomic(metricsFile, JSON.stringify(metrics, null, 2) + '\n');
+    const markdown = renderReport(metrics, fxDir, model.family.describe(model.cfg));
+    const reportFile = path.join(outDir, 'report.md');
+    await writeFileAtomic(reportFile, markdown);
+    return { metrics, markdown, metricsFile, reportFile };
+  } finally {
+    if (fx) release(fx.params);
+    release(model.params);
+  }
+}

@@ -1,0 +1,24 @@
+// Writing samples where `starflow sample --out` says, by extension: `.png` a grid, `.safetensors`
+// the raw tensor `samples` [n, C, H, W], anything else a directory of one PNG per sample.
+import path from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { writePngGrid, imageGrid, encodePng } from './png.js';
+import { writeFileAtomic, writeSafetensorsFile } from './files.js';
+import { fromFloat32 } from './safetensors.js';
+
+export async function saveSamples(
+  out: string,
+  images: Float32Array,
+  shape: [number, number, number, number],
+  opts: { nrow: number; metadata?: Record<string, string> },
+): Promise<void> {
+  if (out.endsWith('.safetensors')) return writeSafetensorsFile(out, { samples: fromFloat32(images, shape) }, opts.metadata);
+  if (out.endsWith('.png')) return writePngGrid(out, images, shape, { nrow: opts.nrow });
+  await mkdir(out, { recursive: true });
+  const [n, c, h, w] = shape;
+  const per = c * h * w;
+  for (let i = 0; i < n; i++) {
+    const img = imageGrid(images.subarray(i * per, (i + 1) * per), [1, c, h, w], { nrow: 1, padding: 0 });
+    await writeFileAtomic(path.join(out, `${String(i).padStart(5, '0')}.png`), encodePng(img));
+  }
+}
