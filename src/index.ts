@@ -10,7 +10,8 @@ export { loadMnist, loadMnistLike, type MnistKind, type MnistSplit } from './dat
 export { loadImageFolder } from './data/image-folder.js';
 export { train, sampleGrid, TrainingError, type TrainEvent, type TrainOptions } from './train/trainer.js';
 export { parseTrainConfig, type TrainConfig } from './train/config.js';
-export { trainClassifier, trainFeatureExtractor, loadFeatureNet, saveFeatureNet, extract, features, datasetImages, FeatureNetError, FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, type FeatureNetConfig, type TrainFeatureExtractorOptions } from './eval/features.js';
+export { loadFeatureNet, saveFeatureNet, extract, features, datasetImages, FeatureNetError, FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, type FeatureNetConfig } from './eval/features.js';
+export { trainClassifier, trainFeatureExtractor, FEATURE_DATASETS, type TrainFeatureExtractorOptions } from './train/classifier.js';
 export { evaluateModel, trainingCurves, summaryTable, EvalError, type EvalOptions, type EvalProgress, type EvalResult, type EvalMetrics, type SetMetrics, type ModelRun } from './eval/report.js';
 export { diagonalGaussianSamples, checkModelAgainstExtractor } from './eval/baselines.js';
 export { loadPreset, loadConfigFile, readConfigFile, PresetError, PRESET_DIR } from './train/presets.js';

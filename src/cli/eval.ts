@@ -5,7 +5,8 @@
 import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { SOLVERS, type SolverName } from '../sampling/plan.js';
-import { FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, trainFeatureExtractor, type FeatureNetConfig } from '../eval/features.js';
+import { FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, type FeatureNetConfig } from '../eval/features.js';
+import { trainFeatureExtractor } from '../train/classifier.js';
 import { evaluateModel, summaryTable, EvalError, type EvalOptions } from '../eval/report.js';
 import { Progress } from './progress.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';

@@ -7,8 +7,8 @@
 // jax-js's direct convolution is ~10× slower than a matmul on wasm, so each 3×3 'SAME'
 // convolution is an im2col: nine shifted slices of the padded input concatenated on the channel
 // axis, then one matmul against a [9·C_in, C_out] weight. Pooling is a reshape and a max.
-// Everything is a pure function over a parameter tree; the training step (AdamW, cosine
-// schedule) is one jit. A run is a pure function of the seed.
+// Everything is a pure function over a parameter tree; it trains through the shared optimisation
+// loop (src/train/classifier.ts).
 import { fileURLToPath } from 'node:url';
 import { np, jnn, jit, valueAndGrad, keep, release, fromF32, fromI32, toF32, toNumber, countParams, currentDevice, type Arr } from '../engine/index.js';
 import { Rng } from '../engine/rng.js';
@@ -96,9 +96,10 @@ export function featureNetForward(p: FeatureNetParams, x: Arr): { features: Arr;
   return { features, logits };
 }
 
-/** Mean cross-entropy of logits against integer labels. */
-function crossEntropy(logits: Arr, y: Arr, classes: number): Arr {
-  return jnn.logSoftmax(logits, -1).mul(jnn.oneHot(y, classes).astype(np.float32)).sum(-1).mean().neg();
+/** The classifier's training loss: mean cross-entropy of its logits against integer labels. */
+export function classifierLoss(p: FeatureNetParams, cfg: FeatureNetConfig, x: Arr, y: Arr): Arr {
+  const logits = featureNetForward(p, x).logits;
+  return jnn.logSoftmax(logits, -1).mul(jnn.oneHot(y, cfg.numClasses).astype(np.float32)).sum(-1).mean().neg();
 }
 
 // ---- inference over host data, batched ----
@@ -185,81 +186,6 @@ export async function accuracyOn(params: FeatureNetParams, cfg: FeatureNetConfig
   return right / pred.length;
 }
 
-// ---- training ----
-
-export type FeatureTrainOptions = {
-  train: ImageDataset;
-  test?: ImageDataset;
-  cfg?: FeatureNetConfig;
-  epochs?: number;
-  batchSize?: number;
-  lr?: number;
-  weightDecay?: number;
-  warmupSteps?: number;
-  seed?: number;
-  /** Stop after this many steps (tests, benchmarks); the schedule still spans every epoch. */
-  maxSteps?: number;
-  onStep?: (e: { step: number; totalSteps: number; loss: number; epoch: number; stepsPerSec: number }) => void;
-  onEpoch?: (e: { epoch: number; testAccuracy?: number }) => void;
-};
-
-export type TrainedFeatureNet = { cfg: FeatureNetConfig; params: FeatureNetParams; testAccuracy?: number; steps: number; seconds: number; train: Record<string, number> };
-
-type TrainState = { params: FeatureNetParams; m: FeatureNetParams; v: FeatureNetParams };
-
-/** Trains the classifier with AdamW (β₂ 0.999) and a warm-up + cosine schedule; seeded. */
-export async function trainClassifier(opts: FeatureTrainOptions): Promise<TrainedFeatureNet> {
-  const cfg = opts.cfg ?? FEATURE_NET_DEFAULTS;
-  const ds = opts.train;
-  if (ds.channels !== cfg.inChannels || ds.height !== cfg.imgSize || ds.width !== cfg.imgSize) {
-    throw new FeatureNetError(`training images are ${ds.channels}×${ds.height}×${ds.width} but the network takes ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize}`);
-  }
-  const epochs = opts.epochs ?? 3;
-  const batchSize = opts.batchSize ?? 128;
-  const lr = opts.lr ?? 2e-3;
-  const seed = opts.seed ?? 0;
-  const opt: AdamWConfig = { ...ADAMW_DEFAULTS, beta2: 0.999, weightDecay: opts.weightDecay ?? 1e-4 };
-  const sampler = new BatchSampler(ds.n, batchSize, seed);
-  const totalSteps = epochs * sampler.batchesPerEpoch;
-  const warmupSteps = opts.warmupSteps ?? Math.min(200, Math.floor(totalSteps / 10));
-  const params = initFeatureNet(cfg, seed);
-  const adam = initAdamState(params);
-  let state: TrainState = { params, m: adam.m, v: adam.v };
-  const step = jit((s: TrainState, x: Arr, y: Arr, lrA: Arr, bc1: Arr, bc2: Arr) => {
-    const [loss, grads] = valueAndGrad((p: FeatureNetParams, xs: Arr, ys: Arr) => crossEntropy(featureNetForward(p, xs).logits, ys, cfg.numClasses))(keep(s.params), x, y);
-    const next = adamwUpdate(s.params, grads, { m: s.m, v: s.v }, lrA, bc1, bc2, opt);
-    return { state: { params: next.params, m: next.state.m, v: next.state.v }, loss };
-  });
-  const stopAt = Math.min(totalSteps, opts.maxSteps ?? Infinity);
-  const t0 = performance.now();
-  let testAccuracy: number | undefined;
-  for (let s = 0; s < stopAt; s++) {
-    const b = makeBatch(ds, sampler.batchIndices(s));
-    const rate = cosineLr({ lr, minLr: 0, warmupSteps, totalSteps }, s);
-    const { bc1, bc2 } = adamScalars(opt, s + 1);
-    const out = step(state, fromF32(b.x, [batchSize, ds.channels, ds.height, ds.width]), fromI32(b.y, [batchSize]), np.array(rate), np.array(bc1), np.array(bc2));
-    state = out.state;
-    const loss = await toNumber(out.loss);
-    if (!Number.isFinite(loss)) throw new FeatureNetError(`training diverged at step ${s} (loss ${loss}); lower the learning rate`);
-    opts.onStep?.({ step: s + 1, totalSteps, loss, epoch: sampler.epochOf(s), stepsPerSec: (s + 1) / ((performance.now() - t0) / 1000) });
-    const endOfEpoch = (s + 1) % sampler.batchesPerEpoch === 0 || s + 1 === stopAt;
-    if (endOfEpoch) {
-      if (opts.test) testAccuracy = await accuracyOn(state.params, cfg, opts.test);
-      opts.onEpoch?.({ epoch: Math.ceil((s + 1) / sampler.batchesPerEpoch), testAccuracy });
-    }
-  }
-  release(state.m);
-  release(state.v);
-  return {
-    cfg,
-    params: state.params,
-    testAccuracy,
-    steps: stopAt,
-    seconds: (performance.now() - t0) / 1000,
-    train: { epochs, batchSize, lr, weightDecay: opt.weightDecay, warmupSteps, seed, params: countParams(state.params) },
-  };
-}
-
 // ---- checkpoints: config.json (architecture + how it was trained) + model.safetensors ----
 
 export async function saveFeatureNet(
@@ -291,41 +217,4 @@ export async function loadFeatureNet(dir: string): Promise<LoadedFeatureNet> {
     testAccuracy: typeof acc === 'number' ? acc : undefined,
     data: (data as string | undefined) ?? 'mnist:train',
   };
-}
-
-// ---- train and save in one call (`starflow train-features`) ----
-
-/** The datasets a feature extractor can be trained on: '<name>:train', scored on '<name>:test'. */
-export const FEATURE_DATASETS = ['mnist', 'fashion-mnist'] as const;
-export type FeatureDataset = (typeof FEATURE_DATASETS)[number];
-
-export type TrainFeatureExtractorOptions = Omit<FeatureTrainOptions, 'train' | 'test'> & {
-  /** mnist (default) or fashion-mnist: trains on its train split, reports accuracy on its test split. */
-  data?: FeatureDataset;
-  /** Checkpoint directory to write (config.json + model.safetensors). */
-  out: string;
-  /** How the extractor was made (a command line), stored in config.json. */
-  command?: string;
-  /** Called once both datasets are loaded, before the first step. */
-  onStart?: (e: { data: FeatureDataset; trainImages: number; testImages: number }) => void;
-};
-
-export type TrainedFeatureExtractor = TrainedFeatureNet & { out: string; data: FeatureDataset; testImages: number };
-
-/**
- * Loads `<data>:train` and `<data>:test`, trains the classifier on the first (defaults: 4 epochs
- * of batch 128, peak lr 2e-3, seed 0, FEATURE_NET_DEFAULTS), reports accuracy on the second
- * after every epoch and saves it to `out` with its dataset, command, training time and device in
- * config.json. The caller owns the returned parameters.
- */
-export async function trainFeatureExtractor(opts: TrainFeatureExtractorOptions): Promise<TrainedFeatureExtractor> {
-  const { data = 'mnist', out, command, onStart, cfg = FEATURE_NET_DEFAULTS, ...schedule } = opts;
-  if (!(FEATURE_DATASETS as readonly string[]).includes(data)) throw new FeatureNetError(`a feature extractor trains on ${FEATURE_DATASETS.join(' or ')}, not '${data}'`);
-  const shape = { size: cfg.imgSize, channels: cfg.inChannels };
-  const train = await loadDataset(`${data}:train`, shape);
-  const test = await loadDataset(`${data}:test`, shape);
-  onStart?.({ data, trainImages: train.n, testImages: test.n });
-  const net = await trainClassifier({ ...schedule, train, test, cfg, epochs: schedule.epochs ?? 4, batchSize: schedule.batchSize ?? 128, lr: schedule.lr ?? 2e-3, seed: schedule.seed ?? 0 });
-  await saveFeatureNet(out, net, { data: `${data}:train`, ...(command === undefined ? {} : { command }), seconds: Math.round(net.seconds), device: currentDevice() });
-  return { ...net, out, data, testImages: test.n };
 }

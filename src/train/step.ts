@@ -12,29 +12,38 @@ export type TrainState = { params: Params; m: Params; v: Params; ema: Params };
 
 export type GradStep = ((p: Params, x: Arr, y: Arr, eps?: Arr) => { loss: Arr; grads: Params }) & { dispose(): void };
 
+/** What the update half needs from a training config. */
+export type UpdateConfig = { beta1: number; beta2: number; weightDecay: number; gradClip: number; emaDecay: number };
+
+export type ApplyStep = ReturnType<typeof makeApplyStep>;
+
 /**
- * (params, x, y, eps) → { loss, grads }: the mean loss over the batch and its gradient. `eps` is
- * the family's standard-normal draws for this batch (lossNoiseShape), absent when it takes none.
- * Consumes its arguments.
+ * (params, x, y, eps) → { loss, grads } for a loss (params, x, y, eps?) → scalar, the mean over
+ * the batch. `withEps`: the loss takes standard-normal draws `eps`. Consumes its arguments.
  */
-export function makeGradStep(model: ModelConfig): GradStep {
-  const family = familyOf(model);
-  const step = family.lossNoiseShape
+export function gradStepOf(loss: (p: Params, x: Arr, y: Arr, eps?: Arr) => Arr, withEps = false): GradStep {
+  const step = withEps
     ? jit((p: Params, x: Arr, y: Arr, eps: Arr) => {
-        const [loss, grads] = valueAndGrad((q: Params, xs: Arr, ys: Arr, e: Arr) => family.loss(q, model, xs, ys, e))(p, x, y, eps);
-        return { loss, grads };
+        const [value, grads] = valueAndGrad((q: Params, xs: Arr, ys: Arr, e: Arr) => loss(q, xs, ys, e))(p, x, y, eps);
+        return { loss: value, grads };
       })
     : jit((p: Params, x: Arr, y: Arr) => {
-        const [loss, grads] = valueAndGrad((q: Params, xs: Arr, ys: Arr) => family.loss(q, model, xs, ys))(p, x, y);
-        return { loss, grads };
+        const [value, grads] = valueAndGrad((q: Params, xs: Arr, ys: Arr) => loss(q, xs, ys))(p, x, y);
+        return { loss: value, grads };
       });
   const call = step as unknown as (...args: Arr[] | [Params, ...Arr[]]) => { loss: Arr; grads: Params };
   const f = (p: Params, x: Arr, y: Arr, eps?: Arr) => (eps ? call(p, x, y, eps) : call(p, x, y));
   return Object.assign(f, { dispose: () => step.dispose() });
 }
 
+/** The gradient step of a model's training loss; `eps` is its lossNoiseShape draws, when it takes some. */
+export function makeGradStep(model: ModelConfig): GradStep {
+  const family = familyOf(model);
+  return gradStepOf((p, x, y, eps) => family.loss(p, model, x, y, eps), family.lossNoiseShape !== undefined);
+}
+
 /** (state, grads, lr, bc1, bc2, emaDecay) → { state, gradNorm }. Consumes its arguments. */
-export function makeApplyStep(cfg: TrainConfig) {
+export function makeApplyStep(cfg: UpdateConfig) {
   const opt: AdamWConfig = { ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2, weightDecay: cfg.weightDecay };
   return jit((s: TrainState, grads: Params, lr: Arr, bc1: Arr, bc2: Arr, emaDecay: Arr) => {
     const clipped = clipByGlobalNorm(grads, cfg.gradClip);

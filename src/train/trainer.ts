@@ -8,11 +8,12 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
-import { np, keep, release, toNumber, countParams, currentDevice, threadBudget, type Params } from '../engine/index.js';
+import { keep, release, countParams, currentDevice, threadBudget, type Params } from '../engine/index.js';
 import { familyOf, initModel } from '../models/registry.js';
 import { bitsPerDim, NO_GUIDANCE, type Model } from '../models/model.js';
 import { paramsToHost, paramsFromHost } from '../nn/params.js';
-import { ADAMW_DEFAULTS, adamScalars, cosineLr, emaDecayAt, initAdamState } from '../nn/optim.js';
+import { initAdamState } from '../nn/optim.js';
+import { optimize } from './loop.js';
 import { makeApplyStep, type TrainState } from './step.js';
 import { Replicas } from './replicas.js';
 import { loadDataset } from '../data/load.js';
@@ -197,7 +198,6 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
 
     const stopAt = Math.min(cfg.steps, opts.maxSteps !== undefined ? step + opts.maxSteps : Infinity);
     const deadline = opts.minutes !== undefined ? Date.now() + opts.minutes * 60_000 : Infinity;
-    let reason: 'done' | 'time' | 'interrupted' = 'done';
     let lastCheckpoint = step;
     let haveCheckpoint = resumed; // a fresh run has none on disk until its first save
     const t0 = performance.now();
@@ -207,76 +207,71 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     const record = (): RunRecord => ({ step, badSteps, seconds: secondsBefore + (performance.now() - t0) / 1000, workers, device, evaluation });
     const modelOf = (params: Params): Model => ({ family, cfg: m, params });
 
-    while (step < cfg.steps) {
-      if (step >= stopAt) break;
-      if (opts.signal?.aborted) {
-        reason = 'interrupted';
-        break;
-      }
-      if (Date.now() >= deadline) {
-        reason = 'time';
-        break;
-      }
-      // Everything random at this step is derived from (seed, step).
-      const rng = new Rng(cfg.seed).fork(step + 1);
-      const batch = makeBatch(trainData, sampler.batchIndices(step), { flip: cfg.data.flip, rng });
-      const x = cfg.noise === 'uniform' ? uniformDequantize(batch.x, rng) : addGaussianNoise(batch.x, m.noiseStd, rng);
-      const y = dropLabels(batch.y, cfg.labelDrop, rng);
-      const epsShape = family.lossNoiseShape?.(m, cfg.batchSize);
-      const eps = epsShape && { data: Float32Array.from({ length: epsShape.reduce((a, b) => a * b, 1) }, () => rng.normal()), shape: epsShape };
-      const lr = cosineLr({ lr: cfg.lr, minLr: cfg.minLr, warmupSteps: cfg.warmupSteps, totalSteps: cfg.steps }, step);
-      const { bc1, bc2 } = adamScalars({ ...ADAMW_DEFAULTS, beta1: cfg.beta1, beta2: cfg.beta2 }, step + 1);
-      const g = await replicas.gradients(state.params, x, [cfg.batchSize, channels, height, width], y, eps);
-      const out = applyStep(keep(state), g.grads, np.array(lr), np.array(bc1), np.array(bc2), np.array(emaDecayAt(cfg.emaDecay, step)));
-      const loss = await toNumber(g.loss);
-      const gradNorm = await toNumber(out.gradNorm);
-      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-        release(out.state); // keep the last good weights
+    const r = await optimize({
+      state,
+      from: step,
+      stopAt,
+      schedule: cfg,
+      apply: applyStep,
+      stop: () => (opts.signal?.aborted ? 'interrupted' : Date.now() >= deadline ? 'time' : undefined),
+      // Everything random at a step is derived from (seed, step).
+      batch(s) {
+        const rng = new Rng(cfg.seed).fork(s + 1);
+        const batch = makeBatch(trainData, sampler.batchIndices(s), { flip: cfg.data.flip, rng });
+        const x = cfg.noise === 'uniform' ? uniformDequantize(batch.x, rng) : addGaussianNoise(batch.x, m.noiseStd, rng);
+        const y = dropLabels(batch.y, cfg.labelDrop, rng);
+        const epsShape = family.lossNoiseShape?.(m, cfg.batchSize);
+        const eps = epsShape && { data: Float32Array.from({ length: epsShape.reduce((a, b) => a * b, 1) }, () => rng.normal()), shape: epsShape };
+        return { x, xShape: [cfg.batchSize, channels, height, width], y, eps };
+      },
+      gradients: (params, b) => replicas.gradients(params, b.x, b.xShape, b.y, b.eps),
+      async onSkip(s, loss) {
+        step = s + 1;
         badSteps++;
-        emit({ type: 'skip', step, loss, inARow: badSteps });
-        await log({ step, skipped: true, loss: String(loss) });
+        emit({ type: 'skip', step: s, loss, inARow: badSteps });
+        await log({ step: s, skipped: true, loss: String(loss) });
         if (badSteps >= cfg.maxBadSteps) {
           throw new TrainingError(
-            `training diverged: ${badSteps} non-finite losses in a row (last at step ${step}); ` +
+            `training diverged: ${badSteps} non-finite losses in a row (last at step ${s}); ` +
               (haveCheckpoint
                 ? `the last good checkpoint (step ${lastCheckpoint}) is in ${ckDir}. Lower 'lr' or raise 'warmupSteps' and resume or restart.`
                 : `no checkpoint was written before that. Lower 'lr' or raise 'warmupSteps' and restart.`),
           );
         }
-        step++;
-        continue;
-      }
-      release(state);
-      state = out.state;
-      badSteps = 0;
-      step++;
-
-      if (step % cfg.logEvery === 0 || step === stopAt) {
-        const elapsed = (performance.now() - t0) / 1000;
-        const stepsPerSec = (step - firstStep) / elapsed;
-        const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: family.nll ? bitsPerDim(loss) : null, lr, gradNorm, stepsPerSec, etaSec: (Math.min(stopAt, cfg.steps) - step) / stepsPerSec };
-        emit(e);
-        await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
-      }
-      if (testData && cfg.evalEvery > 0 && step % cfg.evalEvery === 0) {
-        const r = await evaluateBpd(modelOf(state.ema), testData, cfg.evalImages);
-        const images = r.perImage.length;
-        evaluation = { testBpd: { data: cfg.data.test, bitsPerDim: r.finiteMean, images: images - r.nonFinite.length, of: images, step, weights: 'EMA' } };
-        emit({ type: 'eval', step, bpd: r.mean, images });
-        await log({ step, testBpd: r.finiteMean, ...(r.nonFinite.length ? { testNonFinite: r.nonFinite.length } : {}), time: Date.now() });
-      }
-      if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
-        const file = path.join(opts.outDir, 'samples', `step-${String(step).padStart(6, '0')}.png`);
-        await sampleGrid(modelOf(state.ema), file, cfg.seed);
-        emit({ type: 'samples', step, path: file });
-      }
-      if (step % cfg.checkpointEvery === 0) {
-        await saveRun(ckDir, cfg, state, record());
-        lastCheckpoint = step;
-        haveCheckpoint = true;
-        emit({ type: 'checkpoint', step, dir: ckDir });
-      }
-    }
+      },
+      async onStep({ step: done, loss, gradNorm, lr }, current) {
+        step = done;
+        state = current;
+        badSteps = 0;
+        if (step % cfg.logEvery === 0 || step === stopAt) {
+          const stepsPerSec = (step - firstStep) / ((performance.now() - t0) / 1000);
+          const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: family.nll ? bitsPerDim(loss) : null, lr, gradNorm, stepsPerSec, etaSec: (stopAt - step) / stepsPerSec };
+          emit(e);
+          await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
+        }
+        if (testData && step % cfg.evalEvery === 0) {
+          const r = await evaluateBpd(modelOf(state.ema), testData, cfg.evalImages);
+          const images = r.perImage.length;
+          evaluation = { testBpd: { data: cfg.data.test, bitsPerDim: r.finiteMean, images: images - r.nonFinite.length, of: images, step, weights: cfg.emaDecay > 0 ? 'EMA' : 'raw' } };
+          emit({ type: 'eval', step, bpd: r.mean, images });
+          await log({ step, testBpd: r.finiteMean, ...(r.nonFinite.length ? { testNonFinite: r.nonFinite.length } : {}), time: Date.now() });
+        }
+        if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
+          const file = path.join(opts.outDir, 'samples', `step-${String(step).padStart(6, '0')}.png`);
+          await sampleGrid(modelOf(state.ema), file, cfg.seed);
+          emit({ type: 'samples', step, path: file });
+        }
+        if (step % cfg.checkpointEvery === 0) {
+          await saveRun(ckDir, cfg, state, record());
+          lastCheckpoint = step;
+          haveCheckpoint = true;
+          emit({ type: 'checkpoint', step, dir: ckDir });
+        }
+      },
+    });
+    state = r.state;
+    step = r.step;
+    const reason = r.reason as 'done' | 'time' | 'interrupted';
     if (lastCheckpoint !== step || !resumed) {
       await saveRun(ckDir, cfg, state, record());
       emit({ type: 'checkpoint', step, dir: ckDir });
