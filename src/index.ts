@@ -9,6 +9,7 @@ export { loadDataset } from './data/load.js';
 export { loadMnist, loadMnistLike, type MnistKind, type MnistSplit } from './data/mnist.js';
 export { loadImageFolder } from './data/image-folder.js';
 export { train, sampleGrid, TrainingError, type TrainEvent, type TrainOptions } from './train/trainer.js';
+export { runMainJob, type MainJobResult } from './train/main-job.js';
 export { parseTrainConfig, type TrainConfig } from './train/config.js';
 export { loadFeatureNet, saveFeatureNet, extract, features, datasetImages, FeatureNetError, FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, type FeatureNetConfig } from './eval/features.js';
 export { trainClassifier, trainFeatureExtractor, FEATURE_DATASETS, type TrainFeatureExtractorOptions } from './train/classifier.js';

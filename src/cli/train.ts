@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { parseTrainConfig, type TrainConfig } from '../train/config.js';
 import { loadPreset, loadConfigFile, PresetError } from '../train/presets.js';
-import { train, CHECKPOINT_DIR } from '../train/trainer.js';
+import { train, CHECKPOINT_DIR, type TrainEvent } from '../train/trainer.js';
 import { Progress } from './progress.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
 
@@ -76,6 +76,12 @@ export async function trainCommand(argv: string[]): Promise<void> {
   const workers = o.workers === 'auto' || o.workers === undefined ? 'auto' : intOpt(o.workers, 'workers', 1);
   const device = await startEngineFromOptions(o);
 
+  const r = await withInterrupt((signal) => train(cfg, { outDir, maxSteps, minutes, workers, signal, onEvent: trainProgress(outDir, device) }));
+  console.log(JSON.stringify({ step: r.step, checkpoint: r.checkpoint }));
+}
+
+/** Runs `work` with Ctrl-C turned into an abort signal (a second Ctrl-C quits at once). */
+export async function withInterrupt<T>(work: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const abort = new AbortController();
   const onSigint = () => {
     if (abort.signal.aborted) process.exit(130);
@@ -83,42 +89,39 @@ export async function trainCommand(argv: string[]): Promise<void> {
     process.stderr.write('\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)\n');
   };
   process.on('SIGINT', onSigint);
-  let bar: Progress | undefined;
   try {
-    const r = await train(cfg, {
-      outDir,
-      maxSteps,
-      minutes,
-      workers,
-      signal: abort.signal,
-      onEvent: (e) => {
-        switch (e.type) {
-          case 'start':
-            console.error(`${e.resumed ? 'resuming' : 'training'} in ${outDir} on ${device}${e.workers > 1 ? ` × ${e.workers} workers` : ''}: ${(e.params / 1e6).toFixed(2)}M parameters, step ${e.step}/${e.totalSteps}`);
-            bar = new Progress('train', e.totalSteps);
-            break;
-          case 'step':
-            bar?.update(e.step, `loss ${e.loss.toFixed(4)} ${e.bpd === null ? '' : `bpd ${e.bpd.toFixed(3)} `}lr ${e.lr.toExponential(1)} ${e.stepsPerSec.toFixed(2)} it/s`);
-            break;
-          case 'skip':
-            bar?.note(`step ${e.step}: non-finite loss (${e.loss}), step skipped (${e.inARow} in a row)`);
-            break;
-          case 'eval':
-            bar?.note(`step ${e.step}: test bits/dim ${e.bpd.toFixed(4)} (${e.images} images)`);
-            break;
-          case 'samples':
-            bar?.note(`step ${e.step}: samples → ${e.path}`);
-            break;
-          case 'checkpoint':
-            break;
-          case 'stop':
-            bar?.note(`stopped at step ${e.step} (${e.reason}); checkpoint in ${path.join(outDir, CHECKPOINT_DIR)}`);
-            break;
-        }
-      },
-    });
-    console.log(JSON.stringify({ step: r.step, checkpoint: r.checkpoint }));
+    return await work(abort.signal);
   } finally {
     process.off('SIGINT', onSigint);
   }
+}
+
+/** Training events as a progress bar and notes on stderr. */
+export function trainProgress(outDir: string, device: string): (e: TrainEvent) => void {
+  let bar: Progress | undefined;
+  return (e) => {
+    switch (e.type) {
+      case 'start':
+        console.error(`${e.resumed ? 'resuming' : 'training'} in ${outDir} on ${device}${e.workers > 1 ? ` × ${e.workers} workers` : ''}: ${(e.params / 1e6).toFixed(2)}M parameters, step ${e.step}/${e.totalSteps}`);
+        bar = new Progress('train', e.totalSteps);
+        break;
+      case 'step':
+        bar?.update(e.step, `loss ${e.loss.toFixed(4)} ${e.bpd === null ? '' : `bpd ${e.bpd.toFixed(3)} `}lr ${e.lr.toExponential(1)} ${e.stepsPerSec.toFixed(2)} it/s`);
+        break;
+      case 'skip':
+        bar?.note(`step ${e.step}: non-finite loss (${e.loss}), step skipped (${e.inARow} in a row)`);
+        break;
+      case 'eval':
+        bar?.note(`step ${e.step}: test bits/dim ${e.bpd.toFixed(4)} (${e.images} images)`);
+        break;
+      case 'samples':
+        bar?.note(`step ${e.step}: samples → ${e.path}`);
+        break;
+      case 'checkpoint':
+        break;
+      case 'stop':
+        bar?.note(`stopped at step ${e.step} (${e.reason}); checkpoint in ${path.join(outDir, CHECKPOINT_DIR)}`);
+        break;
+    }
+  };
 }
