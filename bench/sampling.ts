@@ -6,7 +6,7 @@
 // (max |Δ| ≤ 1e-2 on [−1, 1]). Contenders run as child processes in interleaved rounds, as in
 // bench/engine.ts. A profile splits the sequential solver's time at batch 1 and 64 into kernel
 // time, per-call overhead and compilation (jax-js's profiler traces, 1 thread).
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -2,7 +2,7 @@
 // and a proposed `--strategy` / `--jacobi-init` for the gs-jacobi solver (src/sampling/analyze.ts).
 import { loadModel } from '../io/model.js';
 import { analyzeSampling } from '../sampling/analyze.js';
-import { parse, strOpt, intOpt, numOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
+import { parse, intOpt, numOpt, startEngineFromOptions, ENGINE_HELP, modelDir } from './common.js';
 
 export const ANALYZE_HELP = `starflow analyze-sampling: which blocks are hard for Jacobi iterations
 

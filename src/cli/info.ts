@@ -1,6 +1,6 @@
 import { loadModel } from '../io/model.js';
 import { countParams } from '../engine/index.js';
-import { parse, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
+import { parse, startEngineFromOptions, ENGINE_HELP, modelDir } from './common.js';
 
 export const INFO_HELP = `starflow info: show a model directory
 

@@ -10,14 +10,12 @@
 // Everything is a pure function over a parameter tree; it trains through the shared optimisation
 // loop (src/train/classifier.ts).
 import { fileURLToPath } from 'node:url';
-import { np, jnn, jit, valueAndGrad, keep, release, fromF32, fromI32, toF32, toNumber, countParams, currentDevice, type Arr } from '../engine/index.js';
+import { np, jnn, cachedJit, keep, release, fromF32, toF32, type Arr } from '../engine/index.js';
 import { Rng } from '../engine/rng.js';
 import { initLinear, linear, type Linear } from '../nn/layers.js';
-import { ADAMW_DEFAULTS, adamScalars, adamwUpdate, cosineLr, initAdamState, type AdamWConfig } from '../nn/optim.js';
 import { paramsFromHost, paramsToHost, paramShapes } from '../nn/params.js';
-import { BatchSampler, makeBatch } from '../data/transforms.js';
+import { makeBatch } from '../data/transforms.js';
 import type { ImageDataset } from '../data/dataset.js';
-import { loadDataset } from '../data/load.js';
 import { checkWeightsAgainst, loadCheckpoint, saveCheckpoint } from '../io/checkpoint.js';
 import { argmaxRows } from './metrics.js';
 
@@ -104,16 +102,8 @@ export function classifierLoss(p: FeatureNetParams, cfg: FeatureNetConfig, x: Ar
 
 // ---- inference over host data, batched ----
 
-const inferFns = new Map<string, (p: FeatureNetParams, x: Arr) => { features: Arr; logits: Arr }>();
-
 function inferFn(cfg: FeatureNetConfig) {
-  const key = JSON.stringify(cfg);
-  let f = inferFns.get(key);
-  if (!f) {
-    f = jit((p: FeatureNetParams, x: Arr) => featureNetForward(p, x)) as unknown as (p: FeatureNetParams, x: Arr) => { features: Arr; logits: Arr };
-    inferFns.set(key, f);
-  }
-  return f;
+  return cachedJit(`features:${JSON.stringify(cfg)}`, () => (p: FeatureNetParams, x: Arr) => featureNetForward(p, x));
 }
 
 /** Checks that images [n, C, H, W] fit the extractor; returns n. */

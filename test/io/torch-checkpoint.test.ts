@@ -9,13 +9,13 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import '../setup.js';
 import {
-  readStateDict, readTorchCheckpoint, unpickle, parseZip, crc32, TorchCheckpointError, type StateDict,
+  readStateDict, unpickle, crc32, TorchCheckpointError, type StateDict,
 } from '../../src/io/torch-checkpoint.js';
 import {
   inferConfig, convertStateDict, convertCheckpoint, readStateDictFile, parseReferenceFileName, ConvertError,

@@ -17,7 +17,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
-import { np, lax, fromF32, fromI32, toF32, toNumber, jit, grad, keep, type Arr } from '../../src/engine/index.js';
+import { np, lax, fromF32, fromI32, toF32, toNumber, jit, grad, type Arr } from '../../src/engine/index.js';
 import { linear, layerNorm, rmsNorm, gelu, mlp, embed } from '../../src/nn/layers.js';
 import { causalSelfAttention, cachedSelfAttention, commitKv, type AttentionShape } from '../../src/nn/attention.js';
 import {
