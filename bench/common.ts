@@ -2,7 +2,7 @@
 // the PyTorch contender (python path, torch version, OpenBLAS through LD_LIBRARY_PATH, 1 thread).
 // Nothing here loads jax-js: parent processes stay light and leave the engine to their children.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,6 +121,17 @@ export async function startWorkerEngine(threads: number): Promise<number> {
   const { startNodeEngine, engineThreads } = await import('../src/engine/node.js');
   await startNodeEngine({ device: 'wasm' });
   return engineThreads;
+}
+
+/**
+ * Copies a model directory's weights and architecture (config.json without its provenance, which
+ * the PyTorch twins and older revisions of this code do not read) to `to`.
+ */
+export function snapshotModel(from: string, to: string): void {
+  mkdirSync(to, { recursive: true });
+  const { provenance: _, ...config } = JSON.parse(readFileSync(path.join(from, 'config.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(path.join(to, 'config.json'), JSON.stringify(config, null, 2) + '\n');
+  copyFileSync(path.join(from, 'model.safetensors'), path.join(to, 'model.safetensors'));
 }
 
 /**

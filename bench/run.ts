@@ -15,6 +15,10 @@ const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }
     what: 'samples/s of a model: sequential, jacobi, gs-jacobi (jax-js 1/2 threads) vs a PyTorch twin of the reference sampler, equal-output checks, a profile',
     load: () => import('./sampling.js'),
   },
+  ab: {
+    what: 'this checkout against an earlier revision (--base REV): training step and sampling throughput, alternating in one run',
+    load: () => import('./ab.js'),
+  },
   train: { what: 'ms per TARFlow training step (fwd+bwd+clip+AdamW+EMA), notebook and mnist configs, jax-js wasm 1/2 threads vs a PyTorch twin, loss agreement', load: () => import('./train.js') },
 };
 

@@ -6,7 +6,7 @@
 // (max |Δ| ≤ 1e-2 on [−1, 1]). Contenders run as child processes in interleaved rounds, as in
 // bench/engine.ts. A profile splits the sequential solver's time at batch 1 and 64 into kernel
 // time, per-call overhead and compilation (jax-js's profiler traces, 1 thread).
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,7 @@ import {
   eachFlag,
   argOf,
   startWorkerEngine,
+  snapshotModel,
 } from './common.js';
 
 const SELF = fileURLToPath(import.meta.url);
@@ -331,7 +332,7 @@ export async function main(args: string[]): Promise<void> {
 async function runBench(o: Options, modelDir: string, tmp: string): Promise<void> {
   const snap = path.join(tmp, 'model');
   mkdirSync(snap);
-  for (const f of ['config.json', 'model.safetensors']) copyFileSync(path.join(modelDir, f), path.join(snap, f));
+  snapshotModel(modelDir, snap);
   const cfg = parseModelConfig(JSON.parse(readFileSync(path.join(snap, 'config.json'), 'utf8')), `${modelDir}/config.json`);
   const { tokens } = tokenShape(cfg);
   const batches = o.batches ?? (o.quick ? [1, 64] : [1, 64, 1024]);
