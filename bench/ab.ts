@@ -6,6 +6,7 @@
 // out into a temporary git worktree that shares this checkout's node_modules.
 //
 //   npm run bench -- ab --base c7ae0ab [--rounds 3] [--quick] [--json PATH]
+//     [--parts train,sampling] [--workloads 1:0,64:2] [--solvers sequential] [--reps 3]
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
 import os from 'node:os';
@@ -20,18 +21,26 @@ type Row = { id: string; what: string; ms: { base: number[]; head: number[] }; c
 function parseFlags(args: string[]) {
   const c = defaultCommonFlags();
   let base = '';
+  let reps: number | null = null;
+  let parts = ['train', 'sampling'];
+  let workloads = '1:0,1:2,64:0,64:2';
+  let solvers = 'sequential,jacobi,gs-jacobi';
   eachFlag(
     args,
     (a, value) => {
       if (takeCommonFlag(a, value, c)) return true;
-      if (a !== '--base') return false;
-      base = value();
+      if (a === '--base') base = value();
+      else if (a === '--reps') reps = Number(value());
+      else if (a === '--parts') parts = value().split(',');
+      else if (a === '--workloads') workloads = value();
+      else if (a === '--solvers') solvers = value();
+      else return false;
       return true;
     },
-    '--base REV, --quick, --rounds N, --json PATH',
+    '--base REV, --parts train,sampling, --workloads B:W,..., --solvers LIST, --reps N, --quick, --rounds N, --json PATH',
   );
   if (!base) throw new Error('--base REV is required (the revision to compare against)');
-  return { ...c, base, rounds: c.rounds ?? (c.quick ? 1 : 3) };
+  return { ...c, base, parts, workloads, solvers, reps: reps ?? (c.quick ? 1 : 3), rounds: c.rounds ?? (c.quick ? 1 : 3) };
 }
 
 export async function main(args: string[]): Promise<void> {
@@ -53,7 +62,6 @@ export async function main(args: string[]): Promise<void> {
     await runChild(process.execPath, tsxArgs(path.join(ROOT, 'bench/sampling.ts'), ['--prep', '--model', model, '--n', '64', '--seed', '0', '--out', noise]), 'noise', { STARFLOW_THREADS: '1' });
 
     const steps = o.quick ? 3 : 8;
-    const reps = o.quick ? 1 : 3;
     const trainRuns = [
       { id: 'train-1t', what: 'training step, mnist preset, batch 64, 1 thread', threads: 1, workers: 1 },
       { id: 'train-2w', what: 'training step, mnist preset, batch 64, 2 workers (2 threads)', threads: 2, workers: 2 },
@@ -69,7 +77,7 @@ export async function main(args: string[]): Promise<void> {
       const order: ('base' | 'head')[] = round % 2 ? ['base', 'head'] : ['head', 'base'];
       for (const side of order) {
         const tree = trees[side];
-        for (const t of trainRuns) {
+        for (const t of o.parts.includes('train') ? trainRuns : []) {
           const r = await runChild<TrainOut>(
             process.execPath,
             tsxArgs(path.join(tree, 'bench/train.ts'), ['--worker', '--threads', String(t.threads), '--workers', String(t.workers), '--file', prepFile, '--warmup', '1', '--steps', String(steps)]),
@@ -81,9 +89,10 @@ export async function main(args: string[]): Promise<void> {
           losses[`${side} ${t.id}`] ??= r.losses;
           process.stderr.write(`  round ${round} ${side} ${t.id}: ${fmt(r.medianMs, 0)} ms/step\n`);
         }
+        if (!o.parts.includes('sampling')) continue;
         const s = await runChild<SampleOut>(
           process.execPath,
-          tsxArgs(path.join(tree, 'bench/sampling.ts'), ['--worker', '--threads', '1', '--id', side, '--model', model, '--noise', noise, '--workloads', '1:0,1:2,64:0,64:2', '--solvers', 'sequential,jacobi,gs-jacobi', '--reps', String(reps), '--warmup', '1', '--attn-temp', '1']),
+          tsxArgs(path.join(tree, 'bench/sampling.ts'), ['--worker', '--threads', '1', '--id', side, '--model', model, '--noise', noise, '--workloads', o.workloads, '--solvers', o.solvers, '--reps', String(o.reps), '--warmup', '1', '--attn-temp', '1']),
           `${side} sampling`,
           { STARFLOW_THREADS: '1' },
         );
@@ -104,7 +113,7 @@ export async function main(args: string[]): Promise<void> {
     });
     const md = [
       `HEAD ${headRev.slice(0, 7)}${dirty ? ' (with uncommitted changes)' : ''} against base ${baseRev.slice(0, 7)}, ${o.rounds} round(s), alternating; ${machineInfo().cores} cores.`,
-      `Command: \`npm run bench -- ab --base ${o.base}${o.quick ? ' --quick' : ''} --rounds ${o.rounds}\`. Medians over rounds of each round's median; ratio = head / base (below 1: head is faster).`,
+      `Command: \`npm run bench -- ${['ab', ...args].join(' ')}\`. Medians over rounds of each round's median; ratio = head / base (below 1: head is faster).`,
       '',
       '| what | base ms | head ms | head / base | solver calls base / head |',
       '| --- | ---: | ---: | ---: | ---: |',
