@@ -191,6 +191,12 @@ type LogRow = { step?: number; loss?: number; bpd?: number; testBpd?: number; sk
  * Loss and bits/dim curves (outDir/curves.png) of the training run a model directory belongs to:
  * the run's log.jsonl one level up. Undefined when there is none or it has no training steps.
  */
+/** A path as reports show it: relative to the working directory when inside it (reports get committed), else absolute. */
+function shownPath(p: string): string {
+  const r = path.relative(process.cwd(), path.resolve(p));
+  return r === '' || r.startsWith('..') || path.isAbsolute(r) ? path.resolve(p) : r;
+}
+
 export async function trainingCurves(modelDir: string, outDir: string): Promise<{ file: string; points: number; lastStep: number; lastTestBpd?: number } | undefined> {
   const logFile = path.join(path.dirname(path.resolve(modelDir)), 'log.jsonl');
   if (!existsSync(logFile)) return undefined;
@@ -417,7 +423,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
 
     const head = runs[0]!;
     const metrics: EvalMetrics = {
-      modelDir: path.resolve(mDir),
+      modelDir: shownPath(mDir),
       modelConfig: cfg,
       n,
       seed,
@@ -426,7 +432,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
       denoise: denoise ?? null,
       guidanceRule: rule,
       device,
-      features: { dir: path.resolve(fxDir), config: fx.cfg, testAccuracy: fx.testAccuracy ?? null },
+      features: { dir: shownPath(fxDir), config: fx.cfg, testAccuracy: fx.testAccuracy ?? null },
       reference: { data: trainSpec, n: refR.n, precisionRecallSupport: supportN },
       kid: { kernel: '(x·y/d + 1)^3', subsets: kidSubsets, subsetSize: Math.min(1000, n, refR.n) },
       precisionRecallK: 3,
@@ -439,7 +445,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     };
     const metricsFile = path.join(outDir, 'metrics.json');
     await writeFileAtomic(metricsFile, JSON.stringify(metrics, null, 2) + '\n');
-    const markdown = renderReport(metrics, fxDir, model.family.describe(model.cfg));
+    const markdown = renderReport(metrics, shownPath(fxDir), model.family.describe(model.cfg));
     const reportFile = path.join(outDir, 'report.md');
     await writeFileAtomic(reportFile, markdown);
     return { metrics, markdown, metricsFile, reportFile };

@@ -43,7 +43,7 @@ export const NO_GUIDANCE: Guidance = { weight: 0, rule: 'tarflow', annealed: fal
  * step; the solvers own the order of the steps (sequential, Jacobi, GS-Jacobi) and the cache
  * writes.
  */
-export interface BlockInverse<B = unknown, C = unknown, Pd = unknown> {
+export interface BlockInverse<B = unknown> {
   /** Parameters the jitted step takes as an input (the block's weights in processing order). */
   params: B;
   /** The block's noise [B, T, D] (natural token order) → the solver sequence [B, S, D]. */
@@ -81,7 +81,7 @@ export interface AutoregressiveSampler<P = Params> {
   numBlocks: number;
   /** Positions S of every block's solver sequence (the first one known). */
   length: number;
-  /** The static step functions (one object per config: the jit cache keys on it). */
+  /** The step functions the solvers jit (pure given the config; compiled once per config and chunk shape). */
   steps: FlowSteps;
   /** Whether block `blockIndex` samples with two branches under this guidance. */
   isGuided(g: Guidance, blockIndex: number): boolean;
