@@ -60,5 +60,11 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
+// Output piped into a reader that stops early (`starflow info | head`): stop quietly.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
 const code = await run(process.argv.slice(2));
 process.exitCode = code;
