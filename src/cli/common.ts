@@ -21,9 +21,29 @@ export const ENGINE_HELP = `Engine:
                        also STARFLOW_DEVICE
   --threads N          wasm worker threads (default: all cores; also STARFLOW_THREADS)`;
 
+/**
+ * `--opt -1` → `--opt=-1` for options that take a value: node's parseArgs would read a value
+ * starting with '-' as another option ("ambiguous"), but negative numbers are ordinary values
+ * here (`--class -1`, `--labels -1,3`).
+ */
+function joinNegativeValues(argv: string[], options: OptionSpec): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const next = argv[i + 1];
+    const name = a.startsWith('--') ? a.slice(2) : undefined;
+    if (name && options[name]?.type === 'string' && next !== undefined && /^-\d/.test(next)) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
 export function parse(argv: string[], options: OptionSpec): Record<string, string | boolean | undefined> {
+  const all = { ...ENGINE_OPTIONS, ...options };
   try {
-    const { values, positionals } = parseArgs({ args: argv, options: { ...ENGINE_OPTIONS, ...options }, strict: true, allowPositionals: true });
+    const { values, positionals } = parseArgs({ args: joinNegativeValues(argv, all), options: all, strict: true, allowPositionals: true });
     if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'`);
     return values as Record<string, string | boolean | undefined>;
   } catch (e) {

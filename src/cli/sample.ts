@@ -19,7 +19,7 @@ What to draw:
   --model DIR            model directory (config.json + model.safetensors; default: the shipped checkpoints/mnist)
   --n N                  number of samples (default 64)
   --class K              class for every sample (class models; default: 10 per class, cycling)
-  --labels 0,1,2,...     one class per sample (−1 = unconditional)
+  --labels 0,1,2,...     one class per sample (-1 = unconditional)
   --seed N               noise seed (default 0): the same seed gives the same images on every solver
 
 Guidance:
@@ -120,6 +120,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     }
   }
 
+  if (o.class !== undefined && o.labels !== undefined) throw new UsageError('give --class or --labels, not both');
   let labels: number[] | undefined;
   if (cfg.numClasses > 0) {
     if (fileLabels) labels = fileLabels;

@@ -132,6 +132,16 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
     await expectError(['sample', '--model', classModel, '--n', '2', '--class', '12'], /class 12 is out of range: this model has classes 0\.\.9/);
   });
 
+  test('sample: negative numbers are values (--class -1 draws unconditionally); --class with --labels is refused', async () => {
+    const out = path.join(dir, 'uncond.safetensors');
+    const r = await starflow(['sample', '--model', classModel, '--n', '2', '--class', '-1', '--out', out]);
+    assert.equal(r.code, 0, r.stderr);
+    const l = await starflow(['sample', '--model', classModel, '--n', '2', '--labels', '-1,3', '--out', out]);
+    assert.equal(l.code, 0, l.stderr);
+    await expectError(['sample', '--model', classModel, '--n', '2', '--class', '-2'], /--class must be an integer ≥ -1, got '-2'/, { code: 2 });
+    await expectError(['sample', '--model', classModel, '--n', '2', '--class', '3', '--labels', '1,2'], /give --class or --labels, not both/, { code: 2 });
+  });
+
   test('sample: --cfg 1 on an unconditional model without --attn-temp', async () => {
     await expectError(['sample', '--model', uncondModel, '--n', '2', '--cfg', '1'], /attention temperature.*--attn-temp/);
   });
