@@ -10,6 +10,7 @@ import { analyzeCommand, ANALYZE_HELP } from './analyze.js';
 import { convertCommand, CONVERT_HELP } from './convert.js';
 import { denoiseCommand, DENOISE_HELP } from './denoise.js';
 import { evalCommand, trainFeaturesCommand, EVAL_HELP, TRAIN_FEATURES_HELP } from './eval.js';
+import { readFileSync } from 'node:fs';
 import { UsageError } from './common.js';
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string; summary: string }> = {
@@ -28,7 +29,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: s
 
 const USAGE = `starflow: TARFlow normalizing flows in TypeScript
 
-Usage: starflow <command> [options]     (starflow <command> --help for each)
+Usage: starflow <command> [options]     (starflow <command> --help for each; starflow --version)
 
 Commands:
 ${Object.entries(COMMANDS).map(([k, c]) => `  ${k.padEnd(10)} ${c.summary}`).join('\n')}
@@ -36,6 +37,11 @@ ${Object.entries(COMMANDS).map(([k, c]) => `  ${k.padEnd(10)} ${c.summary}`).joi
 
 export async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  if (cmd === '--version' || cmd === 'version') {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    console.log(`starflow-ts ${pkg.version}`);
+    return 0;
+  }
   if (!cmd || cmd === '--help' || cmd === '-h' || cmd === 'help') {
     console.log(cmd === 'help' && rest[0] && COMMANDS[rest[0]] ? COMMANDS[rest[0]]!.help : USAGE);
     return 0;

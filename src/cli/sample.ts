@@ -1,6 +1,6 @@
 import { loadModel } from '../io/model.js';
 import { currentDevice } from '../engine/index.js';
-import { generate } from '../sampling/pipeline.js';
+import { generate, classRows } from '../sampling/pipeline.js';
 import { SOLVERS, type SolverName } from '../sampling/plan.js';
 import { SamplingError } from '../sampling/solvers.js';
 import type { Guidance } from '../models/model.js';
@@ -18,7 +18,7 @@ Usage:
 What to draw:
   --model DIR            model directory (config.json + model.safetensors; default: the shipped checkpoints/mnist)
   --n N                  number of samples (default 64)
-  --class K              class for every sample (class models; default: 10 per class, cycling)
+  --class K              class for every sample (class models; default: one row per class, ceil(n/10) each)
   --labels 0,1,2,...     one class per sample (-1 = unconditional)
   --seed N               noise seed (default 0): the same seed gives the same images on every solver
 
@@ -126,7 +126,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     if (fileLabels) labels = fileLabels;
     else if (o.labels) labels = intList(o.labels as string, 'labels');
     else if (o.class !== undefined) labels = new Array<number>(n).fill(intOpt(o.class, 'class', -1));
-    else labels = Array.from({ length: n }, (_, i) => Math.floor((i * Math.min(cfg.numClasses, 10)) / n) % cfg.numClasses);
+    else labels = classRows(n, cfg.numClasses).labels!;
     if (labels.length !== n) throw new UsageError(`--labels gives ${labels.length} labels for ${n} samples`);
   } else if (o.class !== undefined || o.labels !== undefined) {
     throw new SamplingError('this model is unconditional: it takes no --class or --labels');
@@ -165,7 +165,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   });
   bar.update(100);
 
-  const nrow = cfg.numClasses > 0 && !o.class && !o.labels ? Math.ceil(n / Math.min(cfg.numClasses, 10)) : Math.ceil(Math.sqrt(n));
+  const nrow = classRows(n, cfg.numClasses > 0 && !o.class && !o.labels && !fileLabels ? cfg.numClasses : 0).perRow;
   await saveSamples(out, r.images, r.shape, { nrow, metadata: { solver, seed: String(seed) } });
   const iterations = r.stats.map((batch) => batch.map((s) => ({ block: s.block, calls: s.calls, iterations: s.iterations })));
   const summary = { out, n, seconds: r.seconds, samplesPerSec: n / r.seconds, solver, device: currentDevice(), redrawn: r.redrawn, nonFinite: r.nonFinite, blocks: iterations[0] };

@@ -224,8 +224,9 @@ export async function trainingCurves(modelDir: string, outDir: string): Promise<
 async function guidanceChart(file: string, weights: number[], floor: SetMetrics, ceiling: SetMetrics, runs: ModelRun[]): Promise<void> {
   const xs = weights.length > 1 ? [Math.min(...weights), Math.max(...weights)] : [weights[0]! - 0.5, weights[0]! + 0.5];
   const flat = (v: number | null, color: Rgb): Series[] => (v === null ? [] : [{ points: xs.map((x) => [x, v] as [number, number]), color, dots: false }]);
-  const distChart = lineChart([...flat(floor.frechet, GREEN), ...flat(ceiling.frechet, RED), { points: runs.map((r) => [r.cfg, r.frechet]), color: BLUE, dots: true }], { logY: true });
-  const accChart = lineChart([...flat(floor.classAccuracy, GREEN), ...flat(ceiling.classAccuracy, RED), { points: runs.filter((r) => r.classAccuracy !== null).map((r) => [r.cfg, r.classAccuracy!]), color: BLUE, dots: true }]);
+  const sweep = [...runs].sort((a, b) => a.cfg - b.cfg); // the line runs left to right, whatever the sweep's order
+  const distChart = lineChart([...flat(floor.frechet, GREEN), ...flat(ceiling.frechet, RED), { points: sweep.map((r) => [r.cfg, r.frechet]), color: BLUE, dots: true }], { logY: true });
+  const accChart = lineChart([...flat(floor.classAccuracy, GREEN), ...flat(ceiling.classAccuracy, RED), { points: sweep.filter((r) => r.classAccuracy !== null).map((r) => [r.cfg, r.classAccuracy!]), color: BLUE, dots: true }]);
   await writePng(file, sideBySide([distChart, accChart]));
 }
 

@@ -33,6 +33,17 @@ export type GenerateResult = {
   nonFinite: number;
 };
 
+/**
+ * Default labels for n samples of a model with `numClasses` classes: one row per class (the
+ * first min(numClasses, 10)), ceil(n / rows) samples each, so a grid of `perRow` columns shows a
+ * class per row (the last row may be shorter). Unconditional models: no labels, a square grid.
+ */
+export function classRows(n: number, numClasses: number): { labels: number[] | undefined; perRow: number } {
+  if (numClasses === 0) return { labels: undefined, perRow: Math.ceil(Math.sqrt(n)) };
+  const perRow = Math.ceil(n / Math.min(numClasses, 10));
+  return { labels: Array.from({ length: n }, (_, i) => Math.floor(i / perRow)), perRow };
+}
+
 /** A seed for redraw round `round`, unrelated to the seeds a user would pick. */
 function mix(seed: number, round: number): number {
   return (Math.imul(seed ^ 0x5bd1e995, 0x9e3779b1) + round * 0x85ebca6b) >>> 0;

@@ -22,7 +22,7 @@ import { Rng } from '../engine/rng.js';
 import { saveCheckpoint, loadCheckpoint, checkWeightsAgainst, type FlatTensors } from '../io/checkpoint.js';
 import { splitConfigJson, type Provenance } from '../io/model.js';
 import { writePngGrid } from '../io/png.js';
-import { generate } from '../sampling/pipeline.js';
+import { generate, classRows } from '../sampling/pipeline.js';
 import { evaluateBpd } from '../eval/likelihood.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 
@@ -62,13 +62,12 @@ export const CHECKPOINT_DIR = 'checkpoint';
 /** A grid of samples: one row per class (class models) or 64 unconditional samples, sequential solver, denoised for noise-trained models. */
 export async function sampleGrid(model: Model, file: string, seed: number): Promise<void> {
   const { cfg } = model;
-  const perClass = cfg.numClasses > 0 ? 10 : 0;
-  const n = cfg.numClasses > 0 ? perClass * Math.min(cfg.numClasses, 10) : 64;
-  const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => Math.floor(i / perClass)) : undefined;
+  const n = cfg.numClasses > 0 ? 10 * Math.min(cfg.numClasses, 10) : 64;
+  const { labels, perRow } = classRows(n, cfg.numClasses);
   // A model trained on Gaussian-noised images samples them noisy: one score step removes it.
   const denoise = cfg.noiseStd > 0 && model.family.nll ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
   const r = await generate(model, { n, labels, guidance: NO_GUIDANCE, seed, denoise });
-  await writePngGrid(file, r.images, r.shape, { nrow: perClass || 8 });
+  await writePngGrid(file, r.images, r.shape, { nrow: perRow });
 }
 
 function prefixed(prefix: string, t: FlatTensors): FlatTensors {
