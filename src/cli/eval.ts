@@ -16,10 +16,12 @@ import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGI
 export const TRAIN_FEATURES_HELP = `starflow train-features: train the classifier starflow eval scores samples with
 
 Usage:
-  starflow train-features [--data mnist] [--out checkpoints/mnist-features] [--epochs 4] [--seed 0]
+  starflow train-features [--data mnist] [--out runs/mnist-features] [--epochs 4] [--seed 0]
 
   --data NAME      mnist (default) or fashion-mnist (needs Debian's dataset-fashion-mnist)
-  --out DIR        checkpoint directory to write (default checkpoints/<data>-features)
+  --out DIR        checkpoint directory to write (default runs/<data>-features; an existing one
+                   is refused unless --force, so the shipped checkpoints/ are never replaced unasked)
+  --force          replace the extractor already in --out
   --epochs N       passes over <data>:train (default 4)
   --batch B        batch size (default 128)
   --lr LR          peak AdamW learning rate, warm-up then cosine to 0 (default 2e-3)
@@ -39,6 +41,7 @@ export async function trainFeaturesCommand(argv: string[]): Promise<void> {
   const o = parse(argv, {
     data: { type: 'string' },
     out: { type: 'string' },
+    force: { type: 'boolean' },
     epochs: { type: 'string' },
     batch: { type: 'string' },
     lr: { type: 'string' },
@@ -51,7 +54,7 @@ export async function trainFeaturesCommand(argv: string[]): Promise<void> {
   if (o.help) return void console.log(TRAIN_FEATURES_HELP);
   const data = strOpt(o.data, 'data') ?? 'mnist';
   if (data !== 'mnist' && data !== 'fashion-mnist') throw new UsageError(`--data must be mnist or fashion-mnist, got '${data}'`);
-  const out = strOpt(o.out, 'out') ?? `checkpoints/${data}-features`;
+  const out = strOpt(o.out, 'out') ?? `runs/${data}-features`;
   const cfg: FeatureNetConfig = {
     ...FEATURE_NET_DEFAULTS,
     conv1: intOpt(o.conv1, 'conv1', 1, FEATURE_NET_DEFAULTS.conv1),
@@ -69,6 +72,7 @@ export async function trainFeaturesCommand(argv: string[]): Promise<void> {
   const net = await trainFeatureExtractor({
     data,
     out,
+    force: Boolean(o.force),
     cfg,
     epochs,
     batchSize,

@@ -6,7 +6,7 @@ import { SamplingError } from '../sampling/solvers.js';
 import type { Guidance } from '../models/model.js';
 import { readSafetensorsFile } from '../io/files.js';
 import { toFloat32, toInt32 } from '../io/safetensors.js';
-import { saveSamples } from '../io/samples.js';
+import { prepareSamplesOutput, saveSamples } from '../io/samples.js';
 import { Progress } from './progress.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
 
@@ -94,6 +94,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   const solver = strOpt(o.solver, 'solver') ?? 'sequential';
   if (!(SOLVERS as readonly string[]).includes(solver)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${SOLVERS.join(', ')})`);
 
+  await prepareSamplesOutput(out); // a bad --out fails now, not after sampling
   await startEngineFromOptions(o);
   const model = await loadModel(dir);
   const { cfg } = model;

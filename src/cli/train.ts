@@ -17,6 +17,7 @@ Options:
   --config FILE        a training config (JSON or YAML); every field is validated
   --out DIR            run directory: log.jsonl, samples/, checkpoint/ (default runs/<preset or config name>)
   --resume DIR         continue the run in DIR from its checkpoint (same data order and randomness)
+  --force              start afresh in an --out that holds a run, moving that run to DIR.old-<time>
   --steps N            stop after N more steps (the learning-rate schedule keeps the config's length)
   --minutes M          stop after M minutes
   --schedule-steps N   set the schedule length (the config's 'steps')
@@ -46,6 +47,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
     config: { type: 'string' },
     out: { type: 'string' },
     resume: { type: 'string' },
+    force: { type: 'boolean' },
     steps: { type: 'string' },
     minutes: { type: 'string' },
     'schedule-steps': { type: 'string' },
@@ -61,6 +63,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
   if (o.resume) {
     outDir = strOpt(o.resume, 'resume')!;
     if (o.noise || o.seed || o['schedule-steps']) throw new UsageError('--noise, --seed and --schedule-steps cannot change a resumed run');
+    if (o.force) throw new UsageError('--force starts afresh; it does not go with --resume');
   } else {
     const name = o.preset ? strOpt(o.preset, 'preset')! : path.basename(strOpt(o.config, 'config')!).replace(/\.(json|ya?ml)$/, '');
     const raw = await asUsageError(o.preset ? loadPreset(name) : loadConfigFile(strOpt(o.config, 'config')!));
@@ -76,7 +79,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
   const workers = o.workers === 'auto' || o.workers === undefined ? 'auto' : intOpt(o.workers, 'workers', 1);
   const device = await startEngineFromOptions(o);
 
-  const r = await withInterrupt((signal) => train(cfg, { outDir, maxSteps, minutes, workers, signal, onEvent: trainProgress(outDir, device) }));
+  const r = await withInterrupt((signal) => train(cfg, { outDir, maxSteps, minutes, workers, signal, force: Boolean(o.force), onEvent: trainProgress(outDir, device) }));
   console.log(JSON.stringify({ step: r.step, checkpoint: r.checkpoint }));
 }
 
@@ -118,6 +121,12 @@ export function trainProgress(outDir: string, device: string): (e: TrainEvent) =
         bar?.note(`step ${e.step}: samples → ${e.path}`);
         break;
       case 'checkpoint':
+        break;
+      case 'warning':
+        console.error(`warning: ${e.message}`);
+        break;
+      case 'archived':
+        console.error(`moved the earlier run in ${e.from} to ${e.to}`);
         break;
       case 'stop':
         bar?.note(`stopped at step ${e.step} (${e.reason}); checkpoint in ${path.join(outDir, CHECKPOINT_DIR)}`);

@@ -6,6 +6,12 @@ import { writePngGrid, imageGrid, encodePng } from './png.js';
 import { writeFileAtomic, writeSafetensorsFile } from './files.js';
 import { fromFloat32 } from './safetensors.js';
 
+/** Makes the place `saveSamples` will write to (parent directories; the directory itself for a directory output), before any work. */
+export async function prepareSamplesOutput(out: string): Promise<void> {
+  const isFile = out.endsWith('.png') || out.endsWith('.safetensors');
+  await mkdir(isFile ? path.dirname(path.resolve(out)) : out, { recursive: true });
+}
+
 export async function saveSamples(
   out: string,
   images: Float32Array,

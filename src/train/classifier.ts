@@ -1,6 +1,7 @@
 // Training the feature extractor behind `starflow eval` (src/eval/features.ts): the classifier's
 // cross-entropy through the shared optimisation loop (loop.ts) with AdamW (β₂ 0.999), a warm-up +
 // cosine schedule to 0, no clipping and no EMA. A run is a pure function of the seed.
+import { existsSync } from 'node:fs';
 import { keep, release, fromF32, fromI32, countParams, currentDevice, type Params } from '../engine/index.js';
 import { initAdamState } from '../nn/optim.js';
 import { BatchSampler, makeBatch } from '../data/transforms.js';
@@ -113,8 +114,9 @@ export type FeatureDataset = (typeof FEATURE_DATASETS)[number];
 export type TrainFeatureExtractorOptions = Omit<FeatureTrainOptions, 'train' | 'test'> & {
   /** mnist (default) or fashion-mnist: trains on its train split, reports accuracy on its test split. */
   data?: FeatureDataset;
-  /** Checkpoint directory to write (config.json + model.safetensors). */
+  /** Checkpoint directory to write (config.json + model.safetensors); one that exists is refused unless `force`. */
   out: string;
+  force?: boolean;
   /** How the extractor was made (a command line), stored in config.json. */
   command?: string;
   /** Called once both datasets are loaded, before the first step. */
@@ -130,8 +132,9 @@ export type TrainedFeatureExtractor = TrainedFeatureNet & { out: string; data: F
  * config.json. The caller owns the returned parameters.
  */
 export async function trainFeatureExtractor(opts: TrainFeatureExtractorOptions): Promise<TrainedFeatureExtractor> {
-  const { data = 'mnist', out, command, onStart, cfg = FEATURE_NET_DEFAULTS, ...schedule } = opts;
+  const { data = 'mnist', out, force, command, onStart, cfg = FEATURE_NET_DEFAULTS, ...schedule } = opts;
   if (!(FEATURE_DATASETS as readonly string[]).includes(data)) throw new FeatureNetError(`a feature extractor trains on ${FEATURE_DATASETS.join(' or ')}, not '${data}'`);
+  if (!force && existsSync(out)) throw new FeatureNetError(`${out} exists: pass --force to replace it, or pick another --out`);
   const shape = { size: cfg.imgSize, channels: cfg.inChannels };
   const train = await loadDataset(`${data}:train`, shape);
   const test = await loadDataset(`${data}:test`, shape);

@@ -13,7 +13,8 @@ export type MainJobResult = { samples: string; resultFile: string; checkpoint: s
 
 export async function runMainJob(o: { preset: string; outDir: string; minutes: number } & Pick<TrainOptions, 'onEvent' | 'signal' | 'workers'>): Promise<MainJobResult> {
   const cfg = await loadPreset(o.preset);
-  await train(cfg, { outDir: o.outDir, minutes: o.minutes, workers: o.workers ?? 'auto', signal: o.signal, onEvent: o.onEvent });
+  // A second `npm start` keeps the first one's run: it is moved to DIR.old-<time> (and said so).
+  await train(cfg, { outDir: o.outDir, minutes: o.minutes, workers: o.workers ?? 'auto', signal: o.signal, onEvent: o.onEvent, force: true });
   const checkpoint = path.join(o.outDir, CHECKPOINT_DIR);
   const model = await loadModel(checkpoint);
   const samples = path.join(o.outDir, 'samples.png');

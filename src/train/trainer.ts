@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, rename, stat } from 'node:fs/promises';
 import { keep, release, countParams, currentDevice, threadBudget, type Params } from '../engine/index.js';
 import { familyOf, initModel } from '../models/registry.js';
 import { bitsPerDim, NO_GUIDANCE, type Model } from '../models/model.js';
@@ -27,6 +27,8 @@ import { evaluateBpd } from '../eval/likelihood.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 
 export type TrainEvent =
+  | { type: 'warning'; message: string }
+  | { type: 'archived'; from: string; to: string }
   | { type: 'start'; step: number; totalSteps: number; params: number; resumed: boolean; workers: number }
   | { type: 'step'; step: number; totalSteps: number; loss: number; bpd: number | null; lr: number; gradNorm: number; stepsPerSec: number; etaSec: number }
   | { type: 'skip'; step: number; loss: number; inARow: number }
@@ -43,6 +45,11 @@ export type TrainOptions = {
   minutes?: number;
   signal?: AbortSignal;
   onEvent?: (e: TrainEvent) => void;
+  /**
+   * A fresh run into a directory that holds one (log.jsonl or checkpoint/) is refused, so an
+   * earlier run is never overwritten; `force` moves the earlier run aside to DIR.old-<time>.
+   */
+  force?: boolean;
   /**
    * Data-parallel worker threads, each computing the gradient on an equal slice of every batch
    * with its own one-thread engine; 1 (the default) computes it on this thread; 'auto' takes the
@@ -144,6 +151,18 @@ async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: TrainSta
   return { cfg, state, step: t.step, badSteps: t.badSteps, seconds: t.seconds ?? 0, evaluation };
 }
 
+/** Refuses to start a fresh run over an earlier one, or (force) renames the earlier one aside. */
+async function setAsideEarlierRun(outDir: string, force: boolean, emit: (e: TrainEvent) => void): Promise<void> {
+  const held = (await Promise.all(['log.jsonl', CHECKPOINT_DIR].map((f) => stat(path.join(outDir, f)).then(() => f, () => null)))).filter(Boolean);
+  if (held.length === 0) return;
+  if (!force) {
+    throw new TrainingError(`${outDir} holds an earlier run (${held.join(', ')}): continue it with --resume ${outDir}, pick another --out, or pass --force to move it aside`);
+  }
+  const to = `${outDir.replace(/[\\/]+$/, '')}.old-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+  await rename(outDir, to);
+  emit({ type: 'archived', from: outDir, to });
+}
+
 /** The most data-parallel workers within a thread budget (the engine's) that divide the batch size. */
 export function autoWorkers(batchSize: number, budget = threadBudget()): number {
   for (let w = Math.min(budget, batchSize); w > 1; w--) if (batchSize % w === 0) return w;
@@ -176,6 +195,10 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   const workers = opts.workers === 'auto' ? autoWorkers(cfg.batchSize) : (opts.workers ?? 1);
   if (!Number.isInteger(workers) || workers < 1) throw new TrainingError(`workers must be an integer ≥ 1, got ${workers}`);
   if (cfg.batchSize % workers !== 0) throw new TrainingError(`batchSize ${cfg.batchSize} does not split evenly over ${workers} workers (every replica takes an equal slice)`);
+  if (!resumed && cfg.warmupSteps >= cfg.steps) {
+    emit({ type: 'warning', message: `warmupSteps (${cfg.warmupSteps}) ≥ steps (${cfg.steps}): the learning rate never reaches lr (${cfg.lr}); lower 'warmupSteps' or raise 'steps'` });
+  }
+  if (!resumed) await setAsideEarlierRun(opts.outDir, opts.force ?? false, emit);
   await mkdir(path.join(opts.outDir, 'samples'), { recursive: true });
   const logFile = path.join(opts.outDir, 'log.jsonl');
   const log = (e: object) => appendFile(logFile, JSON.stringify(e) + '\n');

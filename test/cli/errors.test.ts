@@ -142,6 +142,20 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
     await expectError(['sample', '--model', classModel, '--n', '2', '--class', '3', '--labels', '1,2'], /give --class or --labels, not both/, { code: 2 });
   });
 
+  test('sample --out into directories that do not exist yet: made before sampling', async () => {
+    const out = path.join(dir, 'not', 'yet', 'grid.png');
+    const r = await starflow(['sample', '--model', classModel, '--n', '2', '--out', out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok((await readFile(out)).length > 0);
+  });
+
+  test('train-features refuses to replace an existing extractor without --force', async () => {
+    const out = path.join(dir, 'features-here');
+    await writeFile(path.join(dir, 'marker'), '');
+    await import('node:fs/promises').then((fs) => fs.mkdir(out));
+    await expectError(['train-features', '--out', out, '--max-steps', '1'], /features-here exists: pass --force/);
+  });
+
   test('sample: --cfg 1 on an unconditional model without --attn-temp', async () => {
     await expectError(['sample', '--model', uncondModel, '--n', '2', '--cfg', '1'], /attention temperature.*--attn-temp/);
   });
