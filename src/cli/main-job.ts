@@ -12,7 +12,8 @@ Usage:
   npm start                      (= starflow main --minutes 15)
   starflow main [--minutes M] [--out DIR] [--preset NAME]
 
-Writes DIR/samples.png, DIR/result.json (test bits/dim) and DIR/checkpoint/ (default DIR: runs/main).
+Writes DIR/samples.png, DIR/result.json (test bits/dim) and DIR/checkpoint/ (default DIR: runs/main);
+an earlier run in DIR is moved to DIR.old-<time> first.
 ${ENGINE_HELP}`;
 
 export async function mainJob(argv: string[]): Promise<void> {
