@@ -91,3 +91,9 @@ export function modelDir(o: Record<string, string | boolean | undefined>): strin
   if (existsSync(SHIPPED_MODEL)) return SHIPPED_MODEL;
   throw new UsageError('--model DIR is required');
 }
+
+/** --denoise / --no-denoise: true, false, or undefined (the model's default). */
+export function denoiseFlag(o: Record<string, string | boolean | undefined>): boolean | undefined {
+  if (o.denoise && o['no-denoise']) throw new UsageError('give --denoise or --no-denoise, not both');
+  return o['no-denoise'] ? false : o.denoise ? true : undefined;
+}

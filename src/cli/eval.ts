@@ -9,7 +9,7 @@ import { FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, type FeatureNetConfig } from '.
 import { trainFeatureExtractor } from '../train/classifier.js';
 import { evaluateModel, summaryTable, EvalError, type EvalOptions } from '../eval/report.js';
 import { Progress } from './progress.js';
-import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, denoiseFlag } from './common.js';
 
 // ---- train-features ----
 
@@ -110,7 +110,8 @@ Usage:
   --strategy S         gs-jacobi per-block plan (see starflow sample --help)
   --batch B            samples per solver batch (default 100)
   --denoise            one score-based denoising step after sampling, at the model's noiseStd
-                       (for models trained on Gaussian-noised data)
+                       (default for models trained on Gaussian-noised data)
+  --no-denoise         do not denoise
   --seed N             seed of the noise, the reference subsets and KID's subsets (default 0)
   --features DIR       feature extractor (default: the shipped checkpoints/mnist-features); its
                        dataset (config.json 'data') supplies the reference and floor images
@@ -151,6 +152,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     ref: { type: 'string' },
     'kid-subsets': { type: 'string' },
     denoise: { type: 'boolean' },
+    'no-denoise': { type: 'boolean' },
     out: { type: 'string' },
   });
   if (o.help) return void console.log(EVAL_HELP);
@@ -176,7 +178,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     modelDir: modelDir(o),
     featuresDir: strOpt(o.features, 'features') ?? SHIPPED_FEATURES,
     strategy: strOpt(o.strategy, 'strategy'),
-    denoise: Boolean(o.denoise),
+    denoise: denoiseFlag(o),
   };
   const fxDir = opts.featuresDir!;
   if (!existsSync(fxDir)) throw new UsageError(`no feature extractor at ${fxDir}: train one with 'starflow train-features --out ${fxDir}' or pass --features DIR`);

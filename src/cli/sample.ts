@@ -6,9 +6,10 @@ import { SamplingError } from '../sampling/solvers.js';
 import type { Guidance } from '../models/model.js';
 import { readSafetensorsFile } from '../io/files.js';
 import { toFloat32, toInt32 } from '../io/safetensors.js';
+import { denoisesByDefault } from '../sampling/denoise.js';
 import { prepareSamplesOutput, saveSamples } from '../io/samples.js';
 import { Progress } from './progress.js';
-import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, denoiseFlag } from './common.js';
 
 export const SAMPLE_HELP = `starflow sample: draw images from a trained model
 
@@ -38,7 +39,9 @@ Solver:
   --batch B              samples per solver batch (default: all at once)
 
 Denoising:
-  --denoise              one score-based (Tweedie) step after sampling
+  --denoise              one score-based (Tweedie) step after sampling (the default for models
+                         trained on Gaussian-noised images; --sigma for others)
+  --no-denoise           keep the samples as the flow draws them
   --sigma S              noise level for denoising (default: the model's noiseStd)
   --denoise-lr M         step-size multiplier (default 1 = Tweedie)
 
@@ -75,6 +78,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     'jacobi-init': { type: 'string' },
     batch: { type: 'string' },
     denoise: { type: 'boolean' },
+    'no-denoise': { type: 'boolean' },
     sigma: { type: 'string' },
     'denoise-lr': { type: 'string' },
     out: { type: 'string' },
@@ -148,7 +152,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     maxIter,
     init: init as 'z' | 'zeros',
   };
-  const denoise = o.denoise
+  const denoise = (denoiseFlag(o) ?? denoisesByDefault(model))
     ? { sigma: numOpt(o.sigma, 'sigma', cfg.noiseStd, (x) => x >= 0, 'a number ≥ 0'), lrScale: numOpt(o['denoise-lr'], 'denoise-lr', 1, (x) => x >= 0, 'a number ≥ 0') }
     : undefined;
 

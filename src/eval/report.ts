@@ -13,6 +13,7 @@ import { loadDataset } from '../data/load.js';
 import type { ImageDataset } from '../data/dataset.js';
 import type { Guidance, GuidanceRule, Model, ModelConfig } from '../models/model.js';
 import { generate } from '../sampling/pipeline.js';
+import { denoisesByDefault } from '../sampling/denoise.js';
 import { plansFor, SOLVERS, type SolverChoice, type SolverName } from '../sampling/plan.js';
 import { encodePng, imageGrid } from '../io/png.js';
 import { writeFileAtomic } from '../io/files.js';
@@ -52,7 +53,7 @@ export type EvalOptions = {
   strategy?: string;
   /** Samples per solver batch (default 100). */
   batchSize?: number;
-  /** One score-based denoising step after sampling, at the model's noiseStd. */
+  /** One score-based denoising step after sampling, at the model's noiseStd (default: for models trained with noise). */
   denoise?: boolean;
   /** Seed of the noise, the reference and floor subsets and KID's subsets (default 0). */
   seed?: number;
@@ -363,7 +364,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     fx = await loadFeatureNet(fxDir);
     checkModelAgainstExtractor(cfg, fx.cfg, fxDir);
     if (opts.denoise && !(cfg.noiseStd > 0)) throw new EvalError('denoising needs a model trained with Gaussian noise (this one has noiseStd 0)', 'denoise');
-    const denoise = opts.denoise ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
+    const denoise = (opts.denoise ?? denoisesByDefault(model)) ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
     const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
     const sample = makeSampler(model, { n, labels, solver, strategy: opts.strategy, rule, attnTemp, seed, batchSize: batch, denoise });
     await mkdir(outDir, { recursive: true });

@@ -5,6 +5,11 @@ import { grad, cachedJit, keep, fromI32, type Arr, type Params } from '../engine
 import type { Model } from '../models/model.js';
 import { SamplingError } from './solvers.js';
 
+/** Models trained on Gaussian-noised images sample them noisy: they are denoised unless asked not to. */
+export function denoisesByDefault(model: Pick<Model, 'family' | 'cfg'>): boolean {
+  return model.cfg.noiseStd > 0 && model.family.nll !== undefined;
+}
+
 /**
  * One denoising step on images x [B, C, H, W]. The gradient is of the mean NLL per dimension
  * over the batch (the family's loss), −∇log p/(B·D), so the Tweedie step size is lr = B·D·σ² (times `lrScale`), as

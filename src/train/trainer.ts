@@ -23,6 +23,7 @@ import { saveCheckpoint, loadCheckpoint, checkWeightsAgainst, type FlatTensors }
 import { splitConfigJson, type Provenance } from '../io/model.js';
 import { writePngGrid } from '../io/png.js';
 import { generate, classRows } from '../sampling/pipeline.js';
+import { denoisesByDefault } from '../sampling/denoise.js';
 import { evaluateBpd } from '../eval/likelihood.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 
@@ -71,8 +72,7 @@ export async function sampleGrid(model: Model, file: string, seed: number): Prom
   const { cfg } = model;
   const n = cfg.numClasses > 0 ? 10 * Math.min(cfg.numClasses, 10) : 64;
   const { labels, perRow } = classRows(n, cfg.numClasses);
-  // A model trained on Gaussian-noised images samples them noisy: one score step removes it.
-  const denoise = cfg.noiseStd > 0 && model.family.nll ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
+  const denoise = denoisesByDefault(model) ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
   const r = await generate(model, { n, labels, guidance: NO_GUIDANCE, seed, denoise });
   await writePngGrid(file, r.images, r.shape, { nrow: perRow });
 }

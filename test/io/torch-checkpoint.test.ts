@@ -344,7 +344,8 @@ describe('round trip against the ml-tarflow fixture', () => {
     assert.ok(d.bpdRel < 1e-5, `bpd ${d.bpd}`);
 
     const samples = path.join(tmp, `${tag}-x.safetensors`);
-    await cli(['sample', '--model', dir, '--noise', input, '--noise-key', 'noise', ...(labels ? ['--labels-key', 'y'] : []), '--out', samples]);
+    // The reference's samples are the flow's raw draw: no denoising (the default for this noise-trained model).
+    await cli(['sample', '--model', dir, '--noise', input, '--noise-key', 'noise', ...(labels ? ['--labels-key', 'y'] : []), '--no-denoise', '--out', samples]);
     const sf = await readSafetensorsFile(samples);
     assert.deepEqual([...sf.tensors.keys()], ['samples']);
     const key = labels ? 'sample_cfg0' : 'sample_uncond';
