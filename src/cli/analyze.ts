@@ -17,7 +17,7 @@ For each block in sampling order (0 = the first block run), from n noise samples
 Then proposes --strategy and --jacobi-init for 'starflow sample --solver gs-jacobi'.
 
 Options:
-  --model DIR          model directory (config.json + model.safetensors)
+  --model DIR          model directory (config.json + model.safetensors; default: the shipped checkpoints/mnist)
   --n N                samples to measure on (default 8)
   --seed N             noise seed (default 0)
   --tol X              Jacobi stopping tolerance (default 1e-6, as the solvers)

@@ -12,7 +12,7 @@ Usage:
   starflow denoise --model DIR --input FILE.safetensors --out FILE.safetensors
                    [--x-key x] [--y-key y] [--sigma S] [--lr-scale M]
 
-  --model DIR      model directory
+  --model DIR      model directory (default: the shipped checkpoints/mnist)
   --input FILE     .safetensors file with noisy images [B, C, H, W]
   --x-key NAME     tensor name of the images (default x)
   --y-key NAME     tensor name of the labels [B] (class models)

@@ -5,7 +5,7 @@ import { parse, startEngineFromOptions, ENGINE_HELP, modelDir } from './common.j
 export const INFO_HELP = `starflow info: show a model directory
 
 Usage:
-  starflow info --model DIR [--json]
+  starflow info [--model DIR] [--json]      (default: the shipped checkpoints/mnist)
 ${ENGINE_HELP}`;
 
 export async function infoCommand(argv: string[]): Promise<void> {

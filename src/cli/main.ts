@@ -32,7 +32,7 @@ const USAGE = `starflow: TARFlow normalizing flows in TypeScript
 Usage: starflow <command> [options]     (starflow <command> --help for each; starflow --version)
 
 Commands:
-${Object.entries(COMMANDS).map(([k, c]) => `  ${k.padEnd(10)} ${c.summary}`).join('\n')}
+${Object.entries(COMMANDS).map(([k, c]) => `  ${k.padEnd(Math.max(...Object.keys(COMMANDS).map((n) => n.length)))}  ${c.summary}`).join('\n')}
 `;
 
 export async function run(argv: string[]): Promise<number> {

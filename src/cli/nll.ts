@@ -12,10 +12,10 @@ import { parse, intOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP,
 export const NLL_HELP = `starflow nll: bits/dim of a dataset under a model
 
 Usage:
-  starflow nll --model DIR [--data mnist:test] [--n N] [--json]
+  starflow nll [--model DIR] [--data mnist:test] [--n N] [--json]
   starflow nll --model DIR --input FILE.safetensors --x-key x [--y-key y] [--z-out FILE] [--json]
 
-  --model DIR     model directory
+  --model DIR     model directory (default: the shipped checkpoints/mnist)
   --data SPEC     mnist:test (default), mnist:train, folder:/path
   --n N           evaluate the first N images (default: all)
   --batch B       images per batch (default 200)
@@ -40,7 +40,7 @@ ${ENGINE_HELP}`;
 export const CLASSIFY_HELP = `starflow classify: classify images by Bayes' rule with a class-conditional model
 
 Usage:
-  starflow classify --model DIR [--data mnist:test] [--n N] [--json]
+  starflow classify [--model DIR] [--data mnist:test] [--n N] [--json]     (default model: the shipped checkpoints/mnist)
 
 Each image is scored under every class; the class with the highest likelihood wins.
 ${ENGINE_HELP}`;
