@@ -123,6 +123,12 @@ export async function startWorkerEngine(threads: number): Promise<number> {
   return engineThreads;
 }
 
+/** A path as results show it: relative to the repository, or `<temporary>/NAME` outside it (results are committed). */
+export function repoPath(p: string): string {
+  const r = path.relative(ROOT, path.resolve(p));
+  return r.startsWith('..') || path.isAbsolute(r) ? `<temporary>/${path.basename(p)}` : r;
+}
+
 /**
  * Copies a model directory's weights and architecture (config.json without its provenance, which
  * the PyTorch twins and older revisions of this code do not read) to `to`.

@@ -31,6 +31,7 @@ import {
   argOf,
   startWorkerEngine,
   snapshotModel,
+  repoPath,
 } from './common.js';
 
 const SELF = fileURLToPath(import.meta.url);
@@ -98,7 +99,7 @@ type Loaded = {
 async function loadForSampling(args: string[]): Promise<Loaded> {
   const { loadModel } = await import('../src/io/model.js');
   const { generate } = await import('../src/sampling/pipeline.js');
-  const { NO_GUIDANCE } = await import('../src/sampling/solvers.js');
+  const { NO_GUIDANCE } = await import('../src/models/model.js');
   const model = await loadModel(argOf(args, '--model'));
   const cfg = model.cfg as TarFlowConfig;
   const { tokens, tokenDim } = tokenShape(cfg);
@@ -381,7 +382,7 @@ async function runBench(o: Options, modelDir: string, tmp: string): Promise<void
 
   const machine = machineInfo();
   console.log(
-    `sampling bench: ${modelDir} (${cfg.numBlocks} blocks × ${cfg.layersPerBlock} layers, width ${cfg.width}, ${tokens} tokens, ${cfg.numClasses} classes); batches ${batches.join(',')}; guidance ${o.cfg}${cfg.numClasses ? '' : ` (attn-temp ${attnTemp})`}; ${o.rounds} round(s)${o.quick ? ' (quick)' : ''}; ${machine.cores} cores, load ${machine.loadavg.map((x) => x.toFixed(2)).join(' ')}`,
+    `sampling bench: ${repoPath(modelDir)} (${cfg.numBlocks} blocks × ${cfg.layersPerBlock} layers, width ${cfg.width}, ${tokens} tokens, ${cfg.numClasses} classes); batches ${batches.join(',')}; guidance ${o.cfg}${cfg.numClasses ? '' : ` (attn-temp ${attnTemp})`}; ${o.rounds} round(s)${o.quick ? ' (quick)' : ''}; ${machine.cores} cores, load ${machine.loadavg.map((x) => x.toFixed(2)).join(' ')}`,
   );
   const results = new Map<string, WorkerOut[]>(contenders.map((c) => [c.id, []]));
   for (let round = 1; round <= o.rounds; round++) {
@@ -511,7 +512,7 @@ async function runBench(o: Options, modelDir: string, tmp: string): Promise<void
   }
 
   const notes = [
-    `Model: ${modelDir} (snapshot), ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize}, patch ${cfg.patchSize} (${tokens} tokens), ${cfg.numBlocks} blocks × ${cfg.layersPerBlock} layers, width ${cfg.width}, ${cfg.numClasses} classes.`,
+    `Model: ${repoPath(modelDir)} (snapshot), ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize}, patch ${cfg.patchSize} (${tokens} tokens), ${cfg.numBlocks} blocks × ${cfg.layersPerBlock} layers, width ${cfg.width}, ${cfg.numClasses} classes.`,
     'samples/s = batch / median wall time of a warm `generate()` call (noise upload, every block, image read-back); the first call (compilation) is reported separately.',
     `Solvers: jacobi = whole sequence, tol 1e-6, init z; gs-jacobi = default plan (modules of ≈8 tokens). "calls" is solver calls per run; iterations per block in sampling order (modules joined by +).`,
     'The torch twin implements the reference\'s sequential KV-cached sampler only; "best jax-js / torch" is a time ratio against it (above 1× jax-js is slower), for every jax-js solver.',
@@ -525,7 +526,7 @@ async function runBench(o: Options, modelDir: string, tmp: string): Promise<void
   const report = {
     plan: { batches, weights, attnTemp, solvers: o.solvers, threads: o.threads, reps, warmup, seed: o.seed, tolerance: TOL },
     machine,
-    model: { dir: modelDir, ...cfg },
+    model: { dir: repoPath(modelDir), ...cfg },
     torch: tv.ok ? { version: tv.version, python: o.python, blas: te.blas ? `OpenBLAS (${te.blas})` : 'system libblas.so.3' } : { missing: torchNote },
     rows,
     torchRows,
