@@ -18,9 +18,9 @@
 //   (the `jacobi` solver's stopping rule), from each initial guess.
 import { jit, fromF32, fromI32, toF32, release, type Arr } from '../engine/index.js';
 import { blockStep, blockInOrder, isFlipped, tarflow, tokenShape, type Block, type BlockCache, type TarFlowConfig, type TarFlowParams } from '../models/tarflow.js';
-import type { AutoregressiveSampler, Model } from '../models/model.js';
+import { NO_GUIDANCE, type AutoregressiveSampler, type Model } from '../models/model.js';
 import { drawNoise } from './pipeline.js';
-import { invertBlock, NO_GUIDANCE, SamplingError, type BlockPlan } from './solvers.js';
+import { invertBlock, SamplingError, type BlockPlan } from './solvers.js';
 
 export type BlockAnalysis = {
   /** Position in sampling order (0 = the first block run = the model's last). */

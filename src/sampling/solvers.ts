@@ -9,10 +9,9 @@
 // Jacobi's stopping rule holds per sample: a chunk is done when every sample's relative change is
 // below the tolerance, so one hard sample in a large batch is not cut short by the easy ones.
 import { np, keep, release, fromF32, fromI32, toF32, type Arr } from '../engine/index.js';
-import { NO_GUIDANCE, type AutoregressiveSampler, type Guidance, type Model } from '../models/model.js';
+import type { AutoregressiveSampler, Guidance, Model } from '../models/model.js';
 import { stepFunction } from './step.js';
 
-export { NO_GUIDANCE, type Guidance };
 
 export type BlockPlan =
   | { kind: 'sequential'; tokensPerCall?: number }

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import '../setup.js';
 import { loadModel } from '../../src/io/model.js';
 import { generate } from '../../src/sampling/pipeline.js';
-import { NO_GUIDANCE } from '../../src/sampling/solvers.js';
+import { NO_GUIDANCE } from '../../src/models/model.js';
 import { evaluateBpd } from '../../src/eval/likelihood.js';
 import { loadMnist } from '../../src/data/mnist.js';
 

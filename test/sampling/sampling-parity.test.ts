@@ -6,7 +6,8 @@ import { type TarFlowParams, tarflow } from '../../src/models/tarflow.js';
 import { fromReferenceStateDict } from '../../src/io/reference-names.js';
 import { paramsFromHost } from '../../src/nn/params.js';
 import { denoise } from '../../src/sampling/denoise.js';
-import { sampleFromNoise, NO_GUIDANCE, type BlockPlan, type Guidance } from '../../src/sampling/solvers.js';
+import { sampleFromNoise, type BlockPlan } from '../../src/sampling/solvers.js';
+import { NO_GUIDANCE, type Guidance } from '../../src/models/model.js';
 import { loadFixture, fixtureStateDict, fixtureConfig, detTensor, maxAbsDiff, type FixtureCase } from '../fixture.js';
 
 const fx = loadFixture();
