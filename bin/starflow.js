@@ -1,11 +1,19 @@
 #!/usr/bin/env node
-// Runs the TypeScript CLI directly (tsx compiles on the fly; no build step). The thread count
-// must be known before the engine module loads, so --threads is read here.
-import { register } from 'tsx/esm/api';
+// The CLI. An installed package runs its built JavaScript (dist/); a development checkout, which
+// has src/ and tsx, runs the TypeScript directly so edits need no build. The thread count must be
+// known before the engine module loads, so --threads is read here.
+import { existsSync } from 'node:fs';
 
 const argv = process.argv;
 const i = argv.findIndex((a) => a === '--threads' || a.startsWith('--threads='));
 if (i > 1) process.env.STARFLOW_THREADS = argv[i].includes('=') ? argv[i].split('=')[1] : (argv[i + 1] ?? '');
-register();
-await import('../src/engine/node-shims.ts');
-await import('../src/cli/main.ts');
+const source = new URL('../src/cli/main.ts', import.meta.url);
+if (existsSync(source)) {
+  const { register } = await import('tsx/esm/api');
+  register();
+  await import('../src/engine/node-shims.ts');
+  await import('../src/cli/main.ts');
+} else {
+  await import('../dist/engine/node-shims.js');
+  await import('../dist/cli/main.js');
+}

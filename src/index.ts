@@ -3,6 +3,7 @@
 import './engine/node-shims.js';
 export * from './core.js';
 export { startNodeEngine } from './engine/node.js';
+export { shippedModels, defaultShippedModel, shippedModelDir, SHIPPED_DIR, type ShippedModel, type SampleQuality } from './io/shipped.js';
 export { loadModel, saveModel, type LoadedModel, type Provenance } from './io/model.js';
 export { saveCheckpoint, loadCheckpoint, CheckpointError } from './io/checkpoint.js';
 export { loadDataset } from './data/load.js';

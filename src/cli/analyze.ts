@@ -2,7 +2,7 @@
 // and a proposed `--strategy` / `--jacobi-init` for the gs-jacobi solver (src/sampling/analyze.ts).
 import { loadModel } from '../io/model.js';
 import { analyzeSampling } from '../sampling/analyze.js';
-import { parse, intOpt, numOpt, startEngineFromOptions, ENGINE_HELP, modelDir } from './common.js';
+import { parse, intOpt, numOpt, startEngineFromOptions, ENGINE_HELP, modelDir, MODEL_DEFAULT } from './common.js';
 
 export const ANALYZE_HELP = `starflow analyze-sampling: which blocks are hard for Jacobi iterations
 
@@ -17,7 +17,7 @@ For each block in sampling order (0 = the first block run), from n noise samples
 Then proposes --strategy and --jacobi-init for 'starflow sample --solver gs-jacobi'.
 
 Options:
-  --model DIR          model directory (config.json + model.safetensors; default: the shipped checkpoints/mnist)
+  --model DIR          model directory (config.json + model.safetensors; ${MODEL_DEFAULT})
   --n N                samples to measure on (default 8)
   --seed N             noise seed (default 0)
   --tol X              Jacobi stopping tolerance (default 1e-6, as the solvers)

@@ -1,8 +1,7 @@
 // What every command shares: option parsing with clear errors, engine start, and error reporting.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { startNodeEngine } from '../engine/node.js';
+import { defaultShippedModel } from '../io/shipped.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -81,16 +80,17 @@ export async function startEngineFromOptions(o: Record<string, string | boolean 
   return startNodeEngine({ device: strOpt(o.device, 'device') });
 }
 
-/** The small model that ships with the package (trained from the mnist preset; see checkpoints/README.md). */
-export const SHIPPED_MODEL = fileURLToPath(new URL('../../checkpoints/mnist', import.meta.url));
-
-/** --model DIR, or the shipped model when none is given. */
+/** --model DIR, or the best shipped model when none is given. */
 export function modelDir(o: Record<string, string | boolean | undefined>): string {
   const dir = strOpt(o.model, 'model');
   if (dir) return dir;
-  if (existsSync(SHIPPED_MODEL)) return SHIPPED_MODEL;
+  const shipped = defaultShippedModel();
+  if (shipped) return shipped.dir;
   throw new UsageError('--model DIR is required');
 }
+
+/** How help texts name the default --model. */
+export const MODEL_DEFAULT = `default: checkpoints/${defaultShippedModel()?.name ?? '(none shipped)'}, the shipped model with the best sample quality`;
 
 /** --denoise / --no-denoise: true, false, or undefined (the model's default). */
 export function denoiseFlag(o: Record<string, string | boolean | undefined>): boolean | undefined {

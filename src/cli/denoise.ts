@@ -4,7 +4,7 @@ import { fromFloat32 } from '../io/safetensors.js';
 import { fromF32, toF32 } from '../engine/index.js';
 import { denoise } from '../sampling/denoise.js';
 import { readImageInputs } from '../io/inputs.js';
-import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, MODEL_DEFAULT } from './common.js';
 
 export const DENOISE_HELP = `starflow denoise: one score-based (Tweedie) denoising step on images
 
@@ -12,7 +12,7 @@ Usage:
   starflow denoise --model DIR --input FILE.safetensors --out FILE.safetensors
                    [--x-key x] [--y-key y] [--sigma S] [--lr-scale M]
 
-  --model DIR      model directory (default: the shipped checkpoints/mnist)
+  --model DIR      model directory (${MODEL_DEFAULT})
   --input FILE     .safetensors file with noisy images [B, C, H, W]
   --x-key NAME     tensor name of the images (default x)
   --y-key NAME     tensor name of the labels [B] (class models)

@@ -9,7 +9,7 @@ import { FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, type FeatureNetConfig } from '.
 import { trainFeatureExtractor } from '../train/classifier.js';
 import { evaluateModel, summaryTable, EvalError, type EvalOptions } from '../eval/report.js';
 import { Progress } from './progress.js';
-import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, denoiseFlag } from './common.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, denoiseFlag, MODEL_DEFAULT } from './common.js';
 
 // ---- train-features ----
 
@@ -101,7 +101,7 @@ export const EVAL_HELP = `starflow eval: sample-quality metrics of a model, with
 Usage:
   starflow eval --model DIR --n 500 [--cfg 0,1,2,3] [--solver sequential] --out DIR
 
-  --model DIR          model directory (default: the shipped checkpoints/mnist)
+  --model DIR          model directory (${MODEL_DEFAULT})
   --n N                samples per guidance weight, and images in each reference point (default 500)
   --cfg W1,W2,...      guidance weights to sweep (default 0); the first is the headline figure
   --guidance-rule R    tarflow (default) or starflow
@@ -118,6 +118,9 @@ Usage:
   --ref N              training images in the reference set (default 10000)
   --kid-subsets S      KID subsets (default 50; subset size min(1000, n))
   --out DIR            where to write metrics.json, report.md and the pictures (default eval-out)
+  --record             also record the headline figures (first --cfg) in the model's config.json
+                       (provenance.evaluation.samples): how shipped models are compared, and how the
+                       default model is chosen
 
 Every image set is scored against the same reference set (N training images) through the same
 classifier's penultimate features:
@@ -139,6 +142,7 @@ function numList(v: string, name: string): number[] {
 
 export async function evalCommand(argv: string[]): Promise<void> {
   const o = parse(argv, {
+    record: { type: 'boolean' },
     model: { type: 'string' },
     n: { type: 'string' },
     cfg: { type: 'string' },
@@ -179,6 +183,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     featuresDir: strOpt(o.features, 'features') ?? SHIPPED_FEATURES,
     strategy: strOpt(o.strategy, 'strategy'),
     denoise: denoiseFlag(o),
+    record: Boolean(o.record),
   };
   const fxDir = opts.featuresDir!;
   if (!existsSync(fxDir)) throw new UsageError(`no feature extractor at ${fxDir}: train one with 'starflow train-features --out ${fxDir}' or pass --features DIR`);

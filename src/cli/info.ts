@@ -1,11 +1,11 @@
 import { loadModel } from '../io/model.js';
 import { countParams } from '../engine/index.js';
-import { parse, startEngineFromOptions, ENGINE_HELP, modelDir } from './common.js';
+import { parse, startEngineFromOptions, ENGINE_HELP, modelDir, MODEL_DEFAULT } from './common.js';
 
 export const INFO_HELP = `starflow info: show a model directory
 
 Usage:
-  starflow info [--model DIR] [--json]      (default: the shipped checkpoints/mnist)
+  starflow info [--model DIR] [--json]      (${MODEL_DEFAULT})
 ${ENGINE_HELP}`;
 
 export async function infoCommand(argv: string[]): Promise<void> {

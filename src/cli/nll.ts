@@ -7,7 +7,7 @@ import { fromFloat32 } from '../io/safetensors.js';
 import { readImageInputs } from '../io/inputs.js';
 import { HALF_LOG_2PI } from '../models/model.js';
 import { Progress } from './progress.js';
-import { parse, intOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir } from './common.js';
+import { parse, intOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, MODEL_DEFAULT } from './common.js';
 
 export const NLL_HELP = `starflow nll: bits/dim of a dataset under a model
 
@@ -15,7 +15,7 @@ Usage:
   starflow nll [--model DIR] [--data mnist:test] [--n N] [--json]
   starflow nll --model DIR --input FILE.safetensors --x-key x [--y-key y] [--z-out FILE] [--json]
 
-  --model DIR     model directory (default: the shipped checkpoints/mnist)
+  --model DIR     model directory (${MODEL_DEFAULT})
   --data SPEC     mnist:test (default), mnist:train, folder:/path
   --n N           evaluate the first N images (default: all)
   --batch B       images per batch (default 200)
@@ -40,7 +40,7 @@ ${ENGINE_HELP}`;
 export const CLASSIFY_HELP = `starflow classify: classify images by Bayes' rule with a class-conditional model
 
 Usage:
-  starflow classify [--model DIR] [--data mnist:test] [--n N] [--json]     (default model: the shipped checkpoints/mnist)
+  starflow classify [--model DIR] [--data mnist:test] [--n N] [--json]     (model ${MODEL_DEFAULT})
 
 Each image is scored under every class; the class with the highest likelihood wins.
 ${ENGINE_HELP}`;

@@ -1,12 +1,25 @@
 // A one-line progress bar on a terminal; periodic plain lines when stderr is not a TTY (CI, logs).
+/**
+ * Seconds left when `done` of `total` are done after `elapsed` seconds, counting only the work of
+ * this run (it started at `from`: a resumed run's earlier steps took no time here), and never
+ * more than what is left of a time limit of `limit` seconds.
+ */
+export function remainingSeconds(elapsed: number, done: number, total: number, from = 0, limit = Infinity): number {
+  const rate = done > from ? elapsed / (done - from) : Infinity;
+  const byWork = done >= total ? 0 : rate * (total - done);
+  return Math.max(0, Math.min(byWork, limit - elapsed));
+}
+
 export class Progress {
   readonly #tty = Boolean(process.stderr.isTTY);
   #lastPrint = 0;
   #start = performance.now();
 
+  /** `from`: where this run starts counting (a resumed run's step); `limit`: its time limit in seconds. */
   constructor(
     readonly label: string,
-    readonly total: number,
+    public total: number,
+    readonly opts: { from?: number; limit?: number } = {},
   ) {}
 
   update(done: number, extra = ''): void {
@@ -16,7 +29,7 @@ export class Progress {
     this.#lastPrint = now;
     const frac = this.total > 0 ? Math.min(1, done / this.total) : 1;
     const elapsed = (now - this.#start) / 1000;
-    const eta = frac > 0 ? elapsed * (1 / frac - 1) : 0;
+    const eta = remainingSeconds(elapsed, done, this.total, this.opts.from, this.opts.limit);
     const width = 24;
     const bar = '█'.repeat(Math.round(frac * width)).padEnd(width, '░');
     const line = `${this.label} ${bar} ${done}/${this.total} ${extra} [${fmtTime(elapsed)} < ${fmtTime(eta)}]`;

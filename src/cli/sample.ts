@@ -9,7 +9,7 @@ import { toFloat32, toInt32 } from '../io/safetensors.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { prepareSamplesOutput, saveSamples } from '../io/samples.js';
 import { Progress } from './progress.js';
-import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, denoiseFlag } from './common.js';
+import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, denoiseFlag, MODEL_DEFAULT } from './common.js';
 
 export const SAMPLE_HELP = `starflow sample: draw images from a trained model
 
@@ -17,7 +17,7 @@ Usage:
   starflow sample --model DIR --n 64 --out samples.png [options]
 
 What to draw:
-  --model DIR            model directory (config.json + model.safetensors; default: the shipped checkpoints/mnist)
+  --model DIR            model directory (config.json + model.safetensors; ${MODEL_DEFAULT})
   --n N                  number of samples (default 64)
   --class K              class for every sample (class models; default: one row per class, ceil(n/10) each)
   --labels 0,1,2,...     one class per sample (-1 = unconditional)

@@ -21,6 +21,9 @@ Options:
   --steps N            stop after N more steps (the learning-rate schedule keeps the config's length)
   --minutes M          stop after M minutes
   --schedule-steps N   set the schedule length (the config's 'steps')
+  --fit-schedule       with --minutes: shorten the schedule (at most 'steps') to the steps this
+                       machine makes in M minutes (timed on the first steps), so that the
+                       learning rate decays in time
   --noise TYPE         override the noise: gaussian (augmentation, for sampling) or uniform (bits/dim)
   --seed N             override the seed
   --workers N|auto     split every batch over N data-parallel worker threads, each with its own
@@ -54,6 +57,7 @@ export async function trainCommand(argv: string[]): Promise<void> {
     noise: { type: 'string' },
     seed: { type: 'string' },
     workers: { type: 'string' },
+    'fit-schedule': { type: 'boolean' },
   });
   if (o.help) return void console.log(TRAIN_HELP);
   const sources = ['preset', 'config', 'resume'].filter((k) => o[k] !== undefined);
@@ -76,10 +80,11 @@ export async function trainCommand(argv: string[]): Promise<void> {
   }
   const maxSteps = o.steps === undefined ? undefined : intOpt(o.steps, 'steps', 1);
   const minutes = o.minutes === undefined ? undefined : numOpt(o.minutes, 'minutes', 0, (n) => n > 0, 'a number > 0');
+  if (o['fit-schedule'] && (minutes === undefined || o.resume)) throw new UsageError('--fit-schedule needs --minutes, on a fresh run');
   const workers = o.workers === 'auto' || o.workers === undefined ? 'auto' : intOpt(o.workers, 'workers', 1);
   const device = await startEngineFromOptions(o);
 
-  const r = await withInterrupt((signal) => train(cfg, { outDir, maxSteps, minutes, workers, signal, force: Boolean(o.force), onEvent: trainProgress(outDir, device) }));
+  const r = await withInterrupt((signal) => train(cfg, { outDir, maxSteps, minutes, fitSchedule: Boolean(o['fit-schedule']), workers, signal, force: Boolean(o.force), onEvent: trainProgress(outDir, device) }));
   console.log(JSON.stringify({ step: r.step, checkpoint: r.checkpoint }));
 }
 
@@ -106,7 +111,7 @@ export function trainProgress(outDir: string, device: string): (e: TrainEvent) =
     switch (e.type) {
       case 'start':
         console.error(`${e.resumed ? 'resuming' : 'training'} in ${outDir} on ${device}${e.workers > 1 ? ` × ${e.workers} workers` : ''}: ${(e.params / 1e6).toFixed(2)}M parameters, step ${e.step}/${e.totalSteps}`);
-        bar = new Progress('train', e.totalSteps);
+        bar = new Progress('train', e.stopAt, { from: e.step, limit: e.seconds });
         break;
       case 'step':
         bar?.update(e.step, `loss ${e.loss.toFixed(4)} ${e.bpd === null ? '' : `bpd ${e.bpd.toFixed(3)} `}lr ${e.lr.toExponential(1)} ${e.stepsPerSec.toFixed(2)} it/s`);
@@ -121,6 +126,10 @@ export function trainProgress(outDir: string, device: string): (e: TrainEvent) =
         bar?.note(`step ${e.step}: samples → ${e.path}`);
         break;
       case 'checkpoint':
+        break;
+      case 'schedule':
+        bar?.note(`schedule fitted to the time limit: ${e.steps} steps (${e.secondsPerStep.toFixed(2)} s/step over steps ${e.measured[0]}–${e.measured[1]}; the config had ${e.was})`);
+        if (bar) bar.total = e.steps;
         break;
       case 'warning':
         console.error(`warning: ${e.message}`);

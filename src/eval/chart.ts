@@ -1,16 +1,25 @@
-// Small line charts rendered straight into an RGB buffer (for encodePng): axes, tick values in a
-// 3×5 pixel font, one polyline with dots per series. No dependencies, runs anywhere.
+// Small line charts rendered straight into an RGB buffer (for encodePng): axes with tick values
+// and titles in a 3×5 pixel font, one polyline with dots per series. No dependencies, runs anywhere.
 import type { RasterImage } from '../io/png.js';
 
 export type Series = { points: [number, number][]; color: [number, number, number]; dots?: boolean };
-export type ChartOptions = { width?: number; height?: number; logY?: boolean };
+export type ChartOptions = { width?: number; height?: number; logY?: boolean; title?: string; xLabel?: string; yLabel?: string };
 
 // 3×5 glyphs, rows top to bottom, 3 bits each (4 = left column).
 const FONT: Record<string, number[]> = {
   '0': [7, 5, 5, 5, 7], '1': [2, 6, 2, 2, 7], '2': [7, 1, 7, 4, 7], '3': [7, 1, 7, 1, 7], '4': [5, 5, 7, 1, 1],
   '5': [7, 4, 7, 1, 7], '6': [7, 4, 7, 5, 7], '7': [7, 1, 1, 1, 1], '8': [7, 5, 7, 5, 7], '9': [7, 5, 7, 1, 7],
-  '.': [0, 0, 0, 0, 2], '-': [0, 0, 7, 0, 0], 'e': [0, 7, 7, 4, 7], '+': [0, 2, 7, 2, 0], ' ': [0, 0, 0, 0, 0],
+  '.': [0, 0, 0, 0, 2], '-': [0, 0, 7, 0, 0], '+': [0, 2, 7, 2, 0], ' ': [0, 0, 0, 0, 0],
+  '(': [1, 2, 2, 2, 1], ')': [4, 2, 2, 2, 4], '/': [1, 1, 2, 4, 4], '%': [5, 1, 2, 4, 5], ':': [0, 2, 0, 2, 0], ',': [0, 0, 0, 2, 4], '=': [0, 7, 0, 7, 0],
+  // Letters, drawn as capitals (tick labels' exponents too: 1.0E5).
+  A: [2, 5, 7, 5, 5], B: [6, 5, 6, 5, 6], C: [3, 4, 4, 4, 3], D: [6, 5, 5, 5, 6], E: [7, 4, 6, 4, 7], F: [7, 4, 6, 4, 4],
+  G: [3, 4, 5, 5, 3], H: [5, 5, 7, 5, 5], I: [7, 2, 2, 2, 7], J: [1, 1, 1, 5, 2], K: [5, 5, 6, 5, 5], L: [4, 4, 4, 4, 7],
+  M: [5, 7, 7, 5, 5], N: [6, 5, 5, 5, 5], O: [2, 5, 5, 5, 2], P: [6, 5, 6, 4, 4], Q: [2, 5, 5, 6, 3], R: [6, 5, 6, 5, 5],
+  S: [3, 4, 2, 1, 6], T: [7, 2, 2, 2, 2], U: [5, 5, 5, 5, 7], V: [5, 5, 5, 5, 2], W: [5, 5, 7, 7, 5], X: [5, 5, 2, 5, 5],
+  Y: [5, 5, 2, 2, 2], Z: [7, 1, 2, 4, 7],
 };
+
+const glyph = (ch: string): number[] | undefined => FONT[ch.toUpperCase()];
 
 export class Canvas {
   readonly data: Uint8Array;
@@ -39,11 +48,19 @@ export class Canvas {
   /** Text in the 3×5 font at scale `s`, (x, y) the top left; characters outside the font are skipped. */
   text(x: number, y: number, s: string, c: readonly [number, number, number] = [0, 0, 0], scale = 1): void {
     for (const ch of s) {
-      const g = FONT[ch];
+      const g = glyph(ch);
       if (g) {
         for (let r = 0; r < 5; r++) for (let col = 0; col < 3; col++) if (g[r]! & (4 >> col)) for (let a = 0; a < scale; a++) for (let b = 0; b < scale; b++) this.set(x + col * scale + a, y + r * scale + b, c);
       }
       x += 4 * scale;
+    }
+  }
+  /** Text reading upwards (a y-axis title), (x, y) the bottom left of its first character. */
+  textUp(x: number, y: number, s: string, c: readonly [number, number, number] = [0, 0, 0]): void {
+    for (const ch of s) {
+      const g = glyph(ch);
+      if (g) for (let r = 0; r < 5; r++) for (let col = 0; col < 3; col++) if (g[r]! & (4 >> col)) this.set(x + r, y - col, c);
+      y -= 4;
     }
   }
   image(): RasterImage {
@@ -85,10 +102,13 @@ export function lineChart(series: Series[], opts: ChartOptions = {}): RasterImag
   const cv = new Canvas(width, height);
   const fy = (v: number) => (opts.logY ? Math.log10(v) : v);
   const pts = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y) && (!opts.logY || y > 0));
-  const left = 34;
+  const left = opts.yLabel ? 42 : 34;
   const right = width - 8;
-  const top = 8;
-  const bottom = height - 16;
+  const top = opts.title ? 18 : 8;
+  const bottom = height - (opts.xLabel ? 26 : 16);
+  if (opts.title) cv.text(Math.round((width - 4 * opts.title.length) / 2), 4, opts.title);
+  if (opts.xLabel) cv.text(Math.round((left + right - 4 * opts.xLabel.length) / 2), height - 9, opts.xLabel);
+  if (opts.yLabel) cv.textUp(3, Math.round((top + bottom + 4 * opts.yLabel.length) / 2), opts.yLabel);
   const axis: [number, number, number] = [0, 0, 0];
   const grid: [number, number, number] = [225, 225, 225];
   if (pts.length === 0) {

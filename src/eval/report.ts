@@ -5,10 +5,11 @@
 // (sample grids, the guidance sweep and, inside a training run, the loss and bits/dim curves).
 import path from 'node:path';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { currentDevice, release } from '../engine/index.js';
 import { Rng } from '../engine/rng.js';
-import { loadModel } from '../io/model.js';
+import { loadModel, recordEvaluation } from '../io/model.js';
+import type { SampleQuality } from '../io/shipped.js';
 import { loadDataset } from '../data/load.js';
 import type { ImageDataset } from '../data/dataset.js';
 import type { Guidance, GuidanceRule, Model, ModelConfig } from '../models/model.js';
@@ -16,7 +17,7 @@ import { generate } from '../sampling/pipeline.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { plansFor, SOLVERS, type SolverChoice, type SolverName } from '../sampling/plan.js';
 import { encodePng, imageGrid } from '../io/png.js';
-import { writeFileAtomic } from '../io/files.js';
+import { makeDirs, writeFileAtomic } from '../io/files.js';
 import { datasetImages, extract, loadFeatureNet, SHIPPED_FEATURES, type FeatureNetConfig, type LoadedFeatureNet } from './features.js';
 import { argmaxRows, classAccuracy, featureSet, frechetFromFits, gaussianFit, kernelDistance, precisionRecall, type FeatureSet, type GaussianFit } from './metrics.js';
 import { lineChart, sideBySide, type Series } from './chart.js';
@@ -64,6 +65,11 @@ export type EvalOptions = {
   /** One line per stage (what `starflow eval` prints on stderr). */
   onLog?: (line: string) => void;
   onProgress?: (e: EvalProgress) => void;
+  /**
+   * Record the headline figures (the first guidance weight) in the model's config.json as
+   * provenance.evaluation.samples: how shipped models are compared, and the default model chosen.
+   */
+  record?: boolean;
 };
 
 /** Sampling progress at guidance weight `cfg`, the `run`-th of the sweep (from 0). */
@@ -213,11 +219,11 @@ export async function trainingCurves(modelDir: string, outDir: string): Promise<
   const train = rows.filter((r) => !r.skipped && typeof r.step === 'number' && typeof r.loss === 'number');
   const test = rows.filter((r) => typeof r.step === 'number' && typeof r.testBpd === 'number');
   if (train.length === 0) return undefined;
-  const loss = lineChart([{ points: train.map((r) => [r.step!, r.loss!]), color: BLUE }]);
+  const loss = lineChart([{ points: train.map((r) => [r.step!, r.loss!]), color: BLUE }], { title: 'training loss', xLabel: 'step', yLabel: 'loss' });
   const bpdSeries: Series[] = [{ points: train.filter((r) => typeof r.bpd === 'number').map((r) => [r.step!, r.bpd!]), color: BLUE }];
   if (test.length) bpdSeries.push({ points: test.map((r) => [r.step!, r.testBpd!]), color: ORANGE, dots: true });
   const file = path.join(outDir, 'curves.png');
-  await writePng(file, sideBySide([loss, lineChart(bpdSeries)]));
+  await writePng(file, sideBySide([loss, lineChart(bpdSeries, { title: 'bits/dim: train (blue), test (orange)', xLabel: 'step', yLabel: 'bits/dim' })]));
   return { file, points: train.length, lastStep: train.at(-1)!.step!, lastTestBpd: test.at(-1)?.testBpd };
 }
 
@@ -226,8 +232,8 @@ async function guidanceChart(file: string, weights: number[], floor: SetMetrics,
   const xs = weights.length > 1 ? [Math.min(...weights), Math.max(...weights)] : [weights[0]! - 0.5, weights[0]! + 0.5];
   const flat = (v: number | null, color: Rgb): Series[] => (v === null ? [] : [{ points: xs.map((x) => [x, v] as [number, number]), color, dots: false }]);
   const sweep = [...runs].sort((a, b) => a.cfg - b.cfg); // the line runs left to right, whatever the sweep's order
-  const distChart = lineChart([...flat(floor.frechet, GREEN), ...flat(ceiling.frechet, RED), { points: sweep.map((r) => [r.cfg, r.frechet]), color: BLUE, dots: true }], { logY: true });
-  const accChart = lineChart([...flat(floor.classAccuracy, GREEN), ...flat(ceiling.classAccuracy, RED), { points: sweep.filter((r) => r.classAccuracy !== null).map((r) => [r.cfg, r.classAccuracy!]), color: BLUE, dots: true }]);
+  const distChart = lineChart([...flat(floor.frechet, GREEN), ...flat(ceiling.frechet, RED), { points: sweep.map((r) => [r.cfg, r.frechet]), color: BLUE, dots: true }], { logY: true, title: 'frechet distance (log): model, real images (green), gaussian (red)', xLabel: 'guidance weight', yLabel: 'frechet' });
+  const accChart = lineChart([...flat(floor.classAccuracy, GREEN), ...flat(ceiling.classAccuracy, RED), { points: sweep.filter((r) => r.classAccuracy !== null).map((r) => [r.cfg, r.classAccuracy!]), color: BLUE, dots: true }], { title: 'class accuracy: model, real images (green), gaussian (red)', xLabel: 'guidance weight', yLabel: 'accuracy' });
   await writePng(file, sideBySide([distChart, accChart]));
 }
 
@@ -357,6 +363,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
   const log = opts.onLog ?? (() => {});
   const device = currentDevice();
 
+  await makeDirs(outDir); // before any work: an output that cannot be made fails at once
   const model = await loadModel(mDir);
   let fx: LoadedFeatureNet | undefined;
   try {
@@ -367,7 +374,6 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     const denoise = (opts.denoise ?? denoisesByDefault(model)) ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
     const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
     const sample = makeSampler(model, { n, labels, solver, strategy: opts.strategy, rule, attnTemp, seed, batchSize: batch, denoise });
-    await mkdir(outDir, { recursive: true });
     const shape = { size: fx.cfg.imgSize, channels: fx.cfg.inChannels };
     // The extractor's own dataset: reference and floor come from it (train and test splits).
     const trainSpec = fx.data;
@@ -450,6 +456,10 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     const markdown = renderReport(metrics, shownPath(fxDir), model.family.describe(model.cfg));
     const reportFile = path.join(outDir, 'report.md');
     await writeFileAtomic(reportFile, markdown);
+    if (opts.record) {
+      const samples: SampleQuality = { n, guidance: head.cfg, denoise: Boolean(denoise), frechet: head.frechet, classAccuracy: head.classAccuracy ?? NaN, report: shownPath(reportFile) };
+      await recordEvaluation(mDir, 'samples', { ...samples, seed, solver, features: shownPath(fxDir), floorFrechet: floor.frechet, measuredAt: new Date().toISOString().slice(0, 10) });
+    }
     return { metrics, markdown, metricsFile, reportFile };
   } finally {
     if (fx) release(fx.params);

@@ -12,7 +12,7 @@
 // One writer per checkpoint directory at a time.
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { fsyncDir, readSafetensorsFile, tempSuffix, writeFileSynced } from './files.js';
+import { fsyncDir, makeDirs, readSafetensorsFile, tempSuffix, writeFileSynced } from './files.js';
 import { fromFloat32, serializeSafetensors, toFloat32, type TensorEntry } from './safetensors.js';
 
 export type FlatTensors = Map<string, { shape: number[]; data: Float32Array }>;
@@ -62,7 +62,7 @@ export async function saveCheckpoint(dir: string, parts: CheckpointParts): Promi
   const existing = await stat(dir).catch(() => undefined);
   if (existing && !existing.isDirectory()) throw new CheckpointError(`${dir}: exists and is not a checkpoint directory`);
   const parent = dirname(dir);
-  await mkdir(parent, { recursive: true });
+  await makeDirs(parent);
   const tmp = `${dir}.tmp-${tempSuffix()}`;
   await mkdir(tmp);
   try {

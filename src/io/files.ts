@@ -1,7 +1,7 @@
 // Node file-system helpers for the io layer: durable writes and safetensors files on disk.
 import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { parseSafetensors, SafetensorsError, serializeSafetensors, type SafetensorsFile, type TensorEntry } from './safetensors.js';
 
 /** A short random suffix for temp names, so concurrent processes never collide. */
@@ -52,6 +52,39 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
     throw e;
   }
   await fsyncDir(dir);
+}
+
+export class OutputPathError extends Error {
+  override name = 'OutputPathError';
+}
+
+/**
+ * Creates a directory and its missing parents, one level at a time from the nearest existing
+ * ancestor. (Node's recursive mkdir spins for ever under /proc and similar file systems, where
+ * creating an entry fails with ENOENT although the parent exists.)
+ */
+export async function makeDirs(dir: string): Promise<void> {
+  const missing: string[] = [];
+  let at = resolve(dir);
+  for (;;) {
+    const st = await stat(at).catch((e: unknown) => {
+      if (errCode(e) === 'ENOENT' || errCode(e) === 'ENOTDIR') return undefined;
+      throw new OutputPathError(`cannot use ${at}: ${(e as Error).message}`);
+    });
+    if (st) {
+      if (!st.isDirectory()) throw new OutputPathError(`cannot create ${resolve(dir)}: ${at} is not a directory`);
+      break;
+    }
+    missing.push(at);
+    const up = dirname(at);
+    if (up === at) break;
+    at = up;
+  }
+  for (const d of missing.reverse()) {
+    await mkdir(d).catch((e: unknown) => {
+      if (errCode(e) !== 'EEXIST') throw new OutputPathError(`cannot create directory ${d}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    });
+  }
 }
 
 function errCode(e: unknown): string | undefined {

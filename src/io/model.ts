@@ -5,6 +5,9 @@ import { loadCheckpoint, saveCheckpoint, checkWeightsAgainst, CheckpointError } 
 import { familyOf, parseModelConfig } from '../models/registry.js';
 import type { Model } from '../models/model.js';
 import { paramsFromHost, paramsToHost } from '../nn/params.js';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { writeFileAtomic } from './files.js';
 
 export type Provenance = Record<string, unknown>;
 export type LoadedModel = Model & { provenance?: Provenance };
@@ -32,4 +35,17 @@ export async function loadModel(dir: string): Promise<LoadedModel> {
 
 export async function saveModel(dir: string, model: Model, provenance?: Provenance): Promise<void> {
   await saveCheckpoint(dir, { config: provenance ? { ...model.cfg, provenance } : model.cfg, model: await paramsToHost(model.params) });
+}
+
+/**
+ * Records an evaluation figure in a model directory's config.json, under
+ * provenance.evaluation[key] (the rest of the file untouched; written atomically).
+ */
+export async function recordEvaluation(dir: string, key: string, value: unknown): Promise<void> {
+  const file = path.join(dir, 'config.json');
+  const raw = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+  const { config, provenance = {} } = splitConfigJson(raw);
+  const evaluation = typeof provenance.evaluation === 'object' && provenance.evaluation !== null ? (provenance.evaluation as Record<string, unknown>) : {};
+  const next = { ...(config as object), provenance: { ...provenance, evaluation: { ...evaluation, [key]: value } } };
+  await writeFileAtomic(file, JSON.stringify(next, null, 2) + '\n');
 }

@@ -1,7 +1,7 @@
 // The sampling pipeline: noise → images, in batches, optionally denoised. The library call
 // behind `starflow sample`, generic over model families.
 import { Rng, toF32, type Arr } from '../engine/index.js';
-import type { Guidance, Model } from '../models/model.js';
+import { NO_GUIDANCE, type Guidance, type Model } from '../models/model.js';
 import { sampleModel, noiseArray, SamplingError, type BlockStats } from './solvers.js';
 import { plansFor, type SolverChoice } from './plan.js';
 import { denoise } from './denoise.js';
@@ -12,7 +12,8 @@ export type GenerateOptions = {
   labels?: number[];
   /** Solver for autoregressive flows (default sequential). */
   solver?: SolverChoice;
-  guidance: Guidance;
+  /** Default: none. */
+  guidance?: Guidance;
   seed: number;
   /** Samples per solver call batch. */
   batchSize?: number;
@@ -78,7 +79,7 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
   const stats: BlockStats[][] = [];
   const t0 = performance.now();
   const sampleBatch = async (z: Float32Array, labels: number[] | undefined, progress: (done: number, total: number) => void) => {
-    const r = await sampleModel(model, noiseArray(model, z, z.length / per), labels, { plans, guidance: o.guidance, onStep: progress });
+    const r = await sampleModel(model, noiseArray(model, z, z.length / per), labels, { plans, guidance: o.guidance ?? NO_GUIDANCE, onStep: progress });
     stats.push(r.stats);
     const x: Arr = o.denoise ? denoise(model, r.images, labels, o.denoise.sigma, o.denoise.lrScale) : r.images;
     return toF32(x);

@@ -29,11 +29,14 @@ class ReplicaWorker {
   #failure: Error | null = null;
 
   constructor(init: ReplicaInit, index: number) {
-    // The worker runs TypeScript: a bootstrap registers tsx's loader in the thread, as the CLI
-    // launcher does in the main thread, then imports the worker module.
-    const tsx = import.meta.resolve('tsx/esm/api');
-    const entry = new URL('./replica-worker.ts', import.meta.url).href;
-    const bootstrap = `import(${JSON.stringify(tsx)}).then((m) => m.register()).then(() => import(${JSON.stringify(entry)}))`;
+    // From the built package the worker module is JavaScript; in a development checkout it is
+    // TypeScript, and a bootstrap registers tsx's loader in the thread (as bin/starflow.js does in
+    // the main thread) before importing it.
+    const built = import.meta.url.endsWith('.js');
+    const entry = new URL(built ? './replica-worker.js' : './replica-worker.ts', import.meta.url).href;
+    const bootstrap = built
+      ? `import(${JSON.stringify(entry)})`
+      : `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then((m) => m.register()).then(() => import(${JSON.stringify(entry)}))`;
     this.#worker = new Worker(bootstrap, { eval: true, workerData: init, env: { ...process.env, STARFLOW_THREADS: '1' } });
     const fail = (why: string) => {
       this.#failure ??= new ReplicaError(`gradient worker ${index} ${why}`);

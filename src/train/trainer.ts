@@ -7,7 +7,8 @@
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { appendFile, mkdir, readFile, rename, stat } from 'node:fs/promises';
+import { appendFile, readFile, rename, stat } from 'node:fs/promises';
+import { realpathSync } from 'node:fs';
 import { keep, release, countParams, currentDevice, threadBudget, type Params } from '../engine/index.js';
 import { familyOf, initModel } from '../models/registry.js';
 import { bitsPerDim, NO_GUIDANCE, type Model } from '../models/model.js';
@@ -22,6 +23,7 @@ import { Rng } from '../engine/rng.js';
 import { saveCheckpoint, loadCheckpoint, checkWeightsAgainst, type FlatTensors } from '../io/checkpoint.js';
 import { splitConfigJson, type Provenance } from '../io/model.js';
 import { writePngGrid } from '../io/png.js';
+import { makeDirs } from '../io/files.js';
 import { generate, classRows } from '../sampling/pipeline.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { evaluateBpd } from '../eval/likelihood.js';
@@ -30,12 +32,15 @@ import { parseTrainConfig, type TrainConfig } from './config.js';
 export type TrainEvent =
   | { type: 'warning'; message: string }
   | { type: 'archived'; from: string; to: string }
-  | { type: 'start'; step: number; totalSteps: number; params: number; resumed: boolean; workers: number }
+  /** `stopAt`: the step this invocation ends at (at most totalSteps); `seconds`: its time limit (Infinity without one). */
+  | { type: 'start'; step: number; totalSteps: number; stopAt: number; seconds: number; params: number; resumed: boolean; workers: number }
   | { type: 'step'; step: number; totalSteps: number; loss: number; bpd: number | null; lr: number; gradNorm: number; stepsPerSec: number; etaSec: number }
   | { type: 'skip'; step: number; loss: number; inARow: number }
   | { type: 'eval'; step: number; bpd: number; images: number }
   | { type: 'samples'; step: number; path: string }
   | { type: 'checkpoint'; step: number; dir: string }
+  /** The schedule's length was fitted to the time limit (`fitSchedule`) from the speed of steps `measured`. */
+  | { type: 'schedule'; steps: number; was: number; secondsPerStep: number; measured: [number, number] }
   | { type: 'stop'; step: number; reason: 'done' | 'time' | 'interrupted' };
 
 export type TrainOptions = {
@@ -44,6 +49,12 @@ export type TrainOptions = {
   maxSteps?: number;
   /** Stop after this many minutes of training in this invocation. */
   minutes?: number;
+  /**
+   * With `minutes`, on a fresh run: set the schedule's length (`steps`, at most the config's) from
+   * the speed of the first steps so that the learning rate decays to its end within the time limit,
+   * on whatever machine runs it. The fitted length is recorded in the run's config; resuming keeps it.
+   */
+  fitSchedule?: boolean;
   signal?: AbortSignal;
   onEvent?: (e: TrainEvent) => void;
   /**
@@ -66,6 +77,10 @@ export class TrainingError extends Error {
 }
 
 export const CHECKPOINT_DIR = 'checkpoint';
+
+/** `fitSchedule` times steps FIT_SKIP .. FIT_SKIP + FIT_STEPS (at most) of a fresh run (the first ones compile). */
+const FIT_SKIP = 10;
+const FIT_STEPS = 30;
 
 /** A grid of samples: one row per class (class models) or 64 unconditional samples, sequential solver, denoised for noise-trained models. */
 export async function sampleGrid(model: Model, file: string, seed: number): Promise<void> {
@@ -91,11 +106,15 @@ type TrainerState = { version: 1; step: number; train: TrainConfig; badSteps: nu
 /** What a run knows about itself when it saves: becomes config.json's provenance. */
 type RunRecord = { step: number; badSteps: number; seconds: number; workers: number; device: string; evaluation?: Provenance };
 
-/** The commit of the code doing the training (null outside a git checkout); `dirty` when it has uncommitted changes. */
+/**
+ * The commit of the code doing the training, when it runs from a starflow-ts checkout (null for an
+ * installed package, which may sit inside a user's own repository); `dirty` when it has uncommitted changes.
+ */
 function codeVersion(): { commit: string | null; dirty: boolean | null } {
   const cwd = path.dirname(fileURLToPath(import.meta.url));
   const git = (...args: string[]) => execFileSync('git', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }).trim();
   try {
+    if (realpathSync(git('rev-parse', '--show-toplevel')) !== realpathSync(path.resolve(cwd, '../..'))) return { commit: null, dirty: null };
     return { commit: git('rev-parse', 'HEAD'), dirty: git('status', '--porcelain', '--untracked-files=no').length > 0 };
   } catch {
     return { commit: null, dirty: null };
@@ -199,7 +218,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     emit({ type: 'warning', message: `warmupSteps (${cfg.warmupSteps}) ≥ steps (${cfg.steps}): the learning rate never reaches lr (${cfg.lr}); lower 'warmupSteps' or raise 'steps'` });
   }
   if (!resumed) await setAsideEarlierRun(opts.outDir, opts.force ?? false, emit);
-  await mkdir(path.join(opts.outDir, 'samples'), { recursive: true });
+  await makeDirs(path.join(opts.outDir, 'samples'));
   const logFile = path.join(opts.outDir, 'log.jsonl');
   const log = (e: object) => appendFile(logFile, JSON.stringify(e) + '\n');
 
@@ -216,10 +235,9 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   const replicas = await Replicas.start(m, state.params, workers, currentDevice());
   try {
     const nParams = countParams(state.params);
-    emit({ type: 'start', step, totalSteps: cfg.steps, params: nParams, resumed, workers });
-
-    const stopAt = Math.min(cfg.steps, opts.maxSteps !== undefined ? step + opts.maxSteps : Infinity);
+    let stopAt = Math.min(cfg.steps, opts.maxSteps !== undefined ? step + opts.maxSteps : Infinity);
     const deadline = opts.minutes !== undefined ? Date.now() + opts.minutes * 60_000 : Infinity;
+    emit({ type: 'start', step, totalSteps: cfg.steps, stopAt, seconds: (opts.minutes ?? Infinity) * 60, params: nParams, resumed, workers });
     let lastCheckpoint = step;
     let haveCheckpoint = resumed; // a fresh run has none on disk until its first save
     const t0 = performance.now();
@@ -229,13 +247,17 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     const record = (): RunRecord => ({ step, badSteps, seconds: secondsBefore + (performance.now() - t0) / 1000, workers, device, evaluation });
     const modelOf = (params: Params): Model => ({ family, cfg: m, params });
 
+    const schedule = { ...cfg }; // its length may be fitted below
+    // Timed within the warm-up where it can be: the warm-up's learning rates do not depend on the
+    // length, so the fitted run is the run its recorded config describes.
+    const fit = opts.fitSchedule && !resumed && Number.isFinite(deadline) ? { from: FIT_SKIP, to: Math.max(FIT_SKIP + 5, Math.min(FIT_SKIP + FIT_STEPS, cfg.warmupSteps)), t: 0 } : undefined;
     const r = await optimize({
       state,
       from: step,
       stopAt,
-      schedule: cfg,
+      schedule,
       apply: applyStep,
-      stop: () => (opts.signal?.aborted ? 'interrupted' : Date.now() >= deadline ? 'time' : undefined),
+      stop: (s) => (opts.signal?.aborted ? 'interrupted' : s >= stopAt ? 'done' : Date.now() >= deadline ? 'time' : undefined),
       // Everything random at a step is derived from (seed, step).
       batch(s) {
         const rng = new Rng(cfg.seed).fork(s + 1);
@@ -265,6 +287,17 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
         step = done;
         state = current;
         badSteps = 0;
+        if (fit && step === fit.from) fit.t = performance.now(); // the first steps include compiling
+        if (fit && step === fit.to && fit.to < stopAt) {
+          const secondsPerStep = (performance.now() - fit.t) / 1000 / (fit.to - fit.from);
+          // 10% of the time is left for the periodic evaluations and sample grids.
+          const fitted = Math.max(step + 1, Math.min(cfg.steps, step + Math.floor((0.9 * (deadline - Date.now())) / 1000 / secondsPerStep)));
+          emit({ type: 'schedule', steps: fitted, was: cfg.steps, secondsPerStep, measured: [fit.from, fit.to] });
+          await log({ step, schedule: fitted, was: cfg.steps, secondsPerStep });
+          cfg = { ...cfg, steps: fitted };
+          schedule.steps = fitted;
+          stopAt = Math.min(stopAt, fitted);
+        }
         if (step % cfg.logEvery === 0 || step === stopAt) {
           const stepsPerSec = (step - firstStep) / ((performance.now() - t0) / 1000);
           const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: family.nll ? bitsPerDim(loss) : null, lr, gradNorm, stepsPerSec, etaSec: (stopAt - step) / stepsPerSec };

@@ -149,6 +149,16 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
     assert.ok((await readFile(out)).length > 0);
   });
 
+  test('outputs that cannot be created fail at once with one line (no endless mkdir under /proc)', { timeout: 60_000 }, async () => {
+    const file = path.join(dir, 'a-file');
+    await writeFile(file, '');
+    await expectError(['sample', '--model', classModel, '--n', '2', '--out', path.join(file, 'grid.png')], /a-file is not a directory/);
+    if (process.platform !== 'linux') return;
+    await expectError(['sample', '--model', classModel, '--n', '2', '--out', '/proc/starflow-x/grid.png'], /cannot create directory \/proc\/starflow-x/);
+    await expectError(['train', '--preset', 'mnist-tiny', '--steps', '1', '--out', '/proc/starflow-x/run'], /cannot create directory \/proc\/starflow-x/);
+    await expectError(['eval', '--model', classModel, '--features', classModel, '--n', '4', '--out', '/proc/starflow-x/eval'], /cannot create directory \/proc\/starflow-x/);
+  });
+
   test('train-features refuses to replace an existing extractor without --force', async () => {
     const out = path.join(dir, 'features-here');
     await writeFile(path.join(dir, 'marker'), '');
