@@ -19,10 +19,10 @@ type Ratio = { what: string; jax: string; torch: string; ratio: number | null; n
 /** Child: writes a notebook-config model directory (config.json + model.safetensors). */
 async function makeNotebookModel(args: string[]): Promise<void> {
   await startWorkerEngine(1);
-  const { parseTarFlowConfig, tarflow } = await import('../src/models/tarflow.js');
+  const { parseFlowConfig, tarflow } = await import('../src/models/flow.js');
   const { saveModel } = await import('../src/io/model.js');
   const { NOTEBOOK_MODEL } = await import('./train.js');
-  const cfg = parseTarFlowConfig({ ...NOTEBOOK_MODEL });
+  const cfg = parseFlowConfig({ ...NOTEBOOK_MODEL });
   await saveModel(argOf(args, '--out'), { family: tarflow, cfg, params: await benchWeights(cfg) });
   process.stdout.write(JSON.stringify({ ok: true }) + '\n');
 }

@@ -177,10 +177,10 @@ export function eachFlag(args: string[], take: (flag: string, value: () => strin
  * initialised, it would make the backward pass and the inverse trivial. Loads the engine, so
  * child processes only.
  */
-export async function benchWeights(cfg: import('../src/models/tarflow.js').TarFlowConfig): Promise<import('../src/models/tarflow.js').TarFlowParams> {
+export async function benchWeights(cfg: import('../src/models/flow.js').FlowConfig): Promise<import('../src/models/flow.js').FlowParams> {
   const E = await import('../src/engine/index.js');
-  const { initTarFlow, tokenShape } = await import('../src/models/tarflow.js');
-  const params = initTarFlow(cfg, 0);
+  const { initFlow, tokenShape } = await import('../src/models/flow.js');
+  const params = initFlow(cfg, 0);
   params.blocks.forEach((b, i) => {
     b.projOut.w.dispose();
     b.projOut.w = E.normalArray(new E.Rng(11).fork(i), [cfg.width, 2 * tokenShape(cfg).tokenDim], 0.01);

@@ -125,9 +125,9 @@ export const MICRO_LR = 1e-4;
 
 async function stepBench(E: typeof import('../src/engine/index.js'), warmup: number, steps: number): Promise<StepResult> {
   const { jit, valueAndGrad, Rng, normalArray, keep, settle, fromF32, toNumber, countParams, release } = E;
-  const { parseTarFlowConfig: parseModelConfig, tokenShape, forward, flowLoss } = await import('../src/models/tarflow.js');
+  const { parseFlowConfig: parseModelConfig, tokenShape, forward, flowLoss } = await import('../src/models/flow.js');
   const optim = await import('../src/nn/optim.js');
-  type P = import('../src/models/tarflow.js').TarFlowParams;
+  type P = import('../src/models/flow.js').FlowParams;
   type S = import('../src/nn/optim.js').AdamState<P>;
 
   const cfg = parseModelConfig({ ...MICRO_CONFIG });

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseTarFlowConfig as parseModelConfig, tokenShape, type TarFlowConfig } from '../src/models/tarflow.js';
+import { parseFlowConfig as parseModelConfig, tokenShape, type FlowConfig } from '../src/models/flow.js';
 import { readSafetensorsFile, writeSafetensorsFile } from '../src/io/files.js';
 import { fromFloat32, fromInt32, toFloat32, toInt32 } from '../src/io/safetensors.js';
 import {
@@ -84,7 +84,7 @@ async function prep(args: string[]): Promise<void> {
   const cfg = parseModelConfig(JSON.parse(readFileSync(path.join(argOf(args, '--model'), 'config.json'), 'utf8')));
   const n = Number(argOf(args, '--n'));
   const { tokens, tokenDim } = tokenShape(cfg);
-  const { tarflow } = await import('../src/models/tarflow.js');
+  const { tarflow } = await import('../src/models/flow.js');
   const z = drawNoise({ family: tarflow, cfg }, n, Number(argOf(args, '--seed', '0')));
   const labels = Int32Array.from({ length: n }, (_, i) => (cfg.numClasses > 0 ? i % cfg.numClasses : -1));
   await writeSafetensorsFile(argOf(args, '--out'), { z: fromFloat32(z, [n, tokens, tokenDim]), labels: fromInt32(labels, [n]) });
@@ -92,7 +92,7 @@ async function prep(args: string[]): Promise<void> {
 }
 
 type Loaded = {
-  cfg: TarFlowConfig;
+  cfg: FlowConfig;
   run: (b: number, w: number, solver: Solver) => Promise<{ images: Float32Array; calls: number; iterations: number[][] }>;
 };
 
@@ -101,7 +101,7 @@ async function loadForSampling(args: string[]): Promise<Loaded> {
   const { generate } = await import('../src/sampling/pipeline.js');
   const { NO_GUIDANCE } = await import('../src/models/model.js');
   const model = await loadModel(argOf(args, '--model'));
-  const cfg = model.cfg as TarFlowConfig;
+  const cfg = model.cfg as FlowConfig;
   const { tokens, tokenDim } = tokenShape(cfg);
   const noise = await readSafetensorsFile(argOf(args, '--noise'));
   const z = toFloat32(noise.tensors.get('z')!);

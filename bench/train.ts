@@ -98,14 +98,14 @@ async function prep(args: string[]): Promise<void> {
   const file = argOf(args, '--out');
   await startWorkerEngine(1);
   const E = await import('../src/engine/index.js');
-  const { tokenShape } = await import('../src/models/tarflow.js');
-  type TarFlowConfig = import('../src/models/tarflow.js').TarFlowConfig;
+  const { tokenShape } = await import('../src/models/flow.js');
+  type FlowConfig = import('../src/models/flow.js').FlowConfig;
   const { paramsToHost } = await import('../src/nn/params.js');
   const { loadMnist } = await import('../src/data/mnist.js');
   const { makeBatch, addGaussianNoise, dropLabels } = await import('../src/data/transforms.js');
   const st = await import('../src/io/safetensors.js');
   const cfg = await trainConfig(name);
-  const m = cfg.model as TarFlowConfig;
+  const m = cfg.model as FlowConfig;
   const params = await benchWeights(m);
   const host = await paramsToHost(params);
   const nParams = E.countParams(params);
@@ -141,7 +141,7 @@ async function worker(args: string[]): Promise<void> {
   const { paramsFromHost } = await import('../src/nn/params.js');
   const st = await import('../src/io/safetensors.js');
   const { readFileSync } = await import('node:fs');
-  type P = import('../src/models/tarflow.js').TarFlowParams;
+  type P = import('../src/models/flow.js').FlowParams;
 
   const f = st.parseSafetensors(new Uint8Array(readFileSync(file)), file);
   const cfg = JSON.parse(f.metadata.train!) as TrainConfig;

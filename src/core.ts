@@ -3,7 +3,7 @@ export { startEngine, currentDevice, parseDevice, Rng, type Device, type Arr } f
 export { ConfigError } from './models/config.js';
 export { bitsPerDim, NO_GUIDANCE, type Model, type ModelConfig, type ModelFamily, type Guidance, type GuidanceRule, type AutoregressiveSampler, type DirectSampler, type BlockInverse, type FlowSteps } from './models/model.js';
 export { registerFamily, familyOf, familyNames, parseModelConfig, initModel } from './models/registry.js';
-export { tarflow, parseTarFlowConfig, tokenShape, initTarFlow, forward, flowLoss, flowNll, guide, patchify, unpatchify, type TarFlowConfig, type TarFlowParams } from './models/tarflow.js';
+export { tarflow, parseFlowConfig, tokenShape, initFlow, forward, flowLoss, flowNll, guide, patchify, unpatchify, type FlowConfig, type FlowParams } from './models/flow.js';
 export { sampleFromNoise, sampleModel, invertBlock, SamplingError, type BlockPlan, type SampleOptions } from './sampling/solvers.js';
 export { makePlans, plansFor, SOLVERS, type SolverName, type SolverChoice } from './sampling/plan.js';
 export { generate, drawNoise, type GenerateOptions } from './sampling/pipeline.js';

@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { parseTarFlowConfig as parseModelConfig, type TarFlowConfig } from '../src/models/tarflow.js';
+import { parseFlowConfig as parseModelConfig, type FlowConfig } from '../src/models/flow.js';
 import type { HostTensor } from '../src/nn/params.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -58,7 +58,7 @@ export function fixtureStateDict(c: FixtureCase): Map<string, HostTensor> {
   return sd;
 }
 
-export function fixtureConfig(c: FixtureCase): TarFlowConfig {
+export function fixtureConfig(c: FixtureCase): FlowConfig {
   const r = c.config;
   return parseModelConfig({
     model: 'tarflow',

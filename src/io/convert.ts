@@ -9,14 +9,14 @@ import { readStateDict, TorchCheckpointError, type StateDict, type TorchReadOpti
 import { fromReferenceStateDict, referenceRules } from './reference-names.js';
 import { saveCheckpoint } from './checkpoint.js';
 import { ConfigError } from '../models/config.js';
-import { parseTarFlowConfig, type TarFlowConfig } from '../models/tarflow.js';
+import { parseFlowConfig, type FlowConfig } from '../models/flow.js';
 
 export class ConvertError extends Error {
   override name = 'ConvertError';
 }
 
 /** Architecture facts a user can supply (flags) when the file does not determine them. */
-export type ConvertOverrides = Partial<Pick<TarFlowConfig, 'inChannels' | 'imgSize' | 'patchSize' | 'noiseStd' | 'headDim'>>;
+export type ConvertOverrides = Partial<Pick<FlowConfig, 'inChannels' | 'imgSize' | 'patchSize' | 'noiseStd' | 'headDim'>>;
 
 /** What the reference's file names say: `{dataset}_model_{patch}_{channels}_{blocks}_{layers}_{noise}.pth`. */
 export type ReferenceFileName = {
@@ -45,7 +45,7 @@ export function parseReferenceFileName(path: string): ReferenceFileName | undefi
   };
 }
 
-export type Inferred = { cfg: TarFlowConfig; notes: string[]; prefix: string };
+export type Inferred = { cfg: FlowConfig; notes: string[]; prefix: string };
 
 /** Wrappers that training code puts in front of every name (DDP, torch.compile). */
 const PREFIXES = ['module.', '_orig_mod.', 'model.'];
@@ -55,7 +55,7 @@ function shapeOf(sd: StateDict, name: string): number[] | undefined {
 }
 
 /**
- * Infers a TarFlowConfig from a reference state dict: blocks, layers, width, token dimension,
+ * Infers a FlowConfig from a reference state dict: blocks, layers, width, token dimension,
  * classes, tokens, MLP ratio and nvp from shapes; patch size and noise from the file name;
  * `overrides` (flags) win. The token dimension C·p² is ambiguous on its own (12 = 3·2² = 12·1²):
  * when nothing settles it, the error names the flag to pass.
@@ -162,9 +162,9 @@ export function inferConfig(sd: StateDict, opts: { fileName?: string; overrides?
   const headDim = ov.headDim ?? 64;
   if (width % headDim !== 0) fail(`width ${width} is not a multiple of the head dimension ${headDim}: pass --head-dim D`);
 
-  let cfg: TarFlowConfig;
+  let cfg: FlowConfig;
   try {
-    cfg = parseTarFlowConfig({ model: 'tarflow', inChannels, imgSize, patchSize, width, numBlocks, layersPerBlock, headDim, mlpRatio, numClasses, nvp, noiseStd }, 'inferred config');
+    cfg = parseFlowConfig({ model: 'tarflow', inChannels, imgSize, patchSize, width, numBlocks, layersPerBlock, headDim, mlpRatio, numClasses, nvp, noiseStd }, 'inferred config');
   } catch (e) {
     throw new ConvertError((e as ConfigError).message);
   }
@@ -176,7 +176,7 @@ export function inferConfig(sd: StateDict, opts: { fileName?: string; overrides?
 }
 
 /** The reference's parameter shapes for a config. */
-export function referenceShapes(cfg: TarFlowConfig): Map<string, number[]> {
+export function referenceShapes(cfg: FlowConfig): Map<string, number[]> {
   const t = (cfg.imgSize / cfg.patchSize) ** 2;
   const d = cfg.inChannels * cfg.patchSize ** 2;
   const c = cfg.width;
@@ -203,7 +203,7 @@ export function referenceShapes(cfg: TarFlowConfig): Map<string, number[]> {
  * reference's shape, then renamed and transposed. A volume-preserving (nvp: false) reference
  * projects to D shift values; ours to [a, b] with a ignored, so its rows go to the b half.
  */
-export function convertStateDict(sd: StateDict, cfg: TarFlowConfig, prefix = ''): StateDict {
+export function convertStateDict(sd: StateDict, cfg: FlowConfig, prefix = ''): StateDict {
   if (prefix) sd = new Map([...sd].map(([k, v]) => [k.startsWith(prefix) ? k.slice(prefix.length) : k, v]));
   const problems: string[] = [];
   const expected = referenceShapes(cfg);
@@ -252,7 +252,7 @@ export async function readStateDictFile(path: string, opts: TorchReadOptions = {
   return readStateDict(bytes, path, { inflateRaw: nodeInflateRaw, ...opts });
 }
 
-export type ConvertResult = { cfg: TarFlowConfig; notes: string[]; tensors: number; parameters: number };
+export type ConvertResult = { cfg: FlowConfig; notes: string[]; tensors: number; parameters: number };
 
 /** Converts a reference checkpoint file to a model directory (config.json + model.safetensors). */
 export async function convertCheckpoint(from: string, outDir: string, overrides: ConvertOverrides = {}): Promise<ConvertResult> {

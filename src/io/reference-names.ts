@@ -1,6 +1,6 @@
 // apple/ml-tarflow's parameter names and layouts ↔ ours. The reference stores Linear weights as
 // [out, in] and class embeddings as [K, 1, C]; we store [in, out] and [K, C].
-import type { TarFlowConfig } from '../models/tarflow.js';
+import type { FlowConfig } from '../models/flow.js';
 
 import type { HostTensor } from '../engine/index.js';
 
@@ -28,7 +28,7 @@ function layerRules(b: number, l: number): [string, Rule][] {
 }
 
 /** The reference's state-dict names for a config, in its `named_parameters()` order. */
-export function referenceRules(cfg: TarFlowConfig): Map<string, Rule> {
+export function referenceRules(cfg: FlowConfig): Map<string, Rule> {
   const rules: [string, Rule][] = [];
   for (let b = 0; b < cfg.numBlocks; b++) {
     rules.push([`blocks.${b}.pos_embed`, { ours: `blocks.${b}.pos` }]);
@@ -37,7 +37,7 @@ export function referenceRules(cfg: TarFlowConfig): Map<string, Rule> {
     }
     rules.push([`blocks.${b}.proj_in.weight`, { ours: `blocks.${b}.projIn.w`, transpose: true }]);
     rules.push([`blocks.${b}.proj_in.bias`, { ours: `blocks.${b}.projIn.b` }]);
-    for (let l = 0; l < cfg.layersPerBlock; l++) rules.push(...layerRules(b, l));
+    for (let l = 0; l < cfg.layersPerBlock[b]!; l++) rules.push(...layerRules(b, l));
     rules.push([`blocks.${b}.proj_out.weight`, { ours: `blocks.${b}.projOut.w`, transpose: true }]);
     rules.push([`blocks.${b}.proj_out.bias`, { ours: `blocks.${b}.projOut.b` }]);
   }
@@ -52,7 +52,7 @@ export function transpose2d(t: HostTensor): HostTensor {
 }
 
 /** Converts a reference state dict to our flat names; unknown or missing names are errors. */
-export function fromReferenceStateDict(sd: Map<string, HostTensor>, cfg: TarFlowConfig): Map<string, HostTensor> {
+export function fromReferenceStateDict(sd: Map<string, HostTensor>, cfg: FlowConfig): Map<string, HostTensor> {
   const rules = referenceRules(cfg);
   const out = new Map<string, HostTensor>();
   const missing = [...rules.keys()].filter((k) => !sd.has(k));

@@ -56,6 +56,8 @@ export interface BlockInverse<B = unknown> {
 
 /** What the solvers call inside a jitted step: pure functions of the static options. */
 export interface FlowSteps<B = unknown, C = unknown, Pd = unknown> {
+  /** Blocks whose steps share this key share compiled steps (with the model config). */
+  shapeKey: string;
   /** A KV cache for `rows` rows written in chunks of `chunk` positions. */
   emptyCache(rows: number, chunk: number): C;
   /** Room for `n` positions fed one at a time before they are committed. */
@@ -81,8 +83,8 @@ export interface AutoregressiveSampler<P = Params> {
   numBlocks: number;
   /** Positions S of every block's solver sequence (the first one known). */
   length: number;
-  /** The step functions the solvers jit (pure given the config; compiled once per config and chunk shape). */
-  steps: FlowSteps;
+  /** Block `blockIndex`'s step functions, which the solvers jit (pure given the config; compiled once per config, shapeKey and chunk shape). */
+  steps(blockIndex: number): FlowSteps;
   /** Whether block `blockIndex` samples with two branches under this guidance. */
   isGuided(g: Guidance, blockIndex: number): boolean;
   /** Block `blockIndex` set up for inverting noise z with these labels and guidance. */

@@ -3,18 +3,36 @@
 // or after the cache's end are masked, never sliced, and a chunk's keys are written in one pass
 // once per solver call.
 import { np, jnn, materialize, type Arr, type Rng } from '../engine/index.js';
-import { linear, initLinear, type Linear } from './layers.js';
+import { linear, initLinear, initNorm, rmsNorm, type Linear, type Norm } from './layers.js';
+import { applyRope } from './rope.js';
 
-export type Attention = { qkv: Linear; proj: Linear };
-export type AttentionShape = { heads: number; headDim: number };
-/** Keys transposed, [B, heads, headDim, S], and values, [B, heads, S, headDim], per layer. */
+export type Attention = {
+  qkv: Linear;
+  proj: Linear;
+  /** qk-norm: RMSNorm ((1 + g), eps 1e-6) over each query and key head, before rotation. */
+  qNorm?: Norm;
+  kNorm?: Norm;
+};
+/** `kvHeads` < heads: grouped-query attention, query head h reads key/value head ⌊h·kvHeads/heads⌋. */
+export type AttentionShape = { heads: number; headDim: number; kvHeads?: number };
+/** Keys transposed, [B, kvHeads, headDim, S], and values, [B, kvHeads, S, headDim], per layer. */
 export type KvCache = { kT: Arr; v: Arr };
 /** A chunk's keys and values not yet in the cache, in N slots of which the first `filled` are set. */
 export type PendingKv = KvCache & { filled: number };
+/** Rotary tables for the new tokens' positions, cos and sin [L, headDim] (nn/rope.ts). */
+export type Rotation = { cos: Arr; sin: Arr };
 
-export function initAttention(rng: Rng, width: number, s: AttentionShape, opts: { bias?: boolean } = {}): Attention {
+const kvHeadsOf = (s: AttentionShape) => s.kvHeads ?? s.heads;
+
+export function initAttention(rng: Rng, width: number, s: AttentionShape, opts: { bias?: boolean; qkNorm?: boolean } = {}): Attention {
   const inner = s.heads * s.headDim;
-  return { qkv: initLinear(rng.fork(0), width, 3 * inner, opts), proj: initLinear(rng.fork(1), inner, width, opts) };
+  const kv = kvHeadsOf(s) * s.headDim;
+  const p: Attention = { qkv: initLinear(rng.fork(0), width, inner + 2 * kv, opts), proj: initLinear(rng.fork(1), inner, width, opts) };
+  if (opts.qkNorm) {
+    p.qNorm = initNorm(s.headDim, { bias: false, zero: true });
+    p.kNorm = initNorm(s.headDim, { bias: false, zero: true });
+  }
+  return p;
 }
 
 /** Key slots for `n` positions: a multiple of 4, because jax-js's wasm backend vectorises a
@@ -35,23 +53,34 @@ export function keySlots(n: number, chunk = 1): number {
  * full qkv gradient (~10% of an attention layer). Materialised, padding included: a pad left as
  * a view is read with bounds checks, which also runs scalar.
  */
-function projectQkv(p: Attention, x: Arr, s: AttentionShape, slots: number): [Arr, Arr, Arr] {
+function projectQkv(p: Attention, x: Arr, s: AttentionShape, slots: number, rot?: Rotation): [Arr, Arr, Arr] {
   const [b, l] = x.shape as [number, number, number];
-  const inner = s.heads * s.headDim;
-  const part = (i: number, input: Arr, to: number, transposed = false): Arr => {
-    const w = p.qkv.w.ref.slice([], [i * inner, (i + 1) * inner]);
-    const bias = p.qkv.b?.ref.slice([i * inner, (i + 1) * inner]);
-    const heads = linear(bias ? { w, b: bias } : { w }, input)
-      .reshape([b, l, s.heads, s.headDim])
-      .transpose(transposed ? [0, 2, 3, 1] : [0, 2, 1, 3]);
+  const sizes = [s.heads, kvHeadsOf(s), kvHeadsOf(s)].map((h) => h * s.headDim);
+  const starts = [0, sizes[0]!, sizes[0]! + sizes[1]!];
+  const part = (i: number, input: Arr, to: number, transposed = false, norm?: Norm): Arr => {
+    const [from, n] = [starts[i]!, sizes[i]!];
+    const w = p.qkv.w.ref.slice([], [from, from + n]);
+    const bias = p.qkv.b?.ref.slice([from, from + n]);
+    let heads = linear(bias ? { w, b: bias } : { w }, input).reshape([b, l, n / s.headDim, s.headDim]);
+    if (norm) heads = rmsNorm(norm, heads, 1e-6, 1);
+    if (rot && i < 2) {
+      heads = applyRope(heads.transpose([0, 2, 1, 3]), rot.cos.ref, rot.sin.ref);
+      if (transposed) heads = heads.transpose([0, 1, 3, 2]);
+    } else heads = heads.transpose(transposed ? [0, 2, 3, 1] : [0, 2, 1, 3]);
     if (to === l) return materialize(heads);
     const padding: [number, number][] = [[0, 0], [0, 0], [0, 0], [0, 0]];
     padding[transposed ? 3 : 2] = [0, to - l];
     return materialize(np.pad(heads, padding));
   };
-  const out: [Arr, Arr, Arr] = [part(0, x.ref, l), part(1, x.ref, slots, true), part(2, x, slots)];
+  const out: [Arr, Arr, Arr] = [part(0, x.ref, l, false, p.qNorm), part(1, x.ref, slots, true, p.kNorm), part(2, x, slots)];
   p.qkv.w.dispose();
   p.qkv.b?.dispose();
+  p.qNorm?.g.dispose();
+  p.kNorm?.g.dispose();
+  if (rot) {
+    rot.cos.dispose();
+    rot.sin.dispose();
+  }
   return out;
 }
 
@@ -61,19 +90,22 @@ function scaledQuery(q: Arr, temp: number | Arr, headDim: number): Arr {
   return typeof temp === 'number' ? (temp === 1 ? qs : qs.mul(1 / temp)) : qs.div(temp);
 }
 
-/** Logits [B, heads, L, S] from a scaled q [B, heads, L, d] and kᵀ [B, heads, d, S]. */
+/**
+ * Logits [B, heads, L, S] from a scaled q [B, heads, L, d] and kᵀ [B, kvHeads, d, S]. The query
+ * heads of a group share their key head, so they are stacked along L: one matmul, no repeated keys.
+ */
 function scores(q: Arr, kT: Arr): Arr {
   // Batched matmuls run faster over one merged batch axis than over (B, heads) on wasm (~16%).
   const [b, h, l, d] = q.shape as [number, number, number, number];
-  const s = kT.shape[3]!;
-  return np.matmul(q.reshape([b * h, l, d]), kT.reshape([b * h, d, s])).reshape([b, h, l, s]);
+  const [kv, s] = [kT.shape[1]!, kT.shape[3]!];
+  return np.matmul(q.reshape([b * kv, (h / kv) * l, d]), kT.reshape([b * kv, d, s])).reshape([b, h, l, s]);
 }
 
-/** probs [B, heads, L, S] times values [B, heads, S, d], over one merged batch axis. */
+/** probs [B, heads, L, S] times values [B, kvHeads, S, d], over one merged batch axis. */
 function weighted(probs: Arr, v: Arr): Arr {
   const [b, h, l, s] = probs.shape as [number, number, number, number];
-  const d = v.shape[3]!;
-  return np.matmul(probs.reshape([b * h, l, s]), v.reshape([b * h, s, d])).reshape([b, h, l, d]);
+  const [kv, d] = [v.shape[1]!, v.shape[3]!];
+  return np.matmul(probs.reshape([b * kv, (h / kv) * l, s]), v.reshape([b * kv, s, d])).reshape([b, h, l, d]);
 }
 
 /**
@@ -92,10 +124,10 @@ function mergeHeads(o: Arr): Arr {
 }
 
 /** Causal self-attention over a whole sequence (token i sees tokens ≤ i). */
-export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, temp: number | Arr = 1): Arr {
+export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, temp: number | Arr = 1, rot?: Rotation): Arr {
   const t = x.shape[1]!;
   const slots = keySlots(t);
-  const [q, kT, v] = projectQkv(p, x, s, slots);
+  const [q, kT, v] = projectQkv(p, x, s, slots, rot);
   const mask = np.tri(t, slots, 0, { dtype: np.bool }); // padded slots lie above the diagonal
   return linear(p.proj, mergeHeads(attend(q, kT, v, mask, temp, s.headDim)));
 }
@@ -103,12 +135,14 @@ export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, tem
 /** A cache for `length` positions written in chunks of `chunk` tokens (see keySlots; extra slots stay masked). */
 export function emptyKvCache(batch: number, length: number, s: AttentionShape, chunk = 1): KvCache {
   const slots = keySlots(length, chunk);
-  return { kT: np.zeros([batch, s.heads, s.headDim, slots]), v: np.zeros([batch, s.heads, slots, s.headDim]) };
+  const kv = kvHeadsOf(s);
+  return { kT: np.zeros([batch, kv, s.headDim, slots]), v: np.zeros([batch, kv, slots, s.headDim]) };
 }
 
 /** Room for a chunk of `n` tokens fed one at a time. */
 export function emptyPendingKv(batch: number, n: number, s: AttentionShape): PendingKv {
-  return { kT: np.zeros([batch, s.heads, s.headDim, n]), v: np.zeros([batch, s.heads, n, s.headDim]), filled: 0 };
+  const kv = kvHeadsOf(s);
+  return { kT: np.zeros([batch, kv, s.headDim, n]), v: np.zeros([batch, kv, n, s.headDim]), filled: 0 };
 }
 
 /**
@@ -116,6 +150,7 @@ export function emptyPendingKv(batch: number, n: number, s: AttentionShape): Pen
  * holds positions 0..cacheEnd−1 (`cacheEnd`: int32 scalar array; later slots are masked, so stale
  * values never leak); `pending` holds positions cacheEnd.. up to the new tokens (a single new
  * token is then written into its next slot). Token i sees everything before it and itself.
+ * `rot`: the new tokens' rotary tables (keys are stored rotated).
  *
  * Returns the output and the chunk's keys and values so far; commitKv writes them into the cache.
  * The softmax is split over the two key sets, so decoding a token reads the cache but never
@@ -130,10 +165,11 @@ export function cachedSelfAttention(
   s: AttentionShape,
   temp: number | Arr = 1,
   pending?: PendingKv,
+  rot?: Rotation,
 ): [Arr, PendingKv] {
   const l = x.shape[1]!;
   const size = cache.v.shape[2]!;
-  const [q, kT, v] = projectQkv(p, x, s, l);
+  const [q, kT, v] = projectQkv(p, x, s, l, rot);
   let recent: PendingKv;
   if (!pending) recent = { kT, v, filled: l };
   else {

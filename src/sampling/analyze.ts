@@ -17,7 +17,7 @@
 // - iterations: Jacobi sweeps over the whole sequence until the relative change is below `tol`
 //   (the `jacobi` solver's stopping rule), from each initial guess.
 import { jit, fromF32, fromI32, toF32, release, type Arr } from '../engine/index.js';
-import { blockStep, blockInOrder, isFlipped, tarflow, tokenShape, type Block, type BlockCache, type TarFlowConfig, type TarFlowParams } from '../models/tarflow.js';
+import { blockStep, blockInOrder, blockSpec, tarflow, tokenShape, type Block, type BlockCache, type FlowConfig, type FlowParams } from '../models/flow.js';
 import { NO_GUIDANCE, type AutoregressiveSampler, type Model } from '../models/model.js';
 import { drawNoise } from './pipeline.js';
 import { invertBlock, SamplingError, type BlockPlan } from './solvers.js';
@@ -101,11 +101,11 @@ function rms(a: Float32Array, b?: Float32Array): number {
 }
 
 /** log-scale a for every token of a block at inputs x (model order): a[:, t] is the parameter of token t+1. */
-function logScaleFunction(cfg: TarFlowConfig) {
-  const steps = (tarflow.sampler(cfg) as AutoregressiveSampler).steps;
+function logScaleFunction(cfg: FlowConfig, bi: number) {
+  const steps = (tarflow.sampler(cfg) as AutoregressiveSampler).steps(bi);
   return jit((blk: Block, x: Arr, start: Arr, labels: Arr) => {
     const cache = steps.emptyCache(x.shape[0]!, 1) as BlockCache;
-    const r = blockStep(blk, x, start, cache, cfg.numClasses > 0 ? labels : (labels.dispose(), undefined), cfg);
+    const r = blockStep(blk, x, start, cache, cfg.numClasses > 0 ? labels : (labels.dispose(), undefined), cfg, blockSpec(cfg, bi));
     r.b.dispose();
     for (const p of r.recent) release([p.kT, p.v]);
     release(cache);
@@ -114,15 +114,16 @@ function logScaleFunction(cfg: TarFlowConfig) {
 }
 
 export async function analyzeSampling(model: Model, o: AnalyzeOptions = {}): Promise<SamplingAnalysis> {
-  if (model.family !== (tarflow as unknown)) throw new SamplingError(`analyze-sampling measures TARFlow blocks; this is a ${model.family.name} model`);
-  const cfg = model.cfg as TarFlowConfig;
-  const params = model.params as TarFlowParams;
+  const cfg = model.cfg as FlowConfig;
+  if (model.family !== (tarflow as unknown) || cfg.startToken || cfg.layersPerBlock.includes(0)) {
+    throw new SamplingError(`analyze-sampling measures TARFlow blocks (no start token, no identity blocks); this is a ${model.family.name} model`);
+  }
+  const params = model.params as FlowParams;
   const n = o.n ?? 8;
   const tol = o.tol ?? 1e-6;
   const { tokens: t, tokenDim: d } = tokenShape(cfg);
   const labels = cfg.numClasses > 0 ? o.labels ?? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
   let z = o.noise ?? drawNoise(model, n, o.seed ?? 0);
-  const logScale = logScaleFunction(cfg);
   const up = (x: Float32Array) => fromF32(x, [n, t, d]);
   const solve = async (bi: number, zin: Float32Array, plan: BlockPlan) => {
     const r = await invertBlock(model, bi, up(zin), labels, plan, NO_GUIDANCE);
@@ -140,10 +141,11 @@ export async function analyzeSampling(model: Model, o: AnalyzeOptions = {}): Pro
     const iterationsZeros = (await solve(bi, z, jac('zeros', t - 1, tol))).iterations;
 
     // α ⊙ z at the exact solution, tokens 1..T−1 in the block's processing order.
-    const flipped = isFlipped(bi);
+    const flipped = blockSpec(cfg, bi).flipped;
+    const logScale = logScaleFunction(cfg, bi);
     const xm = flipped ? flipTokensHost(exact, n, t, d) : exact;
     const zm = flipped ? flipTokensHost(z, n, t, d) : z;
-    const aArr = logScale(blockInOrder(params, bi), up(xm), fromI32([0], []), fromI32(labels ?? new Array<number>(n).fill(0), [n]));
+    const aArr = logScale(blockInOrder(params, cfg, bi), up(xm), fromI32([0], []), fromI32(labels ?? new Array<number>(n).fill(0), [n]));
     const a = await toF32(aArr);
     let alphaZ = 0;
     let sumA = 0;
@@ -177,9 +179,9 @@ export async function analyzeSampling(model: Model, o: AnalyzeOptions = {}): Pro
       iterationsZeros,
       tough: false,
     });
+    logScale.dispose?.();
     z = exact;
   }
-  logScale.dispose?.();
   return { n, tokens: t, tol, blocks, ...propose(blocks, t) };
 }
 

@@ -83,15 +83,15 @@ export async function invertBlock(
   const { labels: labelArr, temps, rows } = block.conditioning;
   const chunks = chunksOf(plan, length);
   const size = chunks[0]![1]; // every chunk starts at a multiple of the first one's length
-  let cache = sampler.steps.emptyCache(rows, size);
+  const steps = sampler.steps(bi);
+  let cache = steps.emptyCache(rows, size);
   const stats: BlockStats = { block: bi, calls: 0, iterations: [] };
-  const key = JSON.stringify(model.cfg);
 
   let startArr: Arr | null = null; // chunks are contiguous: each call returns the next start
   for (const [start, len] of chunks) {
     startArr ??= fromI32([start], []);
     const order = plan.kind === 'sequential' ? 'sequential' : 'parallel';
-    const step = stepFunction(sampler.steps, { key, chunk: len, size, order, guided, rule: guidance.rule });
+    const step = stepFunction(steps, { key: `${JSON.stringify(model.cfg)}:${steps.shapeKey}`, chunk: len, size, order, guided, rule: guidance.rule });
     const w = Array.from({ length: len }, (_, i) =>
       guided ? (guidance.annealed ? ((start + i + 1) / (length - 1)) * guidance.weight : guidance.weight) : 0,
     );

@@ -9,8 +9,8 @@ import path from 'node:path';
 import '../setup.js';
 import { starflow } from '../cli.js';
 import { release } from '../../src/engine/index.js';
-import { initTarFlow, tarflow } from '../../src/models/tarflow.js';
-import { parseTarFlowConfig as parseModelConfig } from '../../src/models/tarflow.js';
+import { initFlow, tarflow } from '../../src/models/flow.js';
+import { parseFlowConfig as parseModelConfig } from '../../src/models/flow.js';
 import { saveModel } from '../../src/io/model.js';
 import { saveCheckpoint } from '../../src/io/checkpoint.js';
 import { paramsToHost } from '../../src/nn/params.js';
@@ -45,7 +45,7 @@ let uncondModel = '';
 async function writeModelDir(name: string, raw: object): Promise<string> {
   const cfg = parseModelConfig(raw);
   const d = path.join(dir, name);
-  const params = initTarFlow(cfg, 0);
+  const params = initFlow(cfg, 0);
   await saveModel(d, { family: tarflow, cfg, params });
   release(params);
   return d;
@@ -115,7 +115,7 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
 
   test('sample: weights of the wrong shape (the message names the tensor)', async () => {
     const cfg = parseModelConfig(MODEL);
-    const params = initTarFlow(cfg, 0);
+    const params = initFlow(cfg, 0);
     const host = await paramsToHost(params);
     release(params);
     const name = 'blocks.1.projIn.w';

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
 import { fromF32, fromI32, toF32, release, Rng } from '../../src/engine/index.js';
-import { initTarFlow, parseTarFlowConfig, tarflow, type TarFlowConfig, type TarFlowParams } from '../../src/models/tarflow.js';
+import { initFlow, parseFlowConfig, tarflow, type FlowConfig, type FlowParams } from '../../src/models/flow.js';
 import type { Model } from '../../src/models/model.js';
 import type { ImageDataset } from '../../src/data/dataset.js';
 import { classify } from '../../src/eval/classify.js';
@@ -18,8 +18,8 @@ const SIDE = 8;
 const N = 7;
 const DS_N = 9;
 
-function tinyConfig(numClasses: number): TarFlowConfig {
-  return parseTarFlowConfig({
+function tinyConfig(numClasses: number): FlowConfig {
+  return parseFlowConfig({
     model: 'tarflow',
     inChannels: 1,
     imgSize: SIDE,
@@ -37,8 +37,8 @@ function tinyConfig(numClasses: number): TarFlowConfig {
  * is nearly the identity and ignores the label) and class embeddings ~ N(0, 0.3²) instead of σ 0.01
  * (as randomModel in test/models/tarflow-properties.test.ts).
  */
-function randomModel(cfg: TarFlowConfig, seed: number): TarFlowParams {
-  const params = initTarFlow(cfg, seed);
+function randomModel(cfg: FlowConfig, seed: number): FlowParams {
+  const params = initFlow(cfg, seed);
   const rng = new Rng(seed + 1000);
   const redraw = (a: { size: number; shape: readonly number[]; dispose(): void }, std: number) => {
     const d = new Float32Array(a.size);
@@ -120,7 +120,7 @@ test('classify picks the class with the smallest NLL, at any batch size, and cou
 
 test('classify refuses an unconditional model with a LikelihoodError', async () => {
   const cfg = tinyConfig(0);
-  const params = initTarFlow(cfg, 1);
+  const params = initFlow(cfg, 1);
   const model = { family: tarflow, cfg, params };
   const ds: ImageDataset = {
     images: randomImages(5), labels: new Int32Array(DS_N), n: DS_N, channels: 1, height: SIDE, width: SIDE, numClasses: 1,

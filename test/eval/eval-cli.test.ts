@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import '../setup.js';
 import { release } from '../../src/engine/index.js';
-import { initTarFlow, tarflow } from '../../src/models/tarflow.js';
-import { parseTarFlowConfig as parseModelConfig } from '../../src/models/tarflow.js';
+import { initFlow, tarflow } from '../../src/models/flow.js';
+import { parseFlowConfig as parseModelConfig } from '../../src/models/flow.js';
 import { saveModel } from '../../src/io/model.js';
 import { FEATURE_NET_DEFAULTS, initFeatureNet, saveFeatureNet } from '../../src/eval/features.js';
 
@@ -22,7 +22,7 @@ before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'eval-cli-'));
   for (const [name, size] of [['run/checkpoint', 28], ['m32', 32]] as const) {
     const cfg = parseModelConfig(model(size));
-    const p = initTarFlow(cfg, 0);
+    const p = initFlow(cfg, 0);
     await saveModel(path.join(dir, name), { family: tarflow, cfg, params: p });
     release(p);
   }

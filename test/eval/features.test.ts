@@ -11,7 +11,7 @@ import { Rng } from '../../src/engine/rng.js';
 import { FEATURE_NET_DEFAULTS, extract, initFeatureNet, loadFeatureNet, saveFeatureNet, type FeatureNetConfig } from '../../src/eval/features.js';
 import { trainClassifier } from '../../src/train/classifier.js';
 import { checkModelAgainstExtractor, diagonalGaussianSamples } from '../../src/eval/baselines.js';
-import { parseTarFlowConfig as parseModelConfig } from '../../src/models/tarflow.js';
+import { parseFlowConfig as parseModelConfig } from '../../src/models/flow.js';
 import type { ImageDataset } from '../../src/data/dataset.js';
 
 const small: FeatureNetConfig = { ...FEATURE_NET_DEFAULTS, conv1: 4, conv2: 8, hidden: 16 };

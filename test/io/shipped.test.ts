@@ -7,7 +7,7 @@ import { mkdtemp, mkdir, readFile, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import '../setup.js';
 import { release } from '../../src/engine/index.js';
-import { initTarFlow, parseTarFlowConfig, tarflow } from '../../src/models/tarflow.js';
+import { initFlow, parseFlowConfig, tarflow } from '../../src/models/flow.js';
 import { saveModel, recordEvaluation } from '../../src/io/model.js';
 import { shippedModels, defaultShippedModel, shippedModelDir, SHIPPED_DIR } from '../../src/io/shipped.js';
 
@@ -16,8 +16,8 @@ const quality = (frechet: number) => ({ n: 500, guidance: 2, denoise: false, fre
 test('the default is the lowest recorded Fréchet distance; a better model moves it; feature extractors and unrated models are not candidates', async () => {
   const root = await mkdtemp(path.join(tmpdir(), 'sf-shipped-'));
   try {
-    const cfg = parseTarFlowConfig({ inChannels: 1, imgSize: 8, patchSize: 4, width: 16, headDim: 8, numBlocks: 1, layersPerBlock: 1 });
-    const params = initTarFlow(cfg, 0);
+    const cfg = parseFlowConfig({ inChannels: 1, imgSize: 8, patchSize: 4, width: 16, headDim: 8, numBlocks: 1, layersPerBlock: 1 });
+    const params = initFlow(cfg, 0);
     const ship = async (name: string, samples?: object) => {
       await saveModel(path.join(root, name), { family: tarflow, cfg, params }, { note: 'kept', ...(samples ? { evaluation: { samples } } : {}) });
     };

@@ -13,7 +13,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
 import { fromF32, toF32, type Arr } from '../../src/engine/index.js';
-import { guide } from '../../src/models/tarflow.js';
+import { guide } from '../../src/models/flow.js';
 import type { GuidanceRule } from '../../src/models/model.js';
 
 const f32 = Math.fround;

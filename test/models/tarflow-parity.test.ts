@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
 import { np, fromF32, fromI32, toF32, toNumber, jit, keep } from '../../src/engine/index.js';
-import { forward, flowLoss, flowNll, patchify, type TarFlowParams } from '../../src/models/tarflow.js';
+import { forward, flowLoss, flowNll, patchify, type FlowParams } from '../../src/models/flow.js';
 import { bitsPerDim } from '../../src/models/model.js';
 import { fromReferenceStateDict } from '../../src/io/reference-names.js';
 import { paramsFromHost } from '../../src/nn/params.js';
@@ -12,7 +12,7 @@ const fx = loadFixture();
 
 function setup(c: FixtureCase) {
   const cfg = fixtureConfig(c);
-  const params = paramsFromHost<TarFlowParams>(fromReferenceStateDict(fixtureStateDict(c), cfg));
+  const params = paramsFromHost<FlowParams>(fromReferenceStateDict(fixtureStateDict(c), cfg));
   const x = detTensor([2, 1, 8, 8], 1.3, 0.2, 0.9);
   return { cfg, params, x };
 }
@@ -25,9 +25,9 @@ for (const [name, c, labels] of [
     const { cfg, params, x } = setup(c);
     const tok = await toF32(patchify(fromF32(x.data, x.shape), cfg.patchSize).slice(0, 0));
     assert.ok(maxAbsDiff(tok, c.patchify_first_token) < 1e-6);
-    const f = jit((p: TarFlowParams, xs, ys) => {
+    const f = jit((p: FlowParams, xs, ys) => {
       // mean(z²) after each block: the flow of the first k + 1 blocks.
-      const z2 = p.blocks.map((_, k) => np.square(forward(keep({ blocks: p.blocks.slice(0, k + 1) }), cfg, xs.ref, ys.ref).z).mean());
+      const z2 = p.blocks.map((_, k) => np.square(forward(keep({ blocks: p.blocks.slice(0, k + 1) }), { ...cfg, numBlocks: k + 1, layersPerBlock: cfg.layersPerBlock.slice(0, k + 1) }, xs.ref, ys.ref).z).mean());
       const r = forward(p, cfg, xs, ys);
       return { z: r.z.ref, logdet: r.logdet.ref, z2: np.stack(z2), loss: flowLoss(r.z.ref, r.logdet.ref), nll: flowNll(r.z, r.logdet) };
     });

@@ -29,8 +29,8 @@ import {
   emaUpdate,
   type AdamWConfig,
 } from '../../src/nn/optim.js';
-import { parseTarFlowConfig as parseModelConfig } from '../../src/models/tarflow.js';
-import { initTarFlow, forward, flowLoss, type TarFlowParams } from '../../src/models/tarflow.js';
+import { parseFlowConfig as parseModelConfig } from '../../src/models/flow.js';
+import { initFlow, forward, flowLoss, type FlowParams } from '../../src/models/flow.js';
 import { paramsToHost, unflattenTree } from '../../src/nn/params.js';
 
 type Host = { data: Float32Array | Int32Array; shape: number[] };
@@ -218,7 +218,7 @@ test('cachedSelfAttention w.r.t. input, cache and qkv weight (temperature 1.3)',
 
 test('TARFlow loss w.r.t. the input and parameters of a tiny model', async (t) => {
   const cfg = parseModelConfig({ inChannels: 1, imgSize: 4, patchSize: 2, width: 16, headDim: 8, numBlocks: 2, layersPerBlock: 1, numClasses: 2 });
-  const host = await paramsToHost(initTarFlow(cfg, 3) as never);
+  const host = await paramsToHost(initFlow(cfg, 3) as never);
   // Perturb every parameter (projOut is zero at init, which would make the flow nearly trivial).
   const names = [...host.keys()];
   const leaves: Host[] = names.map((name, i) => {
@@ -241,7 +241,7 @@ test('TARFlow loss w.r.t. the input and parameters of a tiny model', async (t) =
   const labels = ints([1, -1]);
   const err = await checkGrad(
     (xs, ys, ...ps) => {
-      const params = unflattenTree(new Map(names.map((nm, i) => [nm, ps[i]!] as [string, Arr]))) as unknown as TarFlowParams;
+      const params = unflattenTree(new Map(names.map((nm, i) => [nm, ps[i]!] as [string, Arr]))) as unknown as FlowParams;
       const r = forward(params, cfg, xs, ys);
       // ×100: the loss is a mean over 16·2 dimensions, so its raw gradients are ~1e-2 and the
       // (1 + |ad|) criterion would be nearly absolute; scaled, they are O(1) like the others.

@@ -20,7 +20,7 @@ import '../../src/engine/node-shims.js';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import type { Arr } from '../../src/engine/index.js';
-import type { TarFlowParams } from '../../src/models/tarflow.js';
+import type { FlowParams } from '../../src/models/flow.js';
 import type { AdamState } from '../../src/nn/optim.js';
 import type { TrainState } from '../../src/train/step.js';
 
@@ -80,8 +80,8 @@ if (tracked) {
   };
 }
 const { np, fromF32, fromI32, toNumber, jit, valueAndGrad, keep, leaves, release, settle, currentDevice } = await import('../../src/engine/index.js');
-const { parseTarFlowConfig: parseModelConfig } = await import('../../src/models/tarflow.js');
-const { initTarFlow, forward, flowLoss } = await import('../../src/models/tarflow.js');
+const { parseFlowConfig: parseModelConfig } = await import('../../src/models/flow.js');
+const { initFlow, forward, flowLoss } = await import('../../src/models/flow.js');
 const { adamwUpdate, initAdamState, adamScalars, clipByGlobalNorm, cosineLr, emaDecayAt, ADAMW_DEFAULTS } = await import('../../src/nn/optim.js');
 const { initModel } = await import('../../src/models/registry.js');
 const { parseTrainConfig } = await import('../../src/train/config.js');
@@ -112,11 +112,11 @@ test('200 jitted training steps: live device buffers and RSS stay flat', { skip 
   const batch = 8;
   const baseline = live.size;
   const opt = { ...ADAMW_DEFAULTS, weightDecay: 1e-4 };
-  let params = initTarFlow(cfg, 0);
-  let adam: AdamState<TarFlowParams> = initAdamState(params); // borrows params
+  let params = initFlow(cfg, 0);
+  let adam: AdamState<FlowParams> = initAdamState(params); // borrows params
 
-  const step = jit((p: TarFlowParams, s: AdamState<TarFlowParams>, x: Arr, y: Arr, lr: Arr, bc1: Arr, bc2: Arr) => {
-    const [loss, grads] = valueAndGrad((q: TarFlowParams) => {
+  const step = jit((p: FlowParams, s: AdamState<FlowParams>, x: Arr, y: Arr, lr: Arr, bc1: Arr, bc2: Arr) => {
+    const [loss, grads] = valueAndGrad((q: FlowParams) => {
       const r = forward(q, cfg, x, y);
       return flowLoss(r.z, r.logdet);
     })(keep(p));

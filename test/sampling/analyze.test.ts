@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
 import { Rng, normalArray } from '../../src/engine/index.js';
-import { parseTarFlowConfig as parseModelConfig, tokenShape, tarflow } from '../../src/models/tarflow.js';
-import { initTarFlow } from '../../src/models/tarflow.js';
+import { parseFlowConfig as parseModelConfig, tokenShape, tarflow } from '../../src/models/flow.js';
+import { initFlow } from '../../src/models/flow.js';
 import { analyzeSampling, spectralNorm, propose, type BlockAnalysis } from '../../src/sampling/analyze.js';
 import { makePlans } from '../../src/sampling/plan.js';
 
@@ -16,7 +16,7 @@ test('spectralNorm: the largest singular value by power iteration', () => {
 
 test('analyzeSampling on a tiny model: metrics per block and a strategy makePlans accepts', async () => {
   const cfg = parseModelConfig({ model: 'tarflow', inChannels: 1, imgSize: 8, patchSize: 2, width: 32, headDim: 16, numBlocks: 2, layersPerBlock: 1, numClasses: 3 });
-  const params = initTarFlow(cfg, 0);
+  const params = initFlow(cfg, 0);
   params.blocks.forEach((b, i) => {
     b.projOut.w.dispose();
     b.projOut.w = normalArray(new Rng(5).fork(i), [cfg.width, 8], 0.03);

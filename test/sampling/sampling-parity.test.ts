@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
 import { fromF32, toF32, keep } from '../../src/engine/index.js';
-import { type TarFlowParams, tarflow } from '../../src/models/tarflow.js';
+import { type FlowParams, tarflow } from '../../src/models/flow.js';
 import { fromReferenceStateDict } from '../../src/io/reference-names.js';
 import { paramsFromHost } from '../../src/nn/params.js';
 import { denoise } from '../../src/sampling/denoise.js';
@@ -16,7 +16,7 @@ const SEQ: BlockPlan = { kind: 'sequential' };
 
 function model(c: FixtureCase) {
   const cfg = fixtureConfig(c);
-  return { cfg, params: paramsFromHost<TarFlowParams>(fromReferenceStateDict(fixtureStateDict(c), cfg)) };
+  return { cfg, params: paramsFromHost<FlowParams>(fromReferenceStateDict(fixtureStateDict(c), cfg)) };
 }
 
 async function run(c: FixtureCase, labels: number[] | undefined, guidance: Guidance, plan: BlockPlan = SEQ) {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import '../setup.js';
 import { currentDevice, fromF32, fromI32, keep, mapTree, release, toNumber, Rng, normalArray } from '../../src/engine/index.js';
-import { initTarFlow, type TarFlowConfig, type TarFlowParams } from '../../src/models/tarflow.js';
+import { initFlow, type FlowConfig, type FlowParams } from '../../src/models/flow.js';
 import { namedLeaves } from '../../src/nn/params.js';
 import { makeGradStep } from '../../src/train/step.js';
 import { Replicas, ReplicaError, flattenParams } from '../../src/train/replicas.js';
@@ -29,8 +29,8 @@ test('the mean of 2 workers’ slice gradients is the whole batch’s gradient',
   const cfg = parseTrainConfig({ model: MODEL }).model;
   // Random weights everywhere (the zero-initialised output projection would make most gradients vanish).
   const rng = new Rng(3);
-  const init = initTarFlow(cfg as TarFlowConfig, 0);
-  const params = mapTree((a) => a.add(normalArray(rng, [...a.shape], 0.05)), init) as TarFlowParams;
+  const init = initFlow(cfg as FlowConfig, 0);
+  const params = mapTree((a) => a.add(normalArray(rng, [...a.shape], 0.05)), init) as FlowParams;
   const n = 6;
   const x = new Float32Array(n * 28 * 28).map(() => rng.normal() * 0.5);
   const y = Int32Array.from([0, 3, -1, 9, 5, -1]);
@@ -89,7 +89,7 @@ test('a worker count that does not divide the batch is refused before anything i
   await assert.rejects(train(cfg, { outDir: path.join(dir, 'run'), workers: 3 }), (e: unknown) => e instanceof TrainingError && /batchSize 8 does not split evenly over 3 workers/.test(e.message));
   await assert.rejects(train(cfg, { outDir: path.join(dir, 'run'), workers: 0 }), TrainingError);
   assert.equal(existsSync(path.join(dir, 'run')), false, 'no run directory was created');
-  const params = initTarFlow(cfg.model as TarFlowConfig, 0);
+  const params = initFlow(cfg.model as FlowConfig, 0);
   await assert.rejects(Replicas.start(cfg.model, params, 0, currentDevice()), ReplicaError);
   release(params);
 });
