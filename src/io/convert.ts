@@ -7,9 +7,10 @@ import { basename } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
 import { readStateDict, TorchCheckpointError, type StateDict, type TorchReadOptions } from './torch-checkpoint.js';
 import { fromReferenceStateDict, referenceRules } from './reference-names.js';
+import { readStarflowArgs, flowConfigFromStarflowArgs } from './starflow-config.js';
 import { saveCheckpoint } from './checkpoint.js';
 import { ConfigError } from '../models/config.js';
-import { parseFlowConfig, type FlowConfig } from '../models/flow.js';
+import { parseFlowConfig, tarflow, type FlowConfig } from '../models/flow.js';
 
 export class ConvertError extends Error {
   override name = 'ConvertError';
@@ -175,25 +176,16 @@ export function inferConfig(sd: StateDict, opts: { fileName?: string; overrides?
   return { cfg, notes, prefix };
 }
 
-/** The reference's parameter shapes for a config. */
+/** The reference's parameter shapes for a config: ours, in its layouts. */
 export function referenceShapes(cfg: FlowConfig): Map<string, number[]> {
-  const t = (cfg.imgSize / cfg.patchSize) ** 2;
-  const d = cfg.inChannels * cfg.patchSize ** 2;
-  const c = cfg.width;
-  const h = cfg.mlpRatio * c;
+  const ours = tarflow.paramShapes(cfg);
   const out = new Map<string, number[]>();
-  for (const name of referenceRules(cfg).keys()) {
-    const leaf = name.replace(/^blocks\.\d+\.(attn_blocks\.\d+\.)?/, '');
-    const shape: Record<string, number[]> = {
-      pos_embed: [t, c], class_embed: [cfg.numClasses, 1, c],
-      'proj_in.weight': [c, d], 'proj_in.bias': [c],
-      'attention.norm.weight': [c], 'attention.norm.bias': [c], 'mlp.norm.weight': [c], 'mlp.norm.bias': [c],
-      'attention.qkv.weight': [3 * c, c], 'attention.qkv.bias': [3 * c],
-      'attention.proj.weight': [c, c], 'attention.proj.bias': [c],
-      'mlp.main.0.weight': [h, c], 'mlp.main.0.bias': [h], 'mlp.main.2.weight': [c, h], 'mlp.main.2.bias': [c],
-      'proj_out.weight': [(cfg.nvp ? 2 : 1) * d, c], 'proj_out.bias': [(cfg.nvp ? 2 : 1) * d],
-    };
-    out.set(name, shape[leaf]!);
+  for (const [name, rule] of referenceRules(cfg)) {
+    let shape = ours.get(rule.ours);
+    if (!shape) throw new Error(`internal: no parameter ${rule.ours} for ${name}`);
+    if (rule.transpose) shape = [...shape].reverse();
+    if (rule.unsqueeze) shape = [shape[0]!, 1, ...shape.slice(1)];
+    out.set(name, name.endsWith('proj_out.weight') || name.endsWith('proj_out.bias') ? (cfg.nvp ? shape : [shape[0]! / 2, ...shape.slice(1)]) : shape);
   }
   return out;
 }
@@ -254,11 +246,38 @@ export async function readStateDictFile(path: string, opts: TorchReadOptions = {
 
 export type ConvertResult = { cfg: FlowConfig; notes: string[]; tensors: number; parameters: number };
 
-/** Converts a reference checkpoint file to a model directory (config.json + model.safetensors). */
-export async function convertCheckpoint(from: string, outDir: string, overrides: ConvertOverrides = {}): Promise<ConvertResult> {
+/**
+ * An ml-starflow state dict and the YAML of its model arguments → our config ('starflow') and flat
+ * parameters. The text width comes from the deep block's proj_txt when the YAML leaves it out.
+ */
+export function convertStarflowStateDict(sd: StateDict, yamlText: string, where: string): { cfg: FlowConfig; model: StateDict } {
+  const args = readStarflowArgs(yamlText, where);
+  const projText = [...sd].find(([k]) => /^blocks\.\d+\.proj_txt\.weight$/.test(k))?.[1];
+  const cfg = flowConfigFromStarflowArgs(args, where, { textDim: projText?.shape[1] });
+  return { cfg, model: convertStateDict(sd, cfg) };
+}
+
+/**
+ * Converts a reference checkpoint file to a model directory (config.json + model.safetensors):
+ * ml-tarflow's (architecture inferred from the shapes and the file name) or, with `starflowConfig`
+ * (its YAML), ml-starflow's.
+ */
+export async function convertCheckpoint(from: string, outDir: string, overrides: ConvertOverrides = {}, starflowConfig?: string): Promise<ConvertResult> {
   const sd = await readStateDictFile(from);
-  const { cfg, notes, prefix } = inferConfig(sd, { fileName: from, overrides });
-  const model = convertStateDict(sd, cfg, prefix);
+  let cfg: FlowConfig;
+  let model: StateDict;
+  let notes: string[] = [];
+  if (starflowConfig !== undefined) {
+    const text = await readFile(starflowConfig, 'utf8').catch((e: NodeJS.ErrnoException) => {
+      throw new ConvertError(e.code === 'ENOENT' ? `no such file: ${starflowConfig}` : `cannot read ${starflowConfig}: ${e.message}`);
+    });
+    ({ cfg, model } = convertStarflowStateDict(sd, text, starflowConfig));
+    notes = [`ml-starflow arguments from ${basename(starflowConfig)}`];
+  } else {
+    const inferred = inferConfig(sd, { fileName: from, overrides });
+    ({ cfg, notes } = inferred);
+    model = convertStateDict(sd, cfg, inferred.prefix);
+  }
   const provenance = { software: 'starflow-ts', convertedFrom: basename(from), notes };
   await saveCheckpoint(outDir, { config: { ...cfg, provenance }, model });
   let parameters = 0;

@@ -1,45 +1,59 @@
-// apple/ml-tarflow's parameter names and layouts ↔ ours. The reference stores Linear weights as
-// [out, in] and class embeddings as [K, 1, C]; we store [in, out] and [K, C].
-import type { FlowConfig } from '../models/flow.js';
+// apple/ml-tarflow's and apple/ml-starflow's parameter names and layouts ↔ ours (ml-starflow's
+// Model keeps ml-tarflow's names and adds its options'). The references store Linear weights as
+// [out, in], class embeddings as [K, 1, C] and the start token as [1, 1, D]; we store [in, out],
+// [K, C] and [1, D].
+import { blockSpec, type FlowConfig } from '../models/flow.js';
 
 import type { HostTensor } from '../engine/index.js';
 
-type Rule = { ours: string; transpose?: boolean; shape?: (s: number[]) => number[] };
+/** `transpose`: a Linear weight ([out, in] there); `unsqueeze`: the reference has an extra axis of size 1 at position 1. */
+export type Rule = { ours: string; transpose?: boolean; unsqueeze?: boolean };
 
-function layerRules(b: number, l: number): [string, Rule][] {
+function layerRules(cfg: FlowConfig, b: number, l: number): [string, Rule][] {
   const ref = `blocks.${b}.attn_blocks.${l}`;
   const our = `blocks.${b}.layers.${l}`;
-  const lin = (r: string, o: string): [string, Rule][] => [
+  const lin = (r: string, o: string, bias = cfg.bias): [string, Rule][] => [
     [`${ref}.${r}.weight`, { ours: `${our}.${o}.w`, transpose: true }],
-    [`${ref}.${r}.bias`, { ours: `${our}.${o}.b` }],
+    ...(bias ? [[`${ref}.${r}.bias`, { ours: `${our}.${o}.b` }] as [string, Rule]] : []),
   ];
-  const norm = (r: string, o: string): [string, Rule][] => [
-    [`${ref}.${r}.weight`, { ours: `${our}.${o}.g` }],
-    [`${ref}.${r}.bias`, { ours: `${our}.${o}.b` }],
-  ];
+  const gain = (r: string, o: string): [string, Rule] => [`${ref}.${r}.weight`, { ours: `${our}.${o}.g` }];
+  // Pre-norms: LayerNorm has a weight and a bias (whatever the projections' bias), RMSNorm a weight.
+  const norm = (r: string, o: string): [string, Rule][] =>
+    cfg.norm === 'none' ? [] : cfg.norm === 'rms' ? [gain(r, o)] : [gain(r, o), [`${ref}.${r}.bias`, { ours: `${our}.${o}.b` }]];
   return [
     ...norm('attention.norm', 'attnNorm'),
     ...lin('attention.qkv', 'attn.qkv'),
     ...lin('attention.proj', 'attn.proj'),
+    ...(cfg.qkNorm ? [gain('attention.query_norm', 'attn.qNorm'), gain('attention.key_norm', 'attn.kNorm')] : []),
+    ...(cfg.postNorm ? [gain('attention.post_norm', 'attnPost')] : []),
     ...norm('mlp.norm', 'mlpNorm'),
-    ...lin('mlp.main.0', 'mlp.fc1'),
-    ...lin('mlp.main.2', 'mlp.fc2'),
+    ...(cfg.mlp === 'gelu'
+      ? [...lin('mlp.main.0', 'mlp.fc1'), ...lin('mlp.main.2', 'mlp.fc2')]
+      : [...lin('mlp.gate_proj', 'mlp.gate'), ...lin('mlp.up_proj', 'mlp.up'), ...lin('mlp.down_proj', 'mlp.down')]),
+    ...(cfg.postNorm ? [gain('mlp.post_norm', 'mlpPost')] : []),
   ];
 }
 
-/** The reference's state-dict names for a config, in its `named_parameters()` order. */
+/** The references' state-dict names for a config (ml-tarflow's, and ml-starflow's for its options), in `named_parameters()` order. */
 export function referenceRules(cfg: FlowConfig): Map<string, Rule> {
   const rules: [string, Rule][] = [];
   for (let b = 0; b < cfg.numBlocks; b++) {
-    rules.push([`blocks.${b}.pos_embed`, { ours: `blocks.${b}.pos` }]);
-    if (cfg.numClasses > 0) {
-      rules.push([`blocks.${b}.class_embed`, { ours: `blocks.${b}.classEmbed`, shape: (s) => [s[0]!, s[2]!] }]);
+    const spec = blockSpec(cfg, b);
+    if (spec.layers === 0) continue; // an identity block has no parameters
+    const lin = (r: string, o: string): [string, Rule][] => [
+      [`blocks.${b}.${r}.weight`, { ours: `blocks.${b}.${o}.w`, transpose: true }],
+      [`blocks.${b}.${r}.bias`, { ours: `blocks.${b}.${o}.b` }],
+    ];
+    if (cfg.startToken) rules.push([`blocks.${b}.sos_embed`, { ours: `blocks.${b}.start`, unsqueeze: true }]);
+    rules.push(...lin('proj_in', 'projIn'));
+    rules.push(...lin('proj_out', 'projOut'));
+    if (cfg.positions === 'learned') rules.push([`blocks.${b}.pos_embed`, { ours: `blocks.${b}.pos` }]);
+    if (spec.text) rules.push(...lin('proj_txt', 'projText'));
+    if (cfg.numClasses > 0 && spec.conditioned) {
+      rules.push([`blocks.${b}.class_embed`, { ours: `blocks.${b}.classEmbed`, unsqueeze: true }]);
     }
-    rules.push([`blocks.${b}.proj_in.weight`, { ours: `blocks.${b}.projIn.w`, transpose: true }]);
-    rules.push([`blocks.${b}.proj_in.bias`, { ours: `blocks.${b}.projIn.b` }]);
-    for (let l = 0; l < cfg.layersPerBlock[b]!; l++) rules.push(...layerRules(b, l));
-    rules.push([`blocks.${b}.proj_out.weight`, { ours: `blocks.${b}.projOut.w`, transpose: true }]);
-    rules.push([`blocks.${b}.proj_out.bias`, { ours: `blocks.${b}.projOut.b` }]);
+    for (let l = 0; l < spec.layers; l++) rules.push(...layerRules(cfg, b, l));
+    if (cfg.finalNorm) rules.push([`blocks.${b}.final_norm.weight`, { ours: `blocks.${b}.finalNorm.g` }]);
   }
   return new Map(rules);
 }
@@ -61,7 +75,7 @@ export function fromReferenceStateDict(sd: Map<string, HostTensor>, cfg: FlowCon
     const r = rules.get(name);
     if (!r) continue; // buffers such as the prior's `var` and attention masks are not parameters
     let v = r.transpose ? transpose2d(t) : t;
-    if (r.shape) v = { shape: r.shape(v.shape), data: v.data };
+    if (r.unsqueeze) v = { shape: [v.shape[0]!, ...v.shape.slice(2)], data: v.data };
     out.set(r.ours, v);
   }
   return out;

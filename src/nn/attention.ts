@@ -74,9 +74,7 @@ function projectQkv(p: Attention, x: Arr, s: AttentionShape, slots: number, rot?
   };
   const out: [Arr, Arr, Arr] = [part(0, x.ref, l, false, p.qNorm), part(1, x.ref, slots, true, p.kNorm), part(2, x, slots)];
   p.qkv.w.dispose();
-  p.qkv.b?.dispose();
-  p.qNorm?.g.dispose();
-  p.kNorm?.g.dispose();
+  p.qkv.b?.dispose(); // the norms' gains were consumed by rmsNorm
   if (rot) {
     rot.cos.dispose();
     rot.sin.dispose();

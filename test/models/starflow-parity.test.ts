@@ -1,0 +1,80 @@
+// Parity with apple/ml-starflow's own model code: the fixtures in test/fixtures/starflow/ (copied
+// from ../shared/reference/starflow/, computed by ml-starflow's `transformer_flow.Model` in
+// PyTorch; its README says how) are converted from the reference's .pth and YAML, then run
+// forward (z, per-sample log-det, loss) and, for the unconditional case, sampled.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import '../setup.js';
+import { fromF32, toF32, keep, release, type Arr } from '../../src/engine/index.js';
+import { forward, patchify, unpatchify, starflow, type FlowParams } from '../../src/models/flow.js';
+import { convertStarflowStateDict, readStateDictFile } from '../../src/io/convert.js';
+import { readSafetensorsFile } from '../../src/io/files.js';
+import { toFloat32 } from '../../src/io/safetensors.js';
+import { paramsFromHost } from '../../src/nn/params.js';
+import { sampleModel } from '../../src/sampling/solvers.js';
+import { NO_GUIDANCE } from '../../src/models/model.js';
+
+const DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/starflow');
+
+type Expected = { z: number[]; z_shape: number[]; logdet: number[]; loss: number; loss_per_sample: number[]; sample_cfg0: number[]; [k: string]: unknown };
+
+async function loadCase(name: string) {
+  const sd = await readStateDictFile(path.join(DIR, `${name}.pth`));
+  const { cfg, model } = convertStarflowStateDict(sd, await readFile(path.join(DIR, `${name}.yaml`), 'utf8'), `${name}.yaml`);
+  const inputs = await readSafetensorsFile(path.join(DIR, `${name}_inputs.safetensors`));
+  const tensor = (k: string) => {
+    const t = inputs.tensors.get(k);
+    return t ? { data: toFloat32(t), shape: t.shape } : undefined;
+  };
+  const expected = JSON.parse(await readFile(path.join(DIR, `${name}_expected.json`), 'utf8')) as Expected;
+  return { cfg, params: paramsFromHost<FlowParams>(model), x: tensor('x')!, noise: tensor('noise')!, text: tensor('text'), negative: tensor('negative_text'), expected };
+}
+
+/** max |a − b| / (1e-5 + 1e-4·|b|): ≤ 1 means within 1e-5 absolute + 1e-4 relative everywhere. */
+function closeness(a: ArrayLike<number>, b: ArrayLike<number>, abs = 1e-5, rel = 1e-4): number {
+  assert.equal(a.length, b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!) / (abs + rel * Math.abs(b[i]!)));
+  return worst;
+}
+
+const maxAbs = (a: ArrayLike<number>, b: ArrayLike<number>) => Array.from(a, (v, i) => Math.abs(v - b[i]!)).reduce((m, v) => Math.max(m, v), 0);
+
+for (const name of ['shared-options', 'shared']) {
+  test(`forward matches ml-starflow (${name}): z, log-det per sample and loss within 1e-5 + 1e-4·|x|`, async () => {
+    const c = await loadCase(name);
+    const x = fromF32(c.x.data, c.x.shape);
+    const text = c.text && fromF32(c.text.data, c.text.shape);
+    const r = forward(keep(c.params), c.cfg, x, undefined, text);
+    const zImage = unpatchify(r.z.ref, c.cfg);
+    assert.deepEqual(zImage.shape, c.expected.z_shape);
+    const z = await toF32(zImage);
+    const logdet = await toF32(r.logdet.ref);
+    const zTok = await toF32(r.z);
+    const perSample = Array.from(logdet, (ld, i) => {
+      const d = zTok.length / logdet.length;
+      let s = 0;
+      for (let j = 0; j < d; j++) s += zTok[i * d + j]! ** 2;
+      return (0.5 * s) / d - ld;
+    });
+    const loss = perSample.reduce((a, b) => a + b, 0) / perSample.length;
+    assert.ok(closeness(z, c.expected.z) <= 1, `z: max |Δ| ${maxAbs(z, c.expected.z)}`);
+    assert.ok(closeness(logdet, c.expected.logdet) <= 1, `log-det ${[...logdet]} vs ${c.expected.logdet}`);
+    assert.ok(closeness(perSample, c.expected.loss_per_sample) <= 1, `per-sample loss ${perSample} vs ${c.expected.loss_per_sample}`);
+    assert.ok(closeness([loss], [c.expected.loss]) <= 1, `loss ${loss} vs ${c.expected.loss}`);
+    release(c.params);
+  });
+}
+
+test('sequential sampling matches ml-starflow (shared-options: start token, an identity block, RoPE, softplus, GQA, SwiGLU, qk-norm) within 1e-3', async () => {
+  const c = await loadCase('shared-options');
+  const model = { family: starflow, cfg: c.cfg, params: c.params };
+  const noise: Arr = patchify(fromF32(c.noise.data, c.noise.shape), c.cfg.patchSize);
+  const { images } = await sampleModel(model, noise, undefined, { plans: starflow.sampler(c.cfg).kind === 'autoregressive' ? Array.from({ length: (starflow.sampler(c.cfg) as { numBlocks: number }).numBlocks }, () => ({ kind: 'sequential' as const })) : [], guidance: NO_GUIDANCE });
+  const got = await toF32(images);
+  assert.ok(maxAbs(got, c.expected.sample_cfg0) < 1e-3, `samples differ by ${maxAbs(got, c.expected.sample_cfg0)}`);
+  release(c.params);
+});
