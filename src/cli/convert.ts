@@ -1,11 +1,13 @@
 import { convertCheckpoint, type ConvertOverrides } from '../io/convert.js';
+import { tarflow } from '../models/flow.js';
 import { parse, intOpt, numOpt, strOpt, UsageError } from './common.js';
 
-export const CONVERT_HELP = `starflow convert: turn an apple/ml-tarflow checkpoint into a model directory
+export const CONVERT_HELP = `starflow convert: turn an apple/ml-tarflow or apple/ml-starflow checkpoint into a model directory
 
 Usage:
   starflow convert --from FILE --out DIR [--img-size N] [--in-channels C] [--patch-size P]
                    [--noise-std S] [--head-dim D] [--json]
+  starflow convert --from FILE --config ARGS.yaml --out DIR      (ml-starflow)
 
   --from FILE        a torch.save state dict (.pth, the reference's released weights) or a
                      .safetensors file with the same tensor names
@@ -15,9 +17,11 @@ Usage:
   --patch-size P     patch side in pixels
   --noise-std S      training noise σ (used by sample --denoise)
   --head-dim D       attention head size (default 64, as the reference)
+  --config ARGS.yaml ml-starflow: the YAML of the model's arguments (its configs/*.yaml, the
+                     'arguments:' list); the shape flags do not apply
   --json             print the inferred config and notes as JSON
 
-The architecture is inferred from the tensor shapes (blocks, layers, width, classes, tokens,
+ml-tarflow: the architecture is inferred from the tensor shapes (blocks, layers, width, classes, tokens,
 MLP ratio, nvp) and from the reference's file names,
 {dataset}_model_{patch}_{channels}_{blocks}_{layers}_{noise}.pth (patch size and noise σ).
 The token dimension channels·patch² alone can be ambiguous (12 = 3·2² = 12·1²); then pass
@@ -36,6 +40,7 @@ export async function convertCommand(argv: string[]): Promise<void> {
     'patch-size': { type: 'string' },
     'noise-std': { type: 'string' },
     'head-dim': { type: 'string' },
+    config: { type: 'string' },
     json: { type: 'boolean' },
   });
   if (o.help) return void console.log(CONVERT_HELP);
@@ -49,17 +54,14 @@ export async function convertCommand(argv: string[]): Promise<void> {
   if (o['patch-size'] !== undefined) ov.patchSize = intOpt(o['patch-size'], 'patch-size', 1);
   if (o['head-dim'] !== undefined) ov.headDim = intOpt(o['head-dim'], 'head-dim', 1);
   if (o['noise-std'] !== undefined) ov.noiseStd = numOpt(o['noise-std'], 'noise-std', 0, (x) => x >= 0, 'a number ≥ 0');
-  const r = await convertCheckpoint(from, out, ov);
+  const config = strOpt(o.config, 'config');
+  if (config && Object.keys(ov).length) throw new UsageError('--config (ml-starflow) takes the architecture from the YAML: drop the shape flags');
+  const r = await convertCheckpoint(from, out, ov, config);
   if (o.json) {
     console.log(JSON.stringify({ out, config: r.cfg, tensors: r.tensors, parameters: r.parameters, notes: r.notes }));
     return;
   }
   const c = r.cfg;
-  console.log(
-    `wrote ${out}: ${c.numBlocks} blocks × ${c.layersPerBlock} layers, width ${c.width}, ` +
-      `${c.inChannels}×${c.imgSize}×${c.imgSize} images in ${c.patchSize}×${c.patchSize} patches, ` +
-      `${c.numClasses > 0 ? `${c.numClasses} classes` : 'unconditional'}, ${c.nvp ? 'affine' : 'volume-preserving'}, ` +
-      `noise σ ${c.noiseStd}; ${r.parameters.toLocaleString('en-US')} parameters`,
-  );
+  console.log(`wrote ${out}: ${tarflow.describe(c)}, ${c.nvp ? 'affine' : 'volume-preserving'}, noise σ ${c.noiseStd}; ${r.parameters.toLocaleString('en-US')} parameters`);
   for (const n of r.notes) console.log(`note: ${n}`);
 }

@@ -20,6 +20,13 @@ import { loadMnist } from '../../src/data/mnist.js';
 import { makeBatch } from '../../src/data/transforms.js';
 import { maxAbsDiff } from '../fixture.js';
 
+/** STARFlow's options, each in a tiny model (head size 8 allows 2-D RoPE; conditioning in the deep block only). */
+const STARFLOW_OPTIONS = [
+  ['STARFlow: start token, RoPE, softplus with soft clip, L2R, final norm', { model: 'starflow', softClip: 2 }, undefined],
+  ['STARFlow: 3 blocks [1, 0, 2] (an identity block), deep block twice as wide, 4 classes in the deep block only', { model: 'starflow', numBlocks: 3, layersPerBlock: [1, 0, 2], deepWidth: 32, numClasses: 4, condTopOnly: true }, [3, -1, 0]],
+  ['STARFlow: RMSNorm, SwiGLU, qk-norm, post-norm, grouped-query attention (1 kv head), no biases, learned positions, exp scales', { model: 'starflow', norm: 'rms', mlp: 'swiglu', qkNorm: true, postNorm: true, kvHeads: 1, bias: false, positions: 'learned', scale: 'exp' }, undefined],
+] as const;
+
 function tinyConfig(over: Record<string, unknown> = {}): FlowConfig {
   return parseModelConfig({
     model: 'tarflow',
@@ -43,6 +50,7 @@ function randomModel(cfg: FlowConfig, seed: number, scale = 0.1): FlowParams {
   const params = initFlow(cfg, seed);
   const rng = new Rng(seed + 1000);
   for (const block of params.blocks) {
+    if (!block.projOut) continue; // an identity block
     const w = block.projOut.w;
     const data = new Float32Array(w.size);
     for (let i = 0; i < data.length; i++) data[i] = scale * rng.normal();
@@ -75,7 +83,7 @@ async function roundTrip(cfg: FlowConfig, labels: number[] | undefined, seed: nu
   r.logdet.dispose();
   // The forward map must not be the identity, or the test would prove nothing.
   const z = await toF32(r.z.ref);
-  const plans: BlockPlan[] = Array.from({ length: cfg.numBlocks }, () => ({ kind: 'sequential' }));
+  const plans: BlockPlan[] = Array.from({ length: cfg.layersPerBlock.filter((n) => n > 0).length }, () => ({ kind: 'sequential' }));
   const { images } = await sampleFromNoise({ family: tarflow, cfg, params }, r.z, labels, { plans, guidance: NO_GUIDANCE });
   const back = await toF32(images);
   release(params);
@@ -88,6 +96,7 @@ for (const [name, over, labels] of [
   ['unconditional, volume-preserving (nvp=false)', { nvp: false }, undefined],
   ['4 classes, volume-preserving, 3 blocks', { numClasses: 4, nvp: false, numBlocks: 3 }, [2, -1, 1]],
   ['4 classes, 2 layers per block', { numClasses: 4, layersPerBlock: 2 }, [1, 0, -1]],
+  ...STARFLOW_OPTIONS,
 ] as const) {
   test(`x → z → x round trip through forward and the sequential sampler: ${name}`, async (t) => {
     const cfg = tinyConfig(over);
@@ -158,6 +167,7 @@ for (const [name, over, label] of [
   ['unconditional, 2 blocks', {}, undefined],
   ['3 classes, 3 blocks of 2 layers', { numClasses: 3, numBlocks: 3, layersPerBlock: 2 }, 2],
   ['volume-preserving (log-det 0)', { nvp: false }, undefined],
+  ...STARFLOW_OPTIONS.map(([n, o, l]) => [n, o, l?.[0]] as const),
 ] as const) {
   test(`log-det equals log|det ∂z/∂x| / D of the AD Jacobian (1×4×4, D = 16): ${name}`, async (t) => {
     const cfg = tinyConfig({ imgSize: 4, ...over });
