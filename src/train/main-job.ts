@@ -16,7 +16,7 @@ import { evaluateBpd, type BpdResult } from '../eval/likelihood.js';
 import { evaluateModel } from '../eval/report.js';
 import type { ModelConfig } from '../models/model.js';
 
-/** The preset `npm start` trains: the one that drew the best samples in 15 minutes on a 2-core machine (checkpoints/README.md). */
+/** The preset `npm start` trains: of the configurations tried, the one that drew the best samples in 15 minutes on a 2-core machine (bench/results/main-job-candidates-2026-12-03.md). */
 export const MAIN_PRESET = 'mnist-main';
 /** The guidance weight of the main job's grid and sample-quality figures (the shipped models' are measured at it too). */
 export const MAIN_GUIDANCE = 2;
