@@ -485,6 +485,34 @@ export function guide(rule: GuidanceRule, ac: Arr, bc: Arr, au: Arr, bu: Arr, w:
 
 /** Per-block sampling state: one KV cache per layer. */
 export type BlockCache = KvCache[];
+/** A block as the sampling steps take it: its weights in processing order and, for a text-conditioned block, the text prefix's keys and values per layer. */
+export type StepBlock = Block & { prefix?: BlockCache };
+
+/**
+ * The text prefix through a block's layers, as ml-starflow encodes it into the KV cache before
+ * sampling: the text tokens see only each other (causally). Returns each layer's keys and values.
+ * Consumes `block` (its text projection and layers) and `text` ([R, L, textDim]).
+ */
+function encodeTextPrefix(block: Pick<Block, 'projText' | 'layers'>, text: Arr, cfg: FlowConfig, spec: BlockSpec): BlockCache {
+  const shape = attentionShape(cfg, spec.width);
+  const [rows, l] = text.shape as [number, number, number];
+  let h = linear(block.projText!, text);
+  const rot = blockRotation(cfg, spec);
+  const prefix: BlockCache = [];
+  for (const layer of block.layers) {
+    const r = rot && { cos: rot.cos.ref.slice([0, l]), sin: rot.sin.ref.slice([0, l]) };
+    const [att, kv] = cachedSelfAttention(layer.attn, normed(cfg, layer.attnNorm, h.ref), emptyKvCache(rows, 1, shape), np.array(0, { dtype: np.int32 }), shape, 1, undefined, r);
+    prefix.push({ kT: kv.kT, v: kv.v });
+    h = h.add(post(layer.attnPost, att));
+    h = h.ref.add(post(layer.mlpPost, feedForward(cfg, layer.mlp, normed(cfg, layer.mlpNorm, h))));
+  }
+  h.dispose();
+  if (rot) {
+    rot.cos.dispose();
+    rot.sin.dispose();
+  }
+  return prefix;
+}
 /** Per layer, a chunk's keys and values not yet in the cache. */
 export type BlockPending = PendingKv[];
 
@@ -502,7 +530,7 @@ function positionRows(first: Arr, l: number, n: number): Arr {
  * The cache itself is only read. `block.pos` is the position table in processing order.
  */
 export function blockStep(
-  block: Block,
+  block: StepBlock,
   u: Arr,
   cacheEnd: Arr,
   cache: BlockCache,
@@ -518,8 +546,9 @@ export function blockStep(
   let h = linear(block.projIn, u);
   if (block.pos) h = h.add(np.matmul(positionRows(first.ref, l, block.pos.shape[0]!), block.pos));
   const rot = blockRotation(cfg, spec);
+  const prefixLength = block.prefix?.[0]?.v.shape[2] ?? 0; // rotary rows of the text come first
   let pick: Arr | undefined;
-  if (rot) pick = positionRows(first, l, rot.cos.shape[0]!);
+  if (rot) pick = positionRows(first.add(prefixLength), l, rot.cos.shape[0]!);
   else first.dispose();
   const cls = classBias(block, labels);
   if (cls) h = h.add(cls);
@@ -528,7 +557,7 @@ export function blockStep(
     const t = typeof temp === 'number' ? temp : temp.ref;
     const c = cache[i]!;
     const r = rot && pick && { cos: np.matmul(pick.ref, rot.cos.ref), sin: np.matmul(pick.ref, rot.sin.ref) };
-    const [att, kv] = cachedSelfAttention(layer.attn, normed(cfg, layer.attnNorm, h.ref), { kT: c.kT.ref, v: c.v.ref }, cacheEnd.ref, shape, t, pending?.[i], r);
+    const [att, kv] = cachedSelfAttention(layer.attn, normed(cfg, layer.attnNorm, h.ref), { kT: c.kT.ref, v: c.v.ref }, cacheEnd.ref, shape, t, pending?.[i], r, block.prefix?.[i]);
     recent.push(kv);
     h = h.add(post(layer.attnPost, att));
     h = h.ref.add(post(layer.mlpPost, feedForward(cfg, layer.mlp, normed(cfg, layer.mlpNorm, h))));
@@ -586,7 +615,6 @@ export function blockInOrder(params: FlowParams, cfg: FlowConfig, bi: number): B
 function flowSampler(cfg: FlowConfig): AutoregressiveSampler<FlowParams> {
   const { tokens } = tokenShape(cfg);
   const active = activeBlocks(cfg);
-  if (cfg.textDim > 0) throw new ConfigError('sampling a text-conditioned flow is not built yet (its likelihood is)');
   const isGuided = (g: Guidance, k: number) => {
     const spec = active[k]!;
     if (g.weight === 0) return false;
@@ -602,14 +630,20 @@ function flowSampler(cfg: FlowConfig): AutoregressiveSampler<FlowParams> {
     length: cfg.startToken ? tokens + 1 : tokens,
     steps: (k) => steps[k]!,
     isGuided,
-    block(params, k, z, labels, g): BlockInverse<Block> {
+    block(params, k, z, labels, g, text): BlockInverse<StepBlock> {
       const spec = active[k]!;
       const flipped = spec.flipped;
       const guided = isGuided(g, k);
       const batch = z.shape[0]!;
       const rows = guided ? 2 * batch : batch;
       const ys = labels ?? new Array<number>(batch).fill(0);
-      const block = blockInOrder(params, cfg, spec.index);
+      const block: StepBlock = blockInOrder(params, cfg, spec.index);
+      if (spec.text) {
+        if (!text) throw new Error('a text-conditioned block needs text states');
+        // Guided rows: the conditional batch, then the negative (ml-starflow's [text; negative] batch).
+        const states = guided ? np.concatenate([text.states.ref, text.negative!.ref], 0) : text.states.ref;
+        block.prefix = encodeTextPrefix(keep({ projText: block.projText!, layers: block.layers } as never) as Pick<Block, 'projText' | 'layers'>, states, cfg, spec);
+      }
       const start = block.start;
       const order = (x: Arr) => (flipped ? flipTokens(x) : x);
       return {

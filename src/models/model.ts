@@ -14,6 +14,9 @@ export type ModelConfig = {
   numClasses: number;
   /** σ of the Gaussian noise the training images carried (0: none); score denoising undoes it. */
   noiseStd: number;
+  /** Text conditioning: encoder states of textTokens × textDim (absent or 0: none). */
+  textTokens?: number;
+  textDim?: number;
 };
 
 // ---- guidance ----
@@ -30,6 +33,9 @@ export type Guidance = {
   /** Model block indices that get guidance; all when absent. */
   blocks?: number[];
 };
+
+/** Text conditioning for sampling: encoder states [B, L, D] and, for guidance, the negative (e.g. the empty caption's) [B, L, D]. Borrowed, not consumed. */
+export type TextConditioning = { states: Arr; negative?: Arr };
 
 export const NO_GUIDANCE: Guidance = { weight: 0, rule: 'tarflow', annealed: false, attnTemp: 1 };
 
@@ -87,8 +93,8 @@ export interface AutoregressiveSampler<P = Params> {
   steps(blockIndex: number): FlowSteps;
   /** Whether block `blockIndex` samples with two branches under this guidance. */
   isGuided(g: Guidance, blockIndex: number): boolean;
-  /** Block `blockIndex` set up for inverting noise z with these labels and guidance. */
-  block(params: P, blockIndex: number, z: Arr, labels: number[] | undefined, g: Guidance): BlockInverse;
+  /** Block `blockIndex` set up for inverting noise z with these labels (or text) and guidance. */
+  block(params: P, blockIndex: number, z: Arr, labels: number[] | undefined, g: Guidance, text?: TextConditioning): BlockInverse;
   /** Tokens [B, T, D] → images [B, C, H, W]. */
   toImages(x: Arr): Arr;
 }

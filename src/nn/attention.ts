@@ -148,7 +148,8 @@ export function emptyPendingKv(batch: number, n: number, s: AttentionShape): Pen
  * holds positions 0..cacheEnd−1 (`cacheEnd`: int32 scalar array; later slots are masked, so stale
  * values never leak); `pending` holds positions cacheEnd.. up to the new tokens (a single new
  * token is then written into its next slot). Token i sees everything before it and itself.
- * `rot`: the new tokens' rotary tables (keys are stored rotated).
+ * `rot`: the new tokens' rotary tables (keys are stored rotated); `prefix`: keys and values every
+ * token sees ahead of the cache (a text prefix), consumed.
  *
  * Returns the output and the chunk's keys and values so far; commitKv writes them into the cache.
  * The softmax is split over the two key sets, so decoding a token reads the cache but never
@@ -164,6 +165,7 @@ export function cachedSelfAttention(
   temp: number | Arr = 1,
   pending?: PendingKv,
   rot?: Rotation,
+  prefix?: KvCache,
 ): [Arr, PendingKv] {
   const l = x.shape[1]!;
   const size = cache.v.shape[2]!;
@@ -190,12 +192,23 @@ export function cachedSelfAttention(
   const seen = np.arange(size, undefined, undefined, { dtype: np.int32 }).less(cacheEnd);
   const fromCache = scores(qs.ref, cache.kT).add(np.where(seen, 0, -Infinity).reshape([1, size]));
   const causal = np.tri(l, n, before, { dtype: np.bool }); // unfilled slots lie above the diagonal
-  const fromRecent = np.where(causal, scores(qs, recent.kT.ref), -Infinity);
-  const top = np.maximum(fromCache.ref.max(-1, { keepdims: true }), fromRecent.ref.max(-1, { keepdims: true }));
+  const fromRecent = np.where(causal, scores(qs.ref, recent.kT.ref), -Infinity);
+  // A prefix (text states encoded once) is seen by every token: a third key set, unmasked.
+  const fromPrefix = prefix && scores(qs.ref, prefix.kT);
+  let top = np.maximum(fromCache.ref.max(-1, { keepdims: true }), fromRecent.ref.max(-1, { keepdims: true }));
+  if (fromPrefix) top = np.maximum(top, fromPrefix.ref.max(-1, { keepdims: true }));
+  qs.dispose();
   const eCache = np.exp(fromCache.sub(top.ref));
-  const eRecent = np.exp(fromRecent.sub(top));
-  const total = eCache.ref.sum(-1, { keepdims: true }).add(eRecent.ref.sum(-1, { keepdims: true }));
-  const out = weighted(eCache, cache.v).add(weighted(eRecent, recent.v.ref)).div(total);
+  const eRecent = np.exp(fromRecent.sub(top.ref));
+  let total = eCache.ref.sum(-1, { keepdims: true }).add(eRecent.ref.sum(-1, { keepdims: true }));
+  let out = weighted(eCache, cache.v).add(weighted(eRecent, recent.v.ref));
+  if (fromPrefix && prefix) {
+    const ePrefix = np.exp(fromPrefix.sub(top.ref));
+    total = total.add(ePrefix.ref.sum(-1, { keepdims: true }));
+    out = out.add(weighted(ePrefix, prefix.v));
+  }
+  top.dispose();
+  out = out.div(total);
   return [linear(p.proj, mergeHeads(out)), recent];
 }
 

@@ -9,7 +9,7 @@
 // Jacobi's stopping rule holds per sample: a chunk is done when every sample's relative change is
 // below the tolerance, so one hard sample in a large batch is not cut short by the easy ones.
 import { np, keep, release, fromF32, fromI32, toF32, type Arr } from '../engine/index.js';
-import type { AutoregressiveSampler, Guidance, Model } from '../models/model.js';
+import type { AutoregressiveSampler, Guidance, Model, TextConditioning } from '../models/model.js';
 import { stepFunction } from './step.js';
 
 
@@ -23,6 +23,8 @@ export type SampleOptions = {
   guidance: Guidance;
   /** Called after every solver call, for progress bars. */
   onStep?: (done: number, total: number) => void;
+  /** Text-conditioned models: the states (and, for guidance, the negative). */
+  text?: TextConditioning;
 };
 
 export type BlockStats = { block: number; calls: number; iterations: number[] };
@@ -71,9 +73,10 @@ export async function invertBlock(
   plan: BlockPlan,
   guidance: Guidance,
   onCall?: () => void,
+  text?: TextConditioning,
 ): Promise<{ x: Arr; stats: BlockStats }> {
   const sampler = autoregressive(model);
-  const block = sampler.block(model.params, bi, z.ref, labels, guidance);
+  const block = sampler.block(model.params, bi, z.ref, labels, guidance, text);
   const guided = sampler.isGuided(guidance, bi);
   const length = sampler.length;
   const zs = block.toSequence(z);
@@ -132,7 +135,7 @@ export async function invertBlock(
 /** Noise → images [B, C, H, W] (not denoised) with an autoregressive flow's block solvers. */
 export async function sampleFromNoise(model: Model, z: Arr, labels: number[] | undefined, opts: SampleOptions): Promise<{ images: Arr; stats: BlockStats[] }> {
   const sampler = autoregressive(model);
-  validateRequest(model, z, labels, opts.guidance);
+  validateRequest(model, z, labels, opts.guidance, opts.text);
   if (opts.plans.length !== sampler.numBlocks) {
     throw new SamplingError(`a sampling plan needs one entry per block (${sampler.numBlocks}), got ${opts.plans.length}`);
   }
@@ -142,7 +145,7 @@ export async function sampleFromNoise(model: Model, z: Arr, labels: number[] | u
   let x = z;
   for (let k = 0; k < sampler.numBlocks; k++) {
     const bi = sampler.numBlocks - 1 - k;
-    const r = await invertBlock(model, bi, x, labels, opts.plans[k]!, opts.guidance, () => opts.onStep?.(++done, total));
+    const r = await invertBlock(model, bi, x, labels, opts.plans[k]!, opts.guidance, () => opts.onStep?.(++done, total), opts.text);
     x = r.x;
     stats.push(r.stats);
   }
@@ -150,7 +153,7 @@ export async function sampleFromNoise(model: Model, z: Arr, labels: number[] | u
 }
 
 /** Checks noise, labels and guidance against a model before any work. */
-export function validateRequest(model: Model, z: Arr, labels: number[] | undefined, g: Guidance): void {
+export function validateRequest(model: Model, z: Arr, labels: number[] | undefined, g: Guidance, text?: TextConditioning): void {
   const { cfg, family } = model;
   const want = family.noiseShape(cfg);
   const [b] = z.shape;
@@ -167,7 +170,17 @@ export function validateRequest(model: Model, z: Arr, labels: number[] | undefin
   }
   if (!(g.weight >= 0) || !Number.isFinite(g.weight)) throw new SamplingError(`the guidance weight must be a number ≥ 0, got ${g.weight}`);
   if (!(g.attnTemp > 0)) throw new SamplingError(`the attention temperature must be > 0, got ${g.attnTemp}`);
-  if (g.weight > 0 && cfg.numClasses === 0 && g.attnTemp === 1) {
+  const textDim = cfg.textDim ?? 0;
+  if (textDim > 0) {
+    const want = [b, cfg.textTokens, textDim].join(', ');
+    for (const [name, t] of [['text states', text?.states], ['negative text states', text?.negative]] as const) {
+      if (!t) continue;
+      if (t.shape.join(', ') !== want) throw new SamplingError(`${name} must have shape [${want}], got [${t.shape.join(', ')}]`);
+    }
+    if (!text?.states) throw new SamplingError(`a text-conditioned model needs text states [${want}]`);
+    if (g.weight > 0 && !text.negative) throw new SamplingError('guidance on a text-conditioned model needs negative text states (e.g. the empty caption\'s)');
+  } else if (text) throw new SamplingError('this model is not text-conditioned: it takes no text');
+  if (g.weight > 0 && cfg.numClasses === 0 && textDim === 0 && g.attnTemp === 1) {
     throw new SamplingError('guidance on an unconditional model needs an attention temperature ≠ 1 for its negative branch (e.g. --attn-temp 0.5)');
   }
   const s = family.sampler(cfg);
@@ -181,7 +194,7 @@ export function validateRequest(model: Model, z: Arr, labels: number[] | undefin
 export async function sampleModel(model: Model, z: Arr, labels: number[] | undefined, opts: SampleOptions): Promise<{ images: Arr; stats: BlockStats[] }> {
   const s = model.family.sampler(model.cfg);
   if (s.kind === 'autoregressive') return sampleFromNoise(model, z, labels, opts);
-  validateRequest(model, z, labels, opts.guidance);
+  validateRequest(model, z, labels, opts.guidance, opts.text);
   const images = s.sample(keep(model.params), z, labels, opts.guidance);
   opts.onStep?.(1, 1);
   return { images, stats: [] };

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import '../setup.js';
-import { fromF32, toF32, keep, release, type Arr } from '../../src/engine/index.js';
+import { fromF32, toF32, keep, release } from '../../src/engine/index.js';
 import { forward, patchify, unpatchify, starflow, type FlowParams } from '../../src/models/flow.js';
 import { convertStarflowStateDict, readStateDictFile } from '../../src/io/convert.js';
 import { readSafetensorsFile } from '../../src/io/files.js';
@@ -69,12 +69,30 @@ for (const name of ['shared-options', 'shared']) {
   });
 }
 
+const sequential = (n: number) => Array.from({ length: n }, () => ({ kind: 'sequential' as const }));
+
 test('sequential sampling matches ml-starflow (shared-options: start token, an identity block, RoPE, softplus, GQA, SwiGLU, qk-norm) within 1e-3', async () => {
   const c = await loadCase('shared-options');
   const model = { family: starflow, cfg: c.cfg, params: c.params };
-  const noise: Arr = patchify(fromF32(c.noise.data, c.noise.shape), c.cfg.patchSize);
-  const { images } = await sampleModel(model, noise, undefined, { plans: starflow.sampler(c.cfg).kind === 'autoregressive' ? Array.from({ length: (starflow.sampler(c.cfg) as { numBlocks: number }).numBlocks }, () => ({ kind: 'sequential' as const })) : [], guidance: NO_GUIDANCE });
+  const noise = patchify(fromF32(c.noise.data, c.noise.shape), c.cfg.patchSize);
+  const { images } = await sampleModel(model, noise, undefined, { plans: sequential(2), guidance: NO_GUIDANCE });
   const got = await toF32(images);
   assert.ok(maxAbs(got, c.expected.sample_cfg0) < 1e-3, `samples differ by ${maxAbs(got, c.expected.sample_cfg0)}`);
+  release(c.params);
+});
+
+test('text-conditioned sampling matches ml-starflow (shared: text prefix in the KV cache, deep block guided by the STARFlow rule, then the shallow block unguided) within 1e-3', async () => {
+  const c = await loadCase('shared');
+  const model = { family: starflow, cfg: c.cfg, params: c.params };
+  const text = { states: fromF32(c.text!.data, c.text!.shape), negative: fromF32(c.negative!.data, c.negative!.shape) };
+  for (const w of [0, 2]) {
+    const want = c.expected[`sample_cfg${w}`] as number[];
+    const noise = patchify(fromF32(c.noise.data, c.noise.shape), c.cfg.patchSize);
+    const guidance = { weight: w, rule: 'starflow' as const, annealed: false, attnTemp: 1 };
+    const { images } = await sampleModel(model, noise, undefined, { plans: sequential(2), guidance, text });
+    const got = await toF32(images);
+    assert.ok(maxAbs(got, want) < 1e-3, `guidance ${w}: samples differ by ${maxAbs(got, want)}`);
+  }
+  release([text.states, text.negative]);
   release(c.params);
 });
