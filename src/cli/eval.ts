@@ -104,7 +104,7 @@ Usage:
   --model DIR          model directory (${MODEL_DEFAULT})
   --n N                samples per guidance weight, and images in each reference point (default 500)
   --cfg W1,W2,...      guidance weights to sweep (default 0); the first is the headline figure
-  --guidance-rule R    tarflow (default) or starflow
+  --guidance-rule R    tarflow or starflow (default: the model's: starflow for STARFlow configs)
   --attn-temp T        attention temperature of the unguided branch (unconditional models)
   --solver NAME        ${SOLVERS.join(' | ')} (default sequential)
   --strategy S         gs-jacobi per-block plan (see starflow sample --help)
@@ -163,8 +163,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
   if (o.n !== undefined && Number(o.n) === 0) throw new UsageError('--n 0: there are no samples to evaluate (use --n 4 or more; 500 is a sensible minimum)');
   const n = intOpt(o.n, 'n', 4, 500);
   const weights = o.cfg === undefined ? [0] : numList(strOpt(o.cfg, 'cfg')!, 'cfg');
-  const rule = strOpt(o['guidance-rule'], 'guidance-rule') ?? 'tarflow';
-  if (rule !== 'tarflow' && rule !== 'starflow') throw new UsageError(`--guidance-rule must be tarflow or starflow, got '${rule}'`);
+  const rule = strOpt(o['guidance-rule'], 'guidance-rule');
+  if (rule !== undefined && rule !== 'tarflow' && rule !== 'starflow') throw new UsageError(`--guidance-rule must be tarflow or starflow, got '${rule}'`);
   const attnTemp = numOpt(o['attn-temp'], 'attn-temp', 1, (x) => x > 0, 'a number > 0');
   const solver = strOpt(o.solver, 'solver') ?? 'sequential';
   if (!(SOLVERS as readonly string[]).includes(solver)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${SOLVERS.join(', ')})`);

@@ -4,8 +4,7 @@ import { generate, classRows } from '../sampling/pipeline.js';
 import { SOLVERS, type SolverName } from '../sampling/plan.js';
 import { SamplingError } from '../sampling/solvers.js';
 import type { Guidance } from '../models/model.js';
-import { readSafetensorsFile } from '../io/files.js';
-import { toFloat32, toInt32 } from '../io/safetensors.js';
+import { readNoiseInputs } from '../io/inputs.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { prepareSamplesOutput, saveSamples } from '../io/samples.js';
 import { Progress } from './progress.js';
@@ -25,7 +24,8 @@ What to draw:
 
 Guidance:
   --cfg W                guidance weight (default 0 = none)
-  --guidance-rule R      tarflow (linear on log-scale and shift, default) or starflow (Gaussian product)
+  --guidance-rule R      tarflow (linear on log-scale and shift) or starflow (Gaussian product);
+                         default: the model's (starflow for STARFlow configs, else tarflow)
   --annealed             ramp the weight linearly along the sequence
   --attn-temp T          attention temperature of the negative branch (needed for unconditional models)
   --guided-blocks 0,1    model block indices that get guidance (default all)
@@ -33,8 +33,11 @@ Guidance:
 Solver:
   --solver NAME          ${SOLVERS.join(' | ')} (default sequential, exact; Jacobi can be faster at batch 1: bench/README.md)
   --strategy S           gs-jacobi per-block plan, blocks in sampling order: e.g. "0=8x32,*=1x10", "*=seq"
-  --jacobi-tol E         stop a Jacobi module when mean((new−old)²)/mean(new²) < E (default 1e-6)
-  --jacobi-max-iter N    iteration cap per module (default: the module length, which is exact)
+  --jacobi-tol E         stop a Jacobi module when mean((new−old)²)/mean(new²) < E, for every sample
+                         (default 1e-6; block-jacobi: for the whole batch, default 1e-3)
+  --jacobi-max-iter N    iteration cap per module (default: the module length, which is exact;
+                         block-jacobi: 32)
+  --jacobi-block-size N  block-jacobi's chunk length (default 16, as ml-starflow's images)
   --jacobi-init z|zeros  initial guess (default z)
   --batch B              samples per solver batch (default: all at once)
 
@@ -48,7 +51,9 @@ Denoising:
 Output:
   --out FILE             .png: a grid; .safetensors: the tensor 'samples' [n, C, H, W]; a directory: one PNG each
   --noise FILE           start from noise tokens in a .safetensors file instead of drawing them
-  --noise-key NAME       tensor name of the noise (default 'noise'), shape [n, T, D]
+  --noise-key NAME       tensor name of the noise (default 'noise'), shape [n, T, D] or image-shaped [n, C, H, W]
+  --text-key NAME        text-conditioned models: the text-encoder states [n, L, D] in the --noise file
+  --negative-text-key N  the negative's states (e.g. the empty caption's), needed for --cfg > 0
   --labels-key NAME      tensor name of per-sample labels in the noise file
   --json                 print timing and solver statistics as JSON
 ${ENGINE_HELP}`;
@@ -74,6 +79,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     solver: { type: 'string' },
     strategy: { type: 'string' },
     'jacobi-tol': { type: 'string' },
+    'jacobi-block-size': { type: 'string' },
     'jacobi-max-iter': { type: 'string' },
     'jacobi-init': { type: 'string' },
     batch: { type: 'string' },
@@ -84,6 +90,8 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     out: { type: 'string' },
     noise: { type: 'string' },
     'noise-key': { type: 'string' },
+    'text-key': { type: 'string' },
+    'negative-text-key': { type: 'string' },
     'labels-key': { type: 'string' },
     json: { type: 'boolean' },
   });
@@ -91,8 +99,8 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   const dir = modelDir(o);
   const out = strOpt(o.out, 'out') ?? 'samples.png';
   const seed = intOpt(o.seed, 'seed', 0, 0);
-  const rule = strOpt(o['guidance-rule'], 'guidance-rule') ?? 'tarflow';
-  if (rule !== 'tarflow' && rule !== 'starflow') throw new UsageError(`--guidance-rule must be tarflow or starflow, got '${rule}'`);
+  const ruleOpt = strOpt(o['guidance-rule'], 'guidance-rule');
+  if (ruleOpt !== undefined && ruleOpt !== 'tarflow' && ruleOpt !== 'starflow') throw new UsageError(`--guidance-rule must be tarflow or starflow, got '${ruleOpt}'`);
   const init = strOpt(o['jacobi-init'], 'jacobi-init') ?? 'z';
   if (init !== 'z' && init !== 'zeros') throw new UsageError(`--jacobi-init must be z or zeros, got '${init}'`);
   const solver = strOpt(o.solver, 'solver') ?? 'sequential';
@@ -102,28 +110,24 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   await startEngineFromOptions(o);
   const model = await loadModel(dir);
   const { cfg } = model;
-  const noiseShape = model.family.noiseShape(cfg);
+  const sampler = model.family.sampler(cfg);
+  const rule = ruleOpt ?? (sampler.kind === 'autoregressive' ? sampler.guidanceRule : 'tarflow');
 
-  let noise: Float32Array | undefined;
-  let fileLabels: number[] | undefined;
   let n = intOpt(o.n, 'n', 1, 64);
-  if (o.noise) {
-    const f = await readSafetensorsFile(strOpt(o.noise, 'noise')!);
-    const key = strOpt(o['noise-key'], 'noise-key') ?? 'noise';
-    const t = f.tensors.get(key);
-    if (!t) throw new UsageError(`${o.noise} has no tensor '${key}' (it has: ${[...f.tensors.keys()].join(', ')})`);
-    if (t.shape.length !== noiseShape.length + 1 || t.shape.slice(1).join(',') !== noiseShape.join(',')) {
-      throw new UsageError(`noise '${key}' must have shape [n, ${noiseShape.join(', ')}] for this model, got [${t.shape}]`);
-    }
-    noise = toFloat32(t, key);
-    n = t.shape[0]!;
-    const lk = strOpt(o['labels-key'], 'labels-key');
-    if (lk) {
-      const lt = f.tensors.get(lk);
-      if (!lt) throw new UsageError(`${o.noise} has no tensor '${lk}'`);
-      fileLabels = [...toInt32(lt, lk)];
-    }
+  const fromFile = o.noise
+    ? await readNoiseInputs(
+        strOpt(o.noise, 'noise')!,
+        { noise: strOpt(o['noise-key'], 'noise-key') ?? 'noise', labels: strOpt(o['labels-key'], 'labels-key'), text: strOpt(o['text-key'], 'text-key'), negativeText: strOpt(o['negative-text-key'], 'negative-text-key') },
+        model,
+      )
+    : undefined;
+  if (!fromFile && (o['text-key'] !== undefined || o['negative-text-key'] !== undefined || o['labels-key'] !== undefined)) {
+    throw new UsageError('--labels-key, --text-key and --negative-text-key name tensors in the --noise file');
   }
+  if (fromFile) n = fromFile.n;
+  const noise = fromFile?.noise;
+  const fileLabels = fromFile?.labels;
+  const text = fromFile?.text;
 
   if (o.class !== undefined && o.labels !== undefined) throw new UsageError('give --class or --labels, not both');
   let labels: number[] | undefined;
@@ -148,9 +152,10 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   const choice = {
     name: solver as SolverName,
     strategy: strOpt(o.strategy, 'strategy'),
-    tol: numOpt(o['jacobi-tol'], 'jacobi-tol', 1e-6, (x) => x >= 0, 'a number ≥ 0'),
+    tol: o['jacobi-tol'] === undefined ? undefined : numOpt(o['jacobi-tol'], 'jacobi-tol', 0, (x) => x >= 0, 'a number ≥ 0'),
     maxIter,
     init: init as 'z' | 'zeros',
+    blockSize: o['jacobi-block-size'] === undefined ? undefined : intOpt(o['jacobi-block-size'], 'jacobi-block-size', 1),
   };
   const denoise = (denoiseFlag(o) ?? denoisesByDefault(model))
     ? { sigma: numOpt(o.sigma, 'sigma', cfg.noiseStd, (x) => x >= 0, 'a number ≥ 0'), lrScale: numOpt(o['denoise-lr'], 'denoise-lr', 1, (x) => x >= 0, 'a number ≥ 0') }
@@ -166,6 +171,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     noise,
     batchSize: o.batch === undefined ? undefined : intOpt(o.batch, 'batch', 1),
     denoise,
+    text,
     onProgress: (done, total) => bar.update(Math.round((100 * done) / total), ''),
   });
   bar.update(100);

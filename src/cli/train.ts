@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { parseTrainConfig, type TrainConfig } from '../train/config.js';
-import { loadPreset, loadConfigFile, PresetError } from '../train/presets.js';
+import { presetNames, loadPreset, loadConfigFile, PresetError } from '../train/presets.js';
 import { train, CHECKPOINT_DIR, type TrainEvent } from '../train/trainer.js';
 import { Progress } from './progress.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP } from './common.js';
@@ -13,7 +13,7 @@ Usage:
   starflow train --resume DIR [--steps N | --minutes M]
 
 Options:
-  --preset NAME        a named config from presets/ (mnist, mnist-bpd, mnist-tiny)
+  --preset NAME        a named config from presets/ (${presetNames().join(', ')})
   --config FILE        a training config (JSON or YAML); every field is validated
   --out DIR            run directory: log.jsonl, samples/, checkpoint/ (default runs/<preset or config name>)
   --resume DIR         continue the run in DIR from its checkpoint (same data order and randomness)

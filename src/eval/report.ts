@@ -46,6 +46,7 @@ export type EvalOptions = {
   n?: number;
   /** Guidance weights to sweep (default [0]); the first is the headline figure. */
   weights?: number[];
+  /** Default: the model's own (its sampler's guidanceRule). */
   guidanceRule?: GuidanceRule;
   /** Attention temperature of the unguided branch (default 1). */
   attnTemp?: number;
@@ -351,8 +352,8 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
   checkOptions(opts);
   const n = opts.n ?? 500;
   const weights = opts.weights ?? [0];
-  const rule = opts.guidanceRule ?? 'tarflow';
   const attnTemp = opts.attnTemp ?? 1;
+  let rule: GuidanceRule = 'tarflow'; // the model's own default once it is loaded
   const solver = opts.solver ?? 'sequential';
   const batch = opts.batchSize ?? 100;
   const seed = opts.seed ?? 0;
@@ -373,6 +374,8 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     if (opts.denoise && !(cfg.noiseStd > 0)) throw new EvalError('denoising needs a model trained with Gaussian noise (this one has noiseStd 0)', 'denoise');
     const denoise = (opts.denoise ?? denoisesByDefault(model)) ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
     const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
+    const sampler = model.family.sampler(cfg);
+    rule = opts.guidanceRule ?? (sampler.kind === 'autoregressive' ? sampler.guidanceRule : 'tarflow');
     const sample = makeSampler(model, { n, labels, solver, strategy: opts.strategy, rule, attnTemp, seed, batchSize: batch, denoise });
     const shape = { size: fx.cfg.imgSize, channels: fx.cfg.inChannels };
     // The extractor's own dataset: reference and floor come from it (train and test splits).

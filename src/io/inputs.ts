@@ -1,8 +1,10 @@
-// Images (and labels) given as tensors in a .safetensors file, checked against a model's config:
-// the inputs of `starflow nll --input` and `starflow denoise`.
+// Tensors given in a .safetensors file, checked against a model: images (and labels), the inputs
+// of `starflow nll --input` and `starflow denoise`; noise (and labels, text states), the inputs of
+// `starflow sample --noise`.
 import { readSafetensorsFile } from './files.js';
 import { toFloat32, toInt32, type TensorEntry } from './safetensors.js';
-import type { ModelConfig } from '../models/model.js';
+import type { Model, ModelConfig } from '../models/model.js';
+import { fromF32, toF32 } from '../engine/index.js';
 
 export class InputError extends Error {
   override name = 'InputError';
@@ -37,4 +39,51 @@ export async function readImageInputs(file: string, xKey: string, yKey: string |
     labels = ys;
   }
   return { x, shape: xt.shape as [number, number, number, number], labels };
+}
+
+export type NoiseInputs = { noise: Float32Array; n: number; labels?: number[]; text?: { states: Float32Array; negative?: Float32Array } };
+
+/**
+ * Noise for sampling from a file: `noiseKey` as the family lays noise out ([n, ...noiseShape]) or
+ * image-shaped [n, C, H, W] where the family maps that (flows: patchified); optional labels
+ * (int) and text-encoder states [n, textTokens, textDim] with their negative.
+ */
+export async function readNoiseInputs(
+  file: string,
+  keys: { noise: string; labels?: string; text?: string; negativeText?: string },
+  model: Pick<Model, 'family' | 'cfg'>,
+): Promise<NoiseInputs> {
+  const { cfg, family } = model;
+  const f = await readSafetensorsFile(file);
+  const get = (key: string): TensorEntry => {
+    const t = f.tensors.get(key);
+    if (!t) throw new InputError(`${file} has no tensor '${key}' (it has: ${[...f.tensors.keys()].join(', ') || 'none'})`);
+    return t;
+  };
+  const t = get(keys.noise);
+  const noiseShape = family.noiseShape(cfg);
+  const imageShape = [cfg.inChannels, cfg.imgSize, cfg.imgSize];
+  const asImages = Boolean(family.noiseFromImages) && t.shape.length === 4 && t.shape.slice(1).join(',') === imageShape.join(',');
+  if (!asImages && (t.shape.length !== noiseShape.length + 1 || t.shape.slice(1).join(',') !== noiseShape.join(','))) {
+    const alt = family.noiseFromImages ? ` or image-shaped [n, ${imageShape.join(', ')}]` : '';
+    throw new InputError(`noise '${keys.noise}' must have shape [n, ${noiseShape.join(', ')}]${alt} for this model, got [${t.shape}]`);
+  }
+  const n = t.shape[0]!;
+  if (n === 0) throw new InputError(`noise '${keys.noise}' holds no samples`);
+  let noise = toFloat32(t, `${file}: '${keys.noise}'`);
+  if (noise.some((v) => !Number.isFinite(v))) throw new InputError(`noise '${keys.noise}' contains NaN or infinite values`);
+  if (asImages) noise = await toF32(family.noiseFromImages!(cfg, fromF32(noise, t.shape)));
+  const out: NoiseInputs = { noise, n };
+  if (keys.labels) out.labels = [...toInt32(get(keys.labels), `${file}: '${keys.labels}'`)];
+  if (keys.negativeText && !keys.text) throw new InputError('negative text states go with text states');
+  if (keys.text) {
+    const want = [n, cfg.textTokens ?? 0, cfg.textDim ?? 0];
+    const states = (key: string) => {
+      const s = get(key);
+      if (s.shape.join(',') !== want.join(',')) throw new InputError(`text '${key}' must have shape [${want.join(', ')}] for this model, got [${s.shape}]`);
+      return toFloat32(s, `${file}: '${key}'`);
+    };
+    out.text = { states: states(keys.text), ...(keys.negativeText ? { negative: states(keys.negativeText) } : {}) };
+  }
+  return out;
 }

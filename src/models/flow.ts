@@ -626,6 +626,7 @@ function flowSampler(cfg: FlowConfig): AutoregressiveSampler<FlowParams> {
   return {
     kind: 'autoregressive',
     numBlocks: active.length,
+    guidanceRule: cfg.model === 'starflow' ? 'starflow' : 'tarflow',
     // With a start token the solver sequence is [start, x₀ … x_{T−1}]: position 0 known, T to solve.
     length: cfg.startToken ? tokens + 1 : tokens,
     steps: (k) => steps[k]!,
@@ -684,6 +685,7 @@ function flowFamily(name: 'tarflow' | 'starflow'): ModelFamily<FlowConfig, FlowP
       const { tokens, tokenDim } = tokenShape(cfg);
       return [tokens, tokenDim];
     },
+    noiseFromImages: (cfg, x) => patchify(x, cfg.patchSize),
     loss(params, cfg, x, y) {
       const r = forward(params, cfg, x, conditional(cfg, y), undefined, cfg.latentNormReg > 0);
       const nll = flowLoss(r.z, r.logdet).add(HALF_LOG_2PI);

@@ -91,6 +91,8 @@ export interface AutoregressiveSampler<P = Params> {
   length: number;
   /** Block `blockIndex`'s step functions, which the solvers jit (pure given the config; compiled once per config, shapeKey and chunk shape). */
   steps(blockIndex: number): FlowSteps;
+  /** The guidance rule the model samples with unless told otherwise. */
+  guidanceRule: GuidanceRule;
   /** Whether block `blockIndex` samples with two branches under this guidance. */
   isGuided(g: Guidance, blockIndex: number): boolean;
   /** Block `blockIndex` set up for inverting noise z with these labels (or text) and guidance. */
@@ -125,6 +127,8 @@ export interface ModelFamily<C extends ModelConfig = ModelConfig, P extends Para
   paramShapes(cfg: C): Map<string, number[]>;
   /** The shape of one sample's noise. */
   noiseShape(cfg: C): number[];
+  /** Noise given image-shaped, [n, C, H, W] → [n, ...noiseShape] (families whose noise is laid out otherwise, e.g. patch tokens). */
+  noiseFromImages?(cfg: C, x: Arr): Arr;
   /** Shape of the standard-normal draws the loss takes per batch of `batch` (drawn by the trainer from the run's seed and step); none when absent. */
   lossNoiseShape?(cfg: C, batch: number): number[];
   /**

@@ -1,6 +1,6 @@
 // The sampling pipeline: noise → images, in batches, optionally denoised. The library call
 // behind `starflow sample`, generic over model families.
-import { Rng, toF32, type Arr } from '../engine/index.js';
+import { Rng, fromF32, toF32, type Arr } from '../engine/index.js';
 import { NO_GUIDANCE, type Guidance, type Model } from '../models/model.js';
 import { sampleModel, noiseArray, SamplingError, type BlockStats } from './solvers.js';
 import { plansFor, type SolverChoice } from './plan.js';
@@ -21,6 +21,8 @@ export type GenerateOptions = {
   noise?: Float32Array;
   denoise?: { sigma: number; lrScale: number };
   onProgress?: (done: number, total: number) => void;
+  /** Text-conditioned models: encoder states [n, textTokens, textDim] (host, row-major) and, for guidance, the negative's. */
+  text?: { states: Float32Array; negative?: Float32Array };
 };
 
 export type GenerateResult = {
@@ -78,27 +80,45 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
   const images = new Float32Array(o.n * dims);
   const stats: BlockStats[][] = [];
   const t0 = performance.now();
-  const sampleBatch = async (z: Float32Array, labels: number[] | undefined, progress: (done: number, total: number) => void) => {
-    const r = await sampleModel(model, noiseArray(model, z, z.length / per), labels, { plans, guidance: o.guidance ?? NO_GUIDANCE, onStep: progress });
-    stats.push(r.stats);
-    const x: Arr = o.denoise ? denoise(model, r.images, labels, o.denoise.sigma, o.denoise.lrScale) : r.images;
-    return toF32(x);
+  const textWidth = (cfg.textTokens ?? 0) * (cfg.textDim ?? 0);
+  const rowsOf = (data: Float32Array, idx: number[]): Arr => {
+    const out = new Float32Array(idx.length * textWidth);
+    idx.forEach((i, k) => out.set(data.subarray(i * textWidth, (i + 1) * textWidth), k * textWidth));
+    return fromF32(out, [idx.length, cfg.textTokens ?? 0, cfg.textDim ?? 0]);
   };
+  for (const [name, t] of [['text states', o.text?.states], ['negative text states', o.text?.negative]] as const) {
+    if (t && t.length !== o.n * textWidth) throw new SamplingError(`${name} must hold ${o.n}×${cfg.textTokens ?? 0}×${cfg.textDim ?? 0} values, got ${t.length}`);
+  }
+  /** Samples `idx` from noise z (their rows), with their labels and text. */
+  const sampleBatch = async (z: Float32Array, idx: number[], progress: (done: number, total: number) => void) => {
+    const labels = o.labels && idx.map((i) => o.labels![i]!);
+    const text = o.text && { states: rowsOf(o.text.states, idx), ...(o.text.negative ? { negative: rowsOf(o.text.negative, idx) } : {}) };
+    try {
+      const r = await sampleModel(model, noiseArray(model, z, idx.length), labels, { plans, guidance: o.guidance ?? NO_GUIDANCE, onStep: progress, text });
+      stats.push(r.stats);
+      const x: Arr = o.denoise ? denoise(model, r.images, labels, o.denoise.sigma, o.denoise.lrScale) : r.images;
+      return await toF32(x);
+    } finally {
+      text?.states.dispose();
+      text?.negative?.dispose();
+    }
+  };
+  const range = (from: number, count: number) => Array.from({ length: count }, (_, k) => from + k);
   for (let start = 0; start < o.n; start += bs) {
     const b = Math.min(bs, o.n - start);
     const z = noise.subarray(start * per, (start + b) * per);
-    images.set(await sampleBatch(z, o.labels?.slice(start, start + b), (done, total) => o.onProgress?.(start * total + done * b, o.n * total)), start * dims);
+    images.set(await sampleBatch(z, range(start, b), (done, total) => o.onProgress?.(start * total + done * b, o.n * total)), start * dims);
   }
   // An inverse can overflow where the flow is poorly trained; like the reference, draw those
   // samples again (fresh noise from the seed), unless the caller fixed the noise.
-  const bad = () => Array.from({ length: o.n }, (_, i) => i).filter((i) => !images.subarray(i * dims, (i + 1) * dims).every(Number.isFinite));
+  const bad = () => range(0, o.n).filter((i) => !images.subarray(i * dims, (i + 1) * dims).every(Number.isFinite));
   let redrawn = 0;
   for (let round = 1; round <= 3 && !o.noise; round++) {
     const idx = bad();
     if (idx.length === 0) break;
     redrawn += idx.length;
     const fresh = drawNoise(model, idx.length, mix(o.seed, round));
-    const x = await sampleBatch(fresh, o.labels && idx.map((i) => o.labels![i]!), () => {});
+    const x = await sampleBatch(fresh, idx, () => {});
     idx.forEach((i, k) => images.set(x.subarray(k * dims, (k + 1) * dims), i * dims));
   }
   const nonFinite = bad().length;

@@ -2,14 +2,19 @@
 // Strategy strings name blocks in sampling order (0 = the first block run), as the GS-Jacobi
 // paper does: "0=8x32,*=1x10" splits the first block into 8 modules of ≤32 Jacobi iterations and
 // solves the others as one module of ≤10 iterations; "seq" is the sequential solver.
+// block-jacobi is ml-starflow's block-wise Jacobi: chunks of a fixed size (16), each iterated until
+// the batch's relative change Σ(new − old)²/Σ new² is below its threshold (1e-3) or 32 iterations.
 import type { Model } from '../models/model.js';
 import { SamplingError, type BlockPlan } from './solvers.js';
 
-export type SolverName = 'sequential' | 'jacobi' | 'gs-jacobi';
-export const SOLVERS: readonly SolverName[] = ['sequential', 'jacobi', 'gs-jacobi'];
+export type SolverName = 'sequential' | 'jacobi' | 'gs-jacobi' | 'block-jacobi';
+export const SOLVERS: readonly SolverName[] = ['sequential', 'jacobi', 'gs-jacobi', 'block-jacobi'];
 
-export type JacobiKnobs = { tol: number; maxIter?: number; init: 'z' | 'zeros' };
+/** `blockSize`: block-jacobi's chunk length. */
+export type JacobiKnobs = { tol: number; maxIter?: number; init: 'z' | 'zeros'; blockSize?: number };
 export const JACOBI_DEFAULTS: JacobiKnobs = { tol: 1e-6, init: 'z' };
+/** ml-starflow's defaults for images (--jacobi_block_size 16, --jacobi_th 0.001, --jacobi_max_iter 32). */
+export const BLOCK_JACOBI_DEFAULTS = { blockSize: 16, tol: 1e-3, maxIter: 32 };
 
 function parseEntry(text: string, tokens: number, k: JacobiKnobs): BlockPlan {
   if (text === 'seq' || text === 'sequential') return { kind: 'sequential' };
@@ -31,6 +36,13 @@ export function makePlans(solver: string, numBlocks: number, tokens: number, str
   if (solver === 'sequential') {
     if (strategy) throw new SamplingError('--strategy applies to the gs-jacobi solver');
     return Array.from({ length: numBlocks }, () => ({ kind: 'sequential' }));
+  }
+  if (solver === 'block-jacobi') {
+    if (strategy) throw new SamplingError('--strategy applies to the gs-jacobi solver');
+    const chunk = knobs.blockSize ?? BLOCK_JACOBI_DEFAULTS.blockSize;
+    if (!Number.isInteger(chunk) || chunk < 1) throw new SamplingError(`the Jacobi block size must be an integer ≥ 1, got ${chunk}`);
+    const maxIter = knobs.maxIter ?? BLOCK_JACOBI_DEFAULTS.maxIter;
+    return Array.from({ length: numBlocks }, () => ({ kind: 'jacobi', modules: 1, chunk, maxIter, tol: knobs.tol, init: knobs.init, criterion: 'batch' }));
   }
   if (solver === 'jacobi') {
     if (strategy) throw new SamplingError('--strategy applies to the gs-jacobi solver');
@@ -66,5 +78,7 @@ export function plansFor(model: Model, choice: SolverChoice = SEQUENTIAL): Block
     if (choice.name !== 'sequential' || choice.strategy) throw new SamplingError(`${model.family.name} models sample in one call: solvers and strategies do not apply`);
     return [];
   }
-  return makePlans(choice.name, s.numBlocks, s.length, choice.strategy, { ...JACOBI_DEFAULTS, ...choice });
+  const defaults = choice.name === 'block-jacobi' ? { ...JACOBI_DEFAULTS, tol: BLOCK_JACOBI_DEFAULTS.tol } : JACOBI_DEFAULTS;
+  const given = Object.fromEntries(Object.entries(choice).filter(([, v]) => v !== undefined));
+  return makePlans(choice.name, s.numBlocks, s.length, choice.strategy, { ...defaults, ...given });
 }

@@ -6,8 +6,10 @@
 // - jacobi: the whole sequence as one chunk, iterated until it stops changing;
 // - gs-jacobi: the sequence split into modules solved in order, Jacobi inside each.
 // A chunk of L positions is exact after L iterations, so iteration caps above L are never needed.
-// Jacobi's stopping rule holds per sample: a chunk is done when every sample's relative change is
-// below the tolerance, so one hard sample in a large batch is not cut short by the easy ones.
+// Jacobi's stopping rule holds per sample by default: a chunk is done when every sample's relative
+// change is below the tolerance, so one hard sample in a large batch is not cut short by the easy
+// ones; ml-starflow's block-wise Jacobi ('batch') stops on the whole batch's relative change,
+// Σ(new − old)² / Σ new².
 import { np, keep, release, fromF32, fromI32, toF32, type Arr } from '../engine/index.js';
 import type { AutoregressiveSampler, Guidance, Model, TextConditioning } from '../models/model.js';
 import { stepFunction } from './step.js';
@@ -15,7 +17,17 @@ import { stepFunction } from './step.js';
 
 export type BlockPlan =
   | { kind: 'sequential'; tokensPerCall?: number }
-  | { kind: 'jacobi'; modules: number; maxIter: number; tol: number; init: 'z' | 'zeros' };
+  | {
+      kind: 'jacobi';
+      /** Modules of about equal length over the block, or chunks of exactly `chunk` positions (the last shorter). */
+      modules: number;
+      chunk?: number;
+      maxIter: number;
+      tol: number;
+      init: 'z' | 'zeros';
+      /** 'sample' (default): every sample's relative change below tol; 'batch': the batch's (ml-starflow). */
+      criterion?: 'sample' | 'batch';
+    };
 
 export type SampleOptions = {
   /** One plan per block, indexed by sampling order (0 = the first block run = the model's last). */
@@ -42,7 +54,7 @@ export function chunksOf(plan: BlockPlan, length: number): [number, number][] {
   const size =
     plan.kind === 'sequential'
       ? Math.max(1, plan.tokensPerCall ?? SEQUENTIAL_TOKENS_PER_CALL)
-      : Math.ceil(unknown / Math.max(1, Math.min(plan.modules, unknown)));
+      : (plan.chunk ?? Math.ceil(unknown / Math.max(1, Math.min(plan.modules, unknown))));
   const out: [number, number][] = [];
   for (let s = 0; s < unknown; s += size) out.push([s, Math.min(size, unknown - s)]);
   return out;
@@ -114,7 +126,7 @@ export async function invertBlock(
       if (plan.kind === 'sequential') {
         out.change.dispose();
         await x.blockUntilReady(); // lazy dispatch would otherwise pile up every call
-      } else if ((await toF32(out.change)).every((c) => c < plan.tol)) {
+      } else if (converged(await toF32(out.change), plan)) {
         break;
       }
     }
@@ -130,6 +142,15 @@ export async function invertBlock(
   temps.dispose();
   zs.dispose();
   return { x: block.fromSequence(x), stats };
+}
+
+/** Whether a Jacobi chunk is done, from the step's per-sample [Σ(new − old)², Σ new²] (as [2, B]). */
+function converged(change: Float32Array, plan: Extract<BlockPlan, { kind: 'jacobi' }>): boolean {
+  const b = change.length / 2;
+  const moved = change.subarray(0, b);
+  const size = change.subarray(b);
+  if (plan.criterion === 'batch') return moved.reduce((a, v) => a + v, 0) < plan.tol * size.reduce((a, v) => a + v, 0) + 1e-30;
+  return moved.every((m, i) => m < plan.tol * (size[i]! + 1e-12));
 }
 
 /** Noise → images [B, C, H, W] (not denoised) with an autoregressive flow's block solvers. */

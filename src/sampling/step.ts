@@ -48,8 +48,8 @@ export type StepOutputs = {
   x: Arr;
   cache: unknown;
   /**
-   * Relative change of the chunk per sample: mean((new − old)²) / mean(new²) over the chunk, [B].
-   * Jacobi stops when every sample is below the tolerance.
+   * The chunk's change per sample, [2, B]: Σ(new − old)² (row 0) and Σ new² (row 1) over the chunk,
+   * from which the solvers form relative changes per sample or per batch.
    */
   change: Arr;
   /** int32 scalar start + L: the next chunk's start, computed here because a scalar made on the
@@ -104,7 +104,7 @@ function advance(steps: FlowSteps, spec: StepSpec, inp: StepInputs): StepOutputs
   const cache = steps.commit(inp.cache, recent, inp.start.ref, spec.size);
   const next = inp.start.add(l);
   const old = np.matmul(write.ref, inp.x.ref);
-  const change = np.square(fresh.ref.sub(old)).mean([1, 2]).div(np.square(fresh.ref).mean([1, 2]).add(1e-12));
+  const change = np.stack([np.square(fresh.ref.sub(old)).sum([1, 2]), np.square(fresh.ref).sum([1, 2])]);
   // Scatter the chunk back into positions start+1..start+L (one `where` pass over x).
   const covered = write.ref.sum(1).reshape([1, s, 1]).greater(0);
   const placed = l === 1 ? (write.dispose(), fresh) : np.matmul(write.transpose([0, 2, 1]), fresh);

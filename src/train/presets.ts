@@ -2,6 +2,7 @@
 // Every field is validated by parseTrainConfig; a file that does not parse is a ConfigError, a
 // preset or file that does not exist a PresetError.
 import path from 'node:path';
+import { readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
@@ -33,11 +34,16 @@ export async function loadConfigFile(file: string): Promise<TrainConfig> {
   return parseTrainConfig(await readConfigFile(file), file);
 }
 
-/** A named preset from PRESET_DIR ('mnist', 'mnist-bpd', 'mnist-tiny'), validated. */
+/** The names of the presets in PRESET_DIR. */
+export function presetNames(): string[] {
+  return readdirSync(PRESET_DIR).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
+}
+
+/** A named preset from PRESET_DIR (see presetNames), validated. */
 export async function loadPreset(name: string): Promise<TrainConfig> {
-  if (!/^[a-z0-9-]+$/.test(name)) throw new PresetError(`unknown preset '${name}'`);
+  if (!/^[a-z0-9-]+$/.test(name)) throw new PresetError(`unknown preset '${name}' (presets: ${presetNames().join(', ')})`);
   const file = path.join(PRESET_DIR, `${name}.json`);
   const raw = await readFile(file, 'utf8').catch(() => null);
-  if (raw === null) throw new PresetError(`unknown preset '${name}' (look in ${PRESET_DIR})`);
+  if (raw === null) throw new PresetError(`unknown preset '${name}' (presets: ${presetNames().join(', ')})`);
   return parseTrainConfig(JSON.parse(raw), `preset ${name}`);
 }
