@@ -4,7 +4,7 @@
 import type { Params } from '../engine/index.js';
 import { asObject, ConfigError } from './config.js';
 import type { Model, ModelConfig, ModelFamily } from './model.js';
-import { tarflow } from './flow.js';
+import { tarflow, starflow } from './flow.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- each family has its own config and parameter types
 export type AnyFamily = ModelFamily<any, any>;
@@ -42,3 +42,4 @@ export function initModel(cfg: ModelConfig, seed: number): Model {
 }
 
 registerFamily(tarflow);
+registerFamily(starflow);

@@ -171,7 +171,7 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
   });
 
   test('sample: --solver foo', async () => {
-    await expectError(['sample', '--model', classModel, '--solver', 'foo'], /unknown solver 'foo' \(expected one of: sequential, jacobi, gs-jacobi\)/, { code: 2 });
+    await expectError(['sample', '--model', classModel, '--solver', 'foo'], /unknown solver 'foo' \(expected one of: sequential, jacobi, gs-jacobi, block-jacobi\)/, { code: 2 });
   });
 
   test('sample: --n 0', async () => {
