@@ -38,13 +38,23 @@ export type MainJobResult = {
 };
 
 export async function runMainJob(
-  o: { preset?: string; outDir: string; minutes: number; guidance?: number; onLog?: (line: string) => void } & Pick<TrainOptions, 'onEvent' | 'signal' | 'workers'>,
+  o: {
+    preset?: string;
+    outDir: string;
+    minutes: number;
+    guidance?: number;
+    /** Samples behind the quality figures (default MAIN_QUALITY_SAMPLES; the shipped models' are compared only at that count). */
+    qualitySamples?: number;
+    /** Test images for bits/dim (default: the whole test set). */
+    testImages?: number;
+    onLog?: (line: string) => void;
+  } & Pick<TrainOptions, 'onEvent' | 'signal' | 'workers' | 'maxSteps'>,
 ): Promise<MainJobResult> {
   const cfg = await loadPreset(o.preset ?? MAIN_PRESET);
   const weight = o.guidance ?? MAIN_GUIDANCE;
   const log = o.onLog ?? (() => {});
   // A second `npm start` keeps the first one's run: it is moved to DIR.old-<time> (and said so).
-  const run = await train(cfg, { outDir: o.outDir, minutes: o.minutes, fitSchedule: true, workers: o.workers ?? 'auto', signal: o.signal, onEvent: o.onEvent, force: true });
+  const run = await train(cfg, { outDir: o.outDir, minutes: o.minutes, maxSteps: o.maxSteps, fitSchedule: true, workers: o.workers ?? 'auto', signal: o.signal, onEvent: o.onEvent, force: true });
   const checkpoint = path.join(o.outDir, CHECKPOINT_DIR);
   const model = await loadModel(checkpoint);
   const denoise = denoisesByDefault(model) ? { sigma: model.cfg.noiseStd, lrScale: 1 } : undefined;
@@ -58,15 +68,16 @@ export async function runMainJob(
 
   log(`test bits/dim on ${cfg.data.test}`);
   const test = await loadDataset(cfg.data.test, { size: model.cfg.imgSize, channels: model.cfg.inChannels });
-  const bpd = await evaluateBpd(model, test, test.n);
+  const bpd = await evaluateBpd(model, test, Math.min(o.testImages ?? test.n, test.n));
 
-  log(`sample quality: ${MAIN_QUALITY_SAMPLES} samples at guidance ${weight} against the feature extractor's reference images`);
+  const qualityN = o.qualitySamples ?? MAIN_QUALITY_SAMPLES;
+  log(`sample quality: ${qualityN} samples at guidance ${weight} against the feature extractor's reference images`);
   const reportDir = path.join(o.outDir, 'eval');
-  const ev = await evaluateModel({ modelDir: checkpoint, outDir: reportDir, n: MAIN_QUALITY_SAMPLES, weights: [weight] });
+  const ev = await evaluateModel({ modelDir: checkpoint, outDir: reportDir, n: qualityN, weights: [weight] });
   const m = ev.metrics.model[0]!;
   const quality = { n: m.n, guidance: weight, denoise: Boolean(denoise), frechet: m.frechet, classAccuracy: m.classAccuracy ?? NaN, report: ev.reportFile, floorFrechet: ev.metrics.floor.frechet };
   const shipped = shippedModels()
-    .filter((s) => s.samples && s.samples.guidance === weight && s.samples.n === MAIN_QUALITY_SAMPLES)
+    .filter((s) => s.samples && s.samples.guidance === weight && s.samples.n === qualityN)
     .map((s) => ({ name: s.name, samples: s.samples! }));
 
   const resultFile = path.join(o.outDir, 'result.json');
@@ -75,9 +86,9 @@ export async function runMainJob(
     steps: run.step,
     testBpd: Number.isFinite(bpd.mean) ? bpd.mean : null,
     testBpdMeaning: model.cfg.noiseStd > 0
-      ? `bits/dim of the ${test.n} test images (uniform dequantisation) under a model trained on Gaussian-noised images (σ = ${model.cfg.noiseStd}): a sampling recipe, not a likelihood figure`
-      : `bits/dim of the ${test.n} test images (uniform dequantisation): the model's likelihood, lower is better`,
-    images: test.n,
+      ? `bits/dim of ${bpd.perImage.length} test images (uniform dequantisation) under a model trained on Gaussian-noised images (σ = ${model.cfg.noiseStd}): a sampling recipe, not a likelihood figure`
+      : `bits/dim of ${bpd.perImage.length} test images (uniform dequantisation): the model's likelihood, lower is better`,
+    images: bpd.perImage.length,
     ...overflowed,
     samples,
     sampleQuality: { ...quality, meaning: 'Fréchet distance between the features of the samples and of real training images (lower is better; real test images score floorFrechet); classAccuracy: the share of samples the shipped classifier assigns to the class asked for' },
