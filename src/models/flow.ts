@@ -501,10 +501,9 @@ function encodeTextPrefix(block: Pick<Block, 'projText' | 'layers'>, text: Arr, 
   const prefix: BlockCache = [];
   for (const layer of block.layers) {
     const r = rot && { cos: rot.cos.ref.slice([0, l]), sin: rot.sin.ref.slice([0, l]) };
-    const [att, kv] = cachedSelfAttention(layer.attn, normed(cfg, layer.attnNorm, h.ref), emptyKvCache(rows, 1, shape), np.array(0, { dtype: np.int32 }), shape, 1, undefined, r);
+    let kv: PendingKv;
+    [h, kv] = cachedLayer(cfg, layer, h, { cache: emptyKvCache(rows, 1, shape), cacheEnd: np.array(0, { dtype: np.int32 }), shape, temp: 1, rot: r });
     prefix.push({ kT: kv.kT, v: kv.v });
-    h = h.add(post(layer.attnPost, att));
-    h = h.ref.add(post(layer.mlpPost, feedForward(cfg, layer.mlp, normed(cfg, layer.mlpNorm, h))));
   }
   h.dispose();
   if (rot) {
@@ -515,6 +514,18 @@ function encodeTextPrefix(block: Pick<Block, 'projText' | 'layers'>, text: Arr, 
 }
 /** Per layer, a chunk's keys and values not yet in the cache. */
 export type BlockPending = PendingKv[];
+
+/** One layer over new tokens h with cached attention (nn/attention.ts: cachedSelfAttention); returns h and the new keys and values. */
+function cachedLayer(
+  cfg: FlowConfig,
+  layer: Layer,
+  h: Arr,
+  a: { cache: KvCache; cacheEnd: Arr; shape: AttentionShape; temp: number | Arr; pending?: PendingKv; rot?: Rotation; prefix?: KvCache },
+): [Arr, PendingKv] {
+  const [att, kv] = cachedSelfAttention(layer.attn, normed(cfg, layer.attnNorm, h.ref), a.cache, a.cacheEnd, a.shape, a.temp, a.pending, a.rot, a.prefix);
+  h = h.add(post(layer.attnPost, att));
+  return [h.ref.add(post(layer.mlpPost, feedForward(cfg, layer.mlp, normed(cfg, layer.mlpNorm, h)))), kv];
+}
 
 /** One-hot [L, n] rows picking positions first..first+L−1, so shapes stay static. */
 function positionRows(first: Arr, l: number, n: number): Arr {
@@ -557,10 +568,9 @@ export function blockStep(
     const t = typeof temp === 'number' ? temp : temp.ref;
     const c = cache[i]!;
     const r = rot && pick && { cos: np.matmul(pick.ref, rot.cos.ref), sin: np.matmul(pick.ref, rot.sin.ref) };
-    const [att, kv] = cachedSelfAttention(layer.attn, normed(cfg, layer.attnNorm, h.ref), { kT: c.kT.ref, v: c.v.ref }, cacheEnd.ref, shape, t, pending?.[i], r, block.prefix?.[i]);
+    let kv: PendingKv;
+    [h, kv] = cachedLayer(cfg, layer, h, { cache: { kT: c.kT.ref, v: c.v.ref }, cacheEnd: cacheEnd.ref, shape, temp: t, pending: pending?.[i], rot: r, prefix: block.prefix?.[i] });
     recent.push(kv);
-    h = h.add(post(layer.attnPost, att));
-    h = h.ref.add(post(layer.mlpPost, feedForward(cfg, layer.mlp, normed(cfg, layer.mlpNorm, h))));
   });
   pick?.dispose();
   if (rot) {
