@@ -19,6 +19,10 @@ const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }
     what: 'this checkout against an earlier revision (--base REV): training step and sampling throughput, alternating in one run',
     load: () => import('./ab.js'),
   },
+  starflow: {
+    what: "STARFlow's options when sampling: mnist-starflow-pixel vs mnist-bpd (same width and depth), sequential, guided, per solved token",
+    load: () => import('./starflow.js'),
+  },
   train: { what: 'ms per TARFlow training step (fwd+bwd+clip+AdamW+EMA), notebook and mnist configs, jax-js wasm 1/2 threads vs a PyTorch twin, loss agreement', load: () => import('./train.js') },
 };
 

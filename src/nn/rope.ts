@@ -49,15 +49,23 @@ export function ropeTables(o: RopeLayout): { cos: Arr; sin: Arr } {
   return { cos: np.array(angles.map(Math.cos), { shape }), sin: np.array(angles.map(Math.sin), { shape }) };
 }
 
+/** The pair rotation as a [d, d] matrix: x @ R turns each (x₂ⱼ, x₂ⱼ₊₁) into (−x₂ⱼ₊₁, x₂ⱼ). */
+function pairRotation(d: number): Arr {
+  const r = new Float32Array(d * d);
+  for (let j = 0; j < d; j += 2) {
+    r[(j + 1) * d + j] = -1; // out[2j] = −x[2j+1]
+    r[j * d + j + 1] = 1; // out[2j+1] = x[2j]
+  }
+  return np.array(r, { shape: [d, d] });
+}
+
 /**
  * Rotates x [B, heads, L, d] by per-position tables cos, sin [L, d]: x·cos + rot(x)·sin, where
- * rot turns each pair (x₂ⱼ, x₂ⱼ₊₁) into (−x₂ⱼ₊₁, x₂ⱼ).
+ * rot turns each pair (x₂ⱼ, x₂ⱼ₊₁) into (−x₂ⱼ₊₁, x₂ⱼ). rot is a matmul with a constant signed
+ * permutation: on wasm a small matmul is faster than slicing the pairs apart and back.
  */
 export function applyRope(x: Arr, cos: Arr, sin: Arr): Arr {
-  const [b, h, l, d] = x.shape as [number, number, number, number];
-  const pairs = x.ref.reshape([b, h, l, d / 2, 2]);
-  const even = pairs.ref.slice([], [], [], [], [0, 1]);
-  const odd = pairs.slice([], [], [], [], [1, 2]);
-  const rotated = np.concatenate([odd.neg(), even], 4).reshape([b, h, l, d]);
+  const d = x.shape[3]!;
+  const rotated = np.matmul(x.ref, pairRotation(d));
   return x.mul(cos).add(rotated.mul(sin));
 }
