@@ -1,4 +1,4 @@
-import { convertCheckpoint, type ConvertOverrides } from '../io/convert.js';
+import { convertCheckpoint, exportModel, type ConvertOverrides } from '../io/convert.js';
 import { tarflow } from '../models/flow.js';
 import { parse, intOpt, numOpt, strOpt, UsageError } from './common.js';
 
@@ -64,4 +64,31 @@ export async function convertCommand(argv: string[]): Promise<void> {
   const c = r.cfg;
   console.log(`wrote ${out}: ${tarflow.describe(c)}, ${c.nvp ? 'affine' : 'volume-preserving'}, noise σ ${c.noiseStd}; ${r.parameters.toLocaleString('en-US')} parameters`);
   for (const n of r.notes) console.log(`note: ${n}`);
+}
+
+export const EXPORT_HELP = `starflow export: write a model for apple/ml-tarflow's or apple/ml-starflow's own code
+
+Usage:
+  starflow export --model DIR --format ml-starflow|ml-tarflow --out DIR2
+
+  --model DIR        model directory (config.json + model.safetensors)
+  --format F         ml-starflow: DIR2/model.pth + DIR2/config.yaml (its 'arguments:' list);
+                     ml-tarflow: DIR2/{dataset}_model_{patch}_{channels}_{blocks}_{layers}_{noise}.pth
+  --out DIR2         where to write (created)
+
+model.pth is a torch.save file of the reference's state dict (its parameter names and layouts,
+and the buffers its Model registers), so its load_state_dict(strict=True) takes it: train small
+here, continue with the reference trainer. Options a reference lacks are refused by name
+(ml-tarflow has no start token, RoPE, softplus, ...; ml-starflow no class embeddings).`;
+
+export async function exportCommand(argv: string[]): Promise<void> {
+  const o = parse(argv, { model: { type: 'string' }, format: { type: 'string' }, out: { type: 'string' } });
+  if (o.help) return void console.log(EXPORT_HELP);
+  const model = strOpt(o.model, 'model');
+  const out = strOpt(o.out, 'out');
+  const format = strOpt(o.format, 'format');
+  if (!model || !out || !format) throw new UsageError('--model DIR, --format F and --out DIR2 are required');
+  if (format !== 'ml-starflow' && format !== 'ml-tarflow') throw new UsageError(`--format must be ml-starflow or ml-tarflow, got '${format}'`);
+  const r = await exportModel(model, out, format);
+  console.log(`wrote ${r.files.join(' and ')} (${r.tensors} tensors)`);
 }

@@ -7,7 +7,7 @@ import { nllCommand, classifyCommand, NLL_HELP, CLASSIFY_HELP } from './nll.js';
 import { mainJob, MAIN_HELP } from './main-job.js';
 import { infoCommand, INFO_HELP } from './info.js';
 import { analyzeCommand, ANALYZE_HELP } from './analyze.js';
-import { convertCommand, CONVERT_HELP } from './convert.js';
+import { convertCommand, CONVERT_HELP, exportCommand, EXPORT_HELP } from './convert.js';
 import { denoiseCommand, DENOISE_HELP } from './denoise.js';
 import { evalCommand, trainFeaturesCommand, EVAL_HELP, TRAIN_FEATURES_HELP } from './eval.js';
 import { readFileSync } from 'node:fs';
@@ -20,7 +20,8 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   classify: { run: classifyCommand, help: CLASSIFY_HELP, summary: "classify images by Bayes' rule" },
   info: { run: infoCommand, help: INFO_HELP, summary: 'show a model directory: config and parameter count' },
   'analyze-sampling': { run: analyzeCommand, help: ANALYZE_HELP, summary: 'per-block Jacobi diagnostics (CRM, IGM, sweeps) and a gs-jacobi strategy' },
-  convert: { run: convertCommand, help: CONVERT_HELP, summary: 'convert an ml-tarflow checkpoint (.pth or .safetensors) to a model directory' },
+  convert: { run: convertCommand, help: CONVERT_HELP, summary: 'convert an ml-tarflow or ml-starflow checkpoint (.pth or .safetensors) to a model directory' },
+  export: { run: exportCommand, help: EXPORT_HELP, summary: 'write a model as ml-tarflow or ml-starflow checkpoint files (model.pth, config.yaml)' },
   denoise: { run: denoiseCommand, help: DENOISE_HELP, summary: 'one score-based denoising step on images from a .safetensors file' },
   eval: { run: evalCommand, help: EVAL_HELP, summary: 'sample quality: Fréchet distance, KID, precision/recall, class accuracy; report' },
   'train-features': { run: trainFeaturesCommand, help: TRAIN_FEATURES_HELP, summary: 'train the MNIST classifier behind starflow eval' },

@@ -3,14 +3,17 @@
 // architecture from their shapes and the reference's file-name convention, rename and transpose
 // (./reference-names.ts), and save config.json + model.safetensors.
 import { readFile } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { basename, join } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
 import { readStateDict, TorchCheckpointError, type StateDict, type TorchReadOptions } from './torch-checkpoint.js';
-import { fromReferenceStateDict, referenceRules } from './reference-names.js';
+import { fromReferenceStateDict, referenceRules, transpose2d } from './reference-names.js';
 import { readStarflowArgs, flowConfigFromStarflowArgs } from './starflow-config.js';
-import { saveCheckpoint } from './checkpoint.js';
+import { saveCheckpoint, loadCheckpoint } from './checkpoint.js';
+import { splitConfigJson } from './model.js';
+import { makeDirs, writeFileAtomic } from './files.js';
+import { torchSave } from './torch-save.js';
 import { ConfigError } from '../models/config.js';
-import { parseFlowConfig, tarflow, type FlowConfig } from '../models/flow.js';
+import { parseFlowConfig, tarflow, tokenShape, type FlowConfig } from '../models/flow.js';
 
 export class ConvertError extends Error {
   override name = 'ConvertError';
@@ -283,4 +286,109 @@ export async function convertCheckpoint(from: string, outDir: string, overrides:
   let parameters = 0;
   for (const t of model.values()) parameters += t.data.length;
   return { cfg, notes, tensors: model.size, parameters };
+}
+
+export type ReferenceFormat = 'ml-tarflow' | 'ml-starflow';
+
+/** Why a config cannot be written for a reference's Model, or null. */
+function unexportable(cfg: FlowConfig, format: ReferenceFormat): string | null {
+  if (format === 'ml-starflow') {
+    if (cfg.numClasses > 0) return "ml-starflow's Model has no class embeddings (export class-conditional TARFlow configs as ml-tarflow)";
+    if (!cfg.nvp) return "ml-starflow's Model has no volume-preserving blocks (nvp false)";
+    return null;
+  }
+  const tarflowOnly: [boolean, string][] = [
+    [cfg.startToken, 'a start token'], [cfg.positions !== 'learned', 'RoPE'], [cfg.scale !== 'exp', 'softplus scales'], [cfg.softClip > 0, 'soft clipping'],
+    [cfg.norm !== 'layer', `norm '${cfg.norm}'`], [cfg.mlp !== 'gelu', 'SwiGLU'], [cfg.qkNorm, 'qk-norm'], [cfg.postNorm, 'post-norm'], [cfg.finalNorm, 'a final norm'],
+    [!cfg.bias, 'no biases'], [cfg.kvHeads > 0, 'grouped-query attention'], [cfg.order !== 'R2L', 'L2R order'], [cfg.deepWidth !== cfg.width, 'a wider deep block'],
+    [new Set(cfg.layersPerBlock).size > 1 || cfg.layersPerBlock.includes(0), 'blocks of different depths'], [cfg.textDim > 0, 'text conditioning'], [cfg.condTopOnly, 'deep-only conditioning'],
+    [cfg.headDim !== 64, `head size ${cfg.headDim} (ml-tarflow's is 64)`],
+  ];
+  const bad = tarflowOnly.filter(([on]) => on).map(([, what]) => what);
+  return bad.length ? `ml-tarflow's Model has no ${bad.join(', ')} (export to ml-starflow)` : null;
+}
+
+/**
+ * Our flat parameters → a reference's state dict: its names and layouts, and the buffers its
+ * `Model` registers (`var`, every block's `attn_mask`, the rotary module's deprecated tables), so
+ * that `load_state_dict(strict=True)` takes it.
+ */
+export function toReferenceStateDict(cfg: FlowConfig, params: StateDict, format: ReferenceFormat): StateDict {
+  const why = unexportable(cfg, format);
+  if (why) throw new ConvertError(why);
+  const { tokens, tokenDim } = tokenShape(cfg);
+  const out: StateDict = new Map();
+  const filled = (shape: number[], value: number) => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(value) });
+  const lowerTriangle = (n: number) => {
+    const t = filled([n, n], 0);
+    for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) t.data[i * n + j] = 1;
+    return t;
+  };
+  out.set('var', filled([tokens, tokenDim], 1));
+  const side = format === 'ml-starflow' ? cfg.ropeSeqLen : Math.sqrt(tokens);
+  const textTokens = format === 'ml-starflow' ? cfg.textTokens : 0;
+  for (const [name, rule] of referenceRules(cfg)) {
+    const t = params.get(rule.ours);
+    if (!t) throw new ConvertError(`the model lacks ${rule.ours} (for ${name})`);
+    let v = rule.transpose ? transpose2d(t) : t;
+    if (rule.unsqueeze) v = { shape: [v.shape[0]!, 1, ...v.shape.slice(1)], data: v.data };
+    if (!cfg.nvp && /proj_out\.(weight|bias)$/.test(name)) {
+      // A volume-preserving reference projects to the shift only: the b half of ours.
+      const rows = v.shape[0]! / 2;
+      const per = v.data.length / v.shape[0]!;
+      v = { shape: [rows, ...v.shape.slice(1)], data: v.data.slice(rows * per) };
+    }
+    out.set(name, v);
+    const block = /^blocks\.(\d+)\.proj_in\.weight$/.exec(name);
+    if (block) out.set(`blocks.${block[1]}.attn_mask`, lowerTriangle(side * side + textTokens));
+  }
+  if (format === 'ml-starflow' && cfg.positions === 'rope') {
+    const rows = side * side + textTokens;
+    out.set('feat_rope.freqs_cos', filled([rows, cfg.headDim], 0));
+    out.set('feat_rope.freqs_sin', filled([rows, cfg.headDim], 0));
+  }
+  return out;
+}
+
+/** ml-starflow's YAML for a config: the `arguments:` list its training script reads (train.py's flag names). */
+export function starflowYaml(cfg: FlowConfig): string {
+  const args: [string, unknown][] = [
+    ['img_size', cfg.imgSize], ['channel_size', cfg.inChannels], ['patch_size', cfg.patchSize], ['channels', cfg.width], ['blocks', cfg.numBlocks],
+    ['layers_per_block', cfg.layersPerBlock.join(' ')], ['head_dim', cfg.headDim], ['txt_size', cfg.textTokens], ['rope', Number(cfg.positions === 'rope')],
+    ['sos', Number(cfg.startToken)], ['seq_order', cfg.order], ['use_softplus', Number(cfg.scale === 'softplus')], ['cond_top_only', Number(cfg.condTopOnly)],
+    ['use_final_norm', Number(cfg.finalNorm)], ['soft_clip', cfg.softClip], ['nvp', Number(cfg.nvp)], ['adaln', 0],
+    ['norm_type', { layer: 'layer_norm', rms: 'rms_norm', none: 'none' }[cfg.norm]], ['use_swiglu', Number(cfg.mlp === 'swiglu')], ['use_qk_norm', Number(cfg.qkNorm)],
+    ['use_post_norm', Number(cfg.postNorm)], ['use_bias', Number(cfg.bias)], ['noise_std', cfg.noiseStd], ['latent_norm_regularization', cfg.latentNormReg],
+  ];
+  if (cfg.deepWidth !== cfg.width) args.push(['top_block_channels', cfg.deepWidth]);
+  if (cfg.kvHeads > 0) args.push(['num_kv_heads', cfg.kvHeads]);
+  if (cfg.ropeSeqLen !== cfg.imgSize / cfg.patchSize) args.push(['pt_seq_len', cfg.ropeSeqLen]);
+  if (cfg.mlpRatio !== 4) args.push(['expansion', cfg.mlpRatio]);
+  if (cfg.textDim > 0) args.push(['txt_dim', cfg.textDim]);
+  return ['arguments:', ...args.map(([k, v]) => `- ${k}: ${typeof v === 'string' && /[:#]/.test(v) ? JSON.stringify(v) : v}`)].join('\n') + '\n';
+}
+
+export type ExportResult = { files: string[]; tensors: number };
+
+/**
+ * Writes a model directory for a reference's own code: `model.pth` (torch.save format, its names,
+ * layouts and buffers) and, for ml-starflow, `config.yaml` (its arguments); for ml-tarflow the file
+ * is named as its checkpoints are, {dataset}_model_{patch}_{channels}_{blocks}_{layers}_{noise}.pth.
+ */
+export async function exportModel(modelDir: string, outDir: string, format: ReferenceFormat): Promise<ExportResult> {
+  const ck = await loadCheckpoint(modelDir);
+  const { config, provenance } = splitConfigJson(ck.config);
+  const cfg = parseFlowConfig(config, `${modelDir}/config.json`);
+  const sd = toReferenceStateDict(cfg, ck.model, format);
+  const train = (provenance?.train as { data?: { train?: string } } | undefined)?.data?.train;
+  const dataset = train ? train.split(':')[0]!.replace(/[^a-z0-9-]/gi, '') || 'model' : 'model';
+  const stem = format === 'ml-starflow' ? 'model' : `${dataset}_model_${cfg.patchSize}_${cfg.width}_${cfg.numBlocks}_${cfg.layersPerBlock[0]}_${cfg.noiseStd > 0 ? cfg.noiseStd : 'uniform'}`;
+  await makeDirs(outDir);
+  const files = [join(outDir, `${stem}.pth`)];
+  await writeFileAtomic(files[0]!, torchSave(sd, stem));
+  if (format === 'ml-starflow') {
+    files.push(join(outDir, 'config.yaml'));
+    await writeFileAtomic(files[1]!, starflowYaml(cfg));
+  }
+  return { files, tensors: sd.size };
 }
