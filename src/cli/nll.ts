@@ -13,7 +13,7 @@ export const NLL_HELP = `starflow nll: bits/dim of a dataset under a model
 
 Usage:
   starflow nll [--model DIR] [--data mnist:test] [--n N] [--json]
-  starflow nll --model DIR --input FILE.safetensors --x-key x [--y-key y] [--z-out FILE] [--json]
+  starflow nll --model DIR --input FILE.safetensors --x-key x [--y-key y | --text-key K] [--z-out FILE] [--json]
 
   --model DIR     model directory (${MODEL_DEFAULT})
   --data SPEC     mnist:test (default), mnist:train, folder:/path
@@ -31,6 +31,7 @@ Exact inputs (for comparing with another implementation on the same tensors):
                   (no dequantisation noise)
   --x-key NAME    tensor name of the images (default x)
   --y-key NAME    tensor name of the labels [B] (class models; -1 = no class)
+  --text-key NAME tensor name of the text-encoder states [B, L, D] (text-conditioned models)
   --z-out FILE    write the noise tokens as tensor 'z' [B, T, D] to a .safetensors file
   --json          print {"bpd": [per sample], "logdet": [per sample], "loss": L}: bits/dim with
                   the log 128 term, the summed log-determinant per dimension, and the training
@@ -47,7 +48,7 @@ ${ENGINE_HELP}`;
 
 const OPTIONS = { model: { type: 'string' }, data: { type: 'string' }, n: { type: 'string' }, batch: { type: 'string' }, seed: { type: 'string' }, json: { type: 'boolean' } } as const;
 
-const NLL_OPTIONS = { ...OPTIONS, input: { type: 'string' }, 'x-key': { type: 'string' }, 'y-key': { type: 'string' }, 'z-out': { type: 'string' } } as const;
+const NLL_OPTIONS = { ...OPTIONS, input: { type: 'string' }, 'x-key': { type: 'string' }, 'y-key': { type: 'string' }, 'text-key': { type: 'string' }, 'z-out': { type: 'string' } } as const;
 
 async function setup(argv: string[], help: string, o = parse(argv, OPTIONS)) {
   if (o.help) {
@@ -67,7 +68,7 @@ async function setup(argv: string[], help: string, o = parse(argv, OPTIONS)) {
 export async function nllCommand(argv: string[]): Promise<void> {
   const o = parse(argv, NLL_OPTIONS);
   if (o.input !== undefined && !o.help) return nllOfInput(o);
-  for (const k of ['x-key', 'y-key', 'z-out'] as const) if (o[k] !== undefined) throw new UsageError(`--${k} needs --input FILE`);
+  for (const k of ['x-key', 'y-key', 'text-key', 'z-out'] as const) if (o[k] !== undefined) throw new UsageError(`--${k} needs --input FILE`);
   const s = await setup(argv, NLL_HELP, o);
   if (!s) return;
   const bar = new Progress('nll', Math.min(s.n, s.ds.n));
@@ -102,10 +103,10 @@ async function nllOfInput(o: Record<string, string | boolean | undefined>): Prom
   if (zOut !== undefined && !zOut.endsWith('.safetensors')) throw new UsageError(`--z-out must name a .safetensors file, got '${zOut}'`);
   await startEngineFromOptions(o);
   const model = await loadModel(dir);
-  const { x, shape, labels } = await readImageInputs(file, strOpt(o['x-key'], 'x-key') ?? 'x', strOpt(o['y-key'], 'y-key'), model.cfg);
+  const { x, shape, labels, text } = await readImageInputs(file, strOpt(o['x-key'], 'x-key') ?? 'x', strOpt(o['y-key'], 'y-key'), model.cfg, strOpt(o['text-key'], 'text-key'));
   const b = shape[0];
   const flow = model.family.encode !== undefined;
-  const r = await scoreImages(model, x, shape, labels, { batchSize: intOpt(o.batch, 'batch', 1, 200), encode: flow });
+  const r = await scoreImages(model, x, shape, labels, { batchSize: intOpt(o.batch, 'batch', 1, 200), encode: flow, text });
   // The reference's training loss, 0.5·mean(z²) − mean(logdet) = mean NLL − ½·log 2π.
   const loss = r.nll.reduce((a, v) => a + v, 0) / b - HALF_LOG_2PI;
   if (zOut) {

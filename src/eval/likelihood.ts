@@ -10,16 +10,27 @@ export class LikelihoodError extends Error {
   override name = 'LikelihoodError';
 }
 
-function nllFn(model: Model): (p: Params, x: Arr, y: Arr) => Arr {
+function nllFn(model: Model, withText: boolean): (p: Params, x: Arr, y: Arr, text?: Arr) => Arr {
   const { family, cfg } = model;
   const nll = family.nll;
   if (!nll) throw new LikelihoodError(`${family.name} models have no exact likelihood`);
-  return cachedJit(`nll:${JSON.stringify(cfg)}`, () => (p: Params, x: Arr, y: Arr) => nll(p, cfg, x, y));
+  return cachedJit(`nll:${withText}:${JSON.stringify(cfg)}`, () => (p: Params, x: Arr, y: Arr, text?: Arr) => nll(p, cfg, x, y, text));
+}
+
+/** Text-conditioned models need text states [B, textTokens, textDim] with their images. */
+function checkText(model: Model, b: number, text: Arr | Float32Array | undefined): void {
+  const { textTokens = 0, textDim = 0 } = model.cfg;
+  const want = b * textTokens * textDim;
+  if (textDim > 0 && !text) throw new LikelihoodError(`this model is text-conditioned: its likelihood needs text states [${b}, ${textTokens}, ${textDim}]`);
+  if (textDim === 0 && text) throw new LikelihoodError('this model is not text-conditioned: it takes no text');
+  const n = text instanceof Float32Array ? text.length : (text?.size ?? 0);
+  if (text && n !== want) throw new LikelihoodError(`text states must hold ${b}×${textTokens}×${textDim} values, got ${n}`);
 }
 
 /** NLL per image in nats per dimension, [B], of images x [B, C, H, W] with labels y int32 [B] (−1 or a class each). Consumes x and y. */
-export function nllOf(model: Model, x: Arr, y: Arr): Arr {
-  return nllFn(model)(keep(model.params), x, y);
+export function nllOf(model: Model, x: Arr, y: Arr, text?: Arr): Arr {
+  checkText(model, x.shape[0]!, text);
+  return text ? nllFn(model, true)(keep(model.params), x, y, text) : nllFn(model, false)(keep(model.params), x, y);
 }
 
 export type ImageScores = {
@@ -41,15 +52,17 @@ export async function scoreImages(
   x: Float32Array,
   shape: [number, number, number, number],
   labels: number[] | undefined,
-  opts: { batchSize?: number; encode?: boolean } = {},
+  opts: { batchSize?: number; encode?: boolean; text?: Float32Array } = {},
 ): Promise<ImageScores> {
   const { family, cfg } = model;
   const [b, c, h, w] = shape;
+  checkText(model, b, opts.text);
+  const textPer = (cfg.textTokens ?? 0) * (cfg.textDim ?? 0);
   const per = c * h * w;
   const bs = opts.batchSize ?? 200;
   const encode = family.encode;
   if (opts.encode && !encode) throw new LikelihoodError(`${family.name} models are not flows: they have no noise for an image`);
-  const enc = opts.encode && encode ? cachedJit(`encode:${JSON.stringify(cfg)}`, () => (p: Params, xs: Arr, ys: Arr) => encode(p, cfg, xs, ys)) : undefined;
+  const enc = opts.encode && encode ? cachedJit(`encode:${Boolean(opts.text)}:${JSON.stringify(cfg)}`, () => (p: Params, xs: Arr, ys: Arr, ts?: Arr) => encode(p, cfg, xs, ys, ts)) : undefined;
   const zPer = family.noiseShape(cfg).reduce((a, v) => a * v, 1);
   const out: ImageScores = { nll: new Float32Array(b), bpd: new Float32Array(b) };
   if (enc) {
@@ -60,9 +73,11 @@ export async function scoreImages(
     const n = Math.min(bs, b - s);
     const xs = () => fromF32(x.subarray(s * per, (s + n) * per), [n, c, h, w]);
     const ys = () => fromI32(labels ? labels.slice(s, s + n) : new Array<number>(n).fill(0), [n]);
-    out.nll.set(await toF32(nllOf(model, xs(), ys())), s);
+    const ts = () => opts.text && fromF32(opts.text.subarray(s * textPer, (s + n) * textPer), [n, cfg.textTokens!, cfg.textDim!]);
+    out.nll.set(await toF32(nllOf(model, xs(), ys(), ts())), s);
     if (enc) {
-      const r = enc(keep(model.params), xs(), ys());
+      const t = ts();
+      const r = t ? enc(keep(model.params), xs(), ys(), t) : enc(keep(model.params), xs(), ys());
       out.z!.set(await toF32(r.z), s * zPer);
       out.logdet!.set(await toF32(r.logdet), s);
     }

@@ -10,9 +10,10 @@ export class InputError extends Error {
   override name = 'InputError';
 }
 
-export type ImageInputs = { x: Float32Array; shape: [number, number, number, number]; labels: number[] | undefined };
+export type ImageInputs = { x: Float32Array; shape: [number, number, number, number]; labels: number[] | undefined; text?: Float32Array };
 
-export async function readImageInputs(file: string, xKey: string, yKey: string | undefined, cfg: ModelConfig): Promise<ImageInputs> {
+/** `textKey`: text-encoder states [B, textTokens, textDim] of a text-conditioned model. */
+export async function readImageInputs(file: string, xKey: string, yKey: string | undefined, cfg: ModelConfig, textKey?: string): Promise<ImageInputs> {
   const f = await readSafetensorsFile(file);
   const get = (key: string): TensorEntry => {
     const t = f.tensors.get(key);
@@ -38,7 +39,17 @@ export async function readImageInputs(file: string, xKey: string, yKey: string |
     }
     labels = ys;
   }
-  return { x, shape: xt.shape as [number, number, number, number], labels };
+  const textDim = cfg.textDim ?? 0;
+  if (textDim > 0 && !textKey) throw new InputError('this text-conditioned model needs text states: pass --text-key NAME');
+  if (textDim === 0 && textKey) throw new InputError('this model is not text-conditioned: it takes no --text-key');
+  let text: Float32Array | undefined;
+  if (textKey) {
+    const tt = get(textKey);
+    const want = [b, cfg.textTokens ?? 0, textDim];
+    if (tt.shape.join(',') !== want.join(',')) throw new InputError(`text '${textKey}' must have shape [${want.join(', ')}] for this model, got [${tt.shape}]`);
+    text = toFloat32(tt, `${file}: '${textKey}'`);
+  }
+  return { x, shape: xt.shape as [number, number, number, number], labels, ...(text ? { text } : {}) };
 }
 
 export type NoiseInputs = { noise: Float32Array; n: number; labels?: number[]; text?: { states: Float32Array; negative?: Float32Array } };

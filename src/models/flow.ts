@@ -701,9 +701,9 @@ function flowFamily(name: 'tarflow' | 'starflow'): ModelFamily<FlowConfig, FlowP
       const nll = flowLoss(r.z, r.logdet).add(HALF_LOG_2PI);
       return r.latentNorm ? nll.add(r.latentNorm.mean().mul(cfg.latentNormReg)) : nll;
     },
-    encode: (params, cfg, x, y) => forward(params, cfg, x, conditional(cfg, y)),
-    nll(params, cfg, x, y) {
-      const r = forward(params, cfg, x, conditional(cfg, y));
+    encode: (params, cfg, x, y, text) => forward(params, cfg, x, conditional(cfg, y), text),
+    nll(params, cfg, x, y, text) {
+      const r = forward(params, cfg, x, conditional(cfg, y), text);
       return flowNll(r.z, r.logdet);
     },
     sampler(cfg) {

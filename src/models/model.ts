@@ -138,9 +138,9 @@ export interface ModelFamily<C extends ModelConfig = ModelConfig, P extends Para
    */
   loss(params: P, cfg: C, x: Arr, y: Arr, eps?: Arr): Arr;
   /** Exact negative log-likelihood per sample in nats per dimension (continuous density), [B]. */
-  nll?(params: P, cfg: C, x: Arr, y: Arr): Arr;
+  nll?(params: P, cfg: C, x: Arr, y: Arr, text?: Arr): Arr;
   /** Flows: data → noise [B, ...noiseShape] and the per-sample log-determinant per dimension [B]. */
-  encode?(params: P, cfg: C, x: Arr, y: Arr): { z: Arr; logdet: Arr };
+  encode?(params: P, cfg: C, x: Arr, y: Arr, text?: Arr): { z: Arr; logdet: Arr };
   /** How it turns noise into images (one object per config). */
   sampler(cfg: C): AutoregressiveSampler<P> | DirectSampler<P>;
 }

@@ -97,7 +97,7 @@ test('text-conditioned sampling matches ml-starflow (shared: text prefix in the 
   release(c.params);
 });
 
-test('the CLI end to end: convert --config, then sample with image-shaped noise and text tensors (default rule: STARFlow\'s) matches the reference at guidance 2', async () => {
+test('the CLI end to end: convert --config; sample with image-shaped noise and text tensors (default rule: STARFlow\'s) and nll --text-key --json match the reference', async () => {
   const { starflow: cli } = await import('../cli.js');
   const { mkdtemp, rm } = await import('node:fs/promises');
   const { tmpdir } = await import('node:os');
@@ -114,6 +114,14 @@ test('the CLI end to end: convert --config, then sample with image-shaped noise 
     const got = toFloat32(f.tensors.get('samples')!);
     const want = JSON.parse(await readFile(path.join(DIR, 'shared_expected.json'), 'utf8')).sample_cfg2 as number[];
     assert.ok(maxAbs(got, want) < 1e-3, `samples differ by ${maxAbs(got, want)}`);
+    const nll = await cli(['nll', '--model', modelDir, '--input', inputs, '--x-key', 'x', '--text-key', 'text', '--json']);
+    assert.equal(nll.code, 0, nll.stderr);
+    const scored = JSON.parse(nll.stdout) as { loss: number; logdet: number[] };
+    const expected = JSON.parse(await readFile(path.join(DIR, 'shared_expected.json'), 'utf8')) as Expected;
+    assert.ok(closeness([scored.loss], [expected.loss]) <= 1, `nll --json loss ${scored.loss} vs ${expected.loss}`);
+    assert.ok(closeness(scored.logdet, expected.logdet) <= 1, `nll --json logdet ${scored.logdet} vs ${expected.logdet}`);
+    const noText = await cli(['nll', '--model', modelDir, '--input', inputs, '--x-key', 'x']);
+    assert.match(noText.stderr, /needs text states: pass --text-key NAME/);
     const noNegative = await cli(['sample', '--model', modelDir, '--noise', inputs, '--text-key', 'text', '--cfg', '2', '--out', out]);
     assert.notEqual(noNegative.code, 0);
     assert.match(noNegative.stderr, /guidance on a text-conditioned model needs negative text states/);
