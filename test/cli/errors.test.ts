@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import '../setup.js';
 import { starflow } from '../cli.js';
 import { release } from '../../src/engine/index.js';
@@ -160,7 +161,7 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
   });
 
   test('convert --config (ml-starflow): malformed YAML, unsupported options and mismatched tensors, named in one line', async () => {
-    const fixtures = path.resolve(import.meta.dirname, '../fixtures/starflow');
+    const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/starflow');
     const pth = path.join(fixtures, 'shared.pth');
     const yaml = await readFile(path.join(fixtures, 'shared.yaml'), 'utf8');
     const write = async (name: string, text: string) => {
