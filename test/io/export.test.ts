@@ -84,3 +84,27 @@ test('export refuses what a reference cannot hold, by name', async () => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test("exports load strictly into ml-starflow's own Model and reproduce the fixture's z (STARFLOW_REFERENCE_DIR: an ml-starflow checkout)", async (t) => {
+  const reference = process.env.STARFLOW_REFERENCE_DIR;
+  if (!reference) return t.skip('set STARFLOW_REFERENCE_DIR to an apple/ml-starflow checkout (never copied here) to run it');
+  const why = torchAvailable();
+  if (why) return t.skip(why);
+  const dir = await mkdtemp(path.join(tmpdir(), 'sf-export-ref-'));
+  try {
+    for (const name of ['shared', 'shared-options']) {
+      await convertCheckpoint(path.join(FIXTURES, `starflow/${name}.pth`), path.join(dir, name), {}, path.join(FIXTURES, `starflow/${name}.yaml`));
+      await exportModel(path.join(dir, name), path.join(dir, `${name}-export`), 'ml-starflow');
+      const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'load_export.py');
+      const env: NodeJS.ProcessEnv = { ...process.env, PYTHONPATH: [reference, process.env.PYTHONPATH].filter(Boolean).join(':') };
+      const out: string = execFileSync('/usr/bin/python3', [script, path.join(dir, `${name}-export`), path.join(FIXTURES, `starflow/${name}_inputs.safetensors`)], { encoding: 'utf8', env, maxBuffer: 1 << 24 });
+      const z = (JSON.parse(out) as { z: number[] }).z;
+      const want = (JSON.parse(await readFile(path.join(FIXTURES, `starflow/${name}_expected.json`), 'utf8')) as { z: number[] }).z;
+      assert.equal(z.length, want.length);
+      const worst = z.reduce((m, v, i) => Math.max(m, Math.abs(v - want[i]!)), 0);
+      assert.ok(worst < 1e-6, `${name}: the reference's z from our export differs by ${worst}`);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
