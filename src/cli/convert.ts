@@ -7,7 +7,7 @@ export const CONVERT_HELP = `starflow convert: turn an apple/ml-tarflow or apple
 Usage:
   starflow convert --from FILE --out DIR [--img-size N] [--in-channels C] [--patch-size P]
                    [--noise-std S] [--head-dim D] [--json]
-  starflow convert --from FILE --config ARGS.yaml --out DIR      (ml-starflow)
+  starflow convert --from FILE --starflow-config ARGS.yaml --out DIR      (ml-starflow)
 
   --from FILE        a torch.save state dict (.pth, the reference's released weights) or a
                      .safetensors file with the same tensor names
@@ -17,7 +17,8 @@ Usage:
   --patch-size P     patch side in pixels
   --noise-std S      training noise σ (used by sample --denoise)
   --head-dim D       attention head size (default 64, as the reference)
-  --config ARGS.yaml ml-starflow: the YAML of the model's arguments (its configs/*.yaml, the
+  --starflow-config ARGS.yaml
+                     ml-starflow: the YAML of the model's arguments (its configs/*.yaml, the
                      'arguments:' list); the shape flags do not apply
   --json             print the inferred config and notes as JSON
 
@@ -40,7 +41,7 @@ export async function convertCommand(argv: string[]): Promise<void> {
     'patch-size': { type: 'string' },
     'noise-std': { type: 'string' },
     'head-dim': { type: 'string' },
-    config: { type: 'string' },
+    'starflow-config': { type: 'string' },
     json: { type: 'boolean' },
   });
   if (o.help) return void console.log(CONVERT_HELP);
@@ -54,8 +55,8 @@ export async function convertCommand(argv: string[]): Promise<void> {
   if (o['patch-size'] !== undefined) ov.patchSize = intOpt(o['patch-size'], 'patch-size', 1);
   if (o['head-dim'] !== undefined) ov.headDim = intOpt(o['head-dim'], 'head-dim', 1);
   if (o['noise-std'] !== undefined) ov.noiseStd = numOpt(o['noise-std'], 'noise-std', 0, (x) => x >= 0, 'a number ≥ 0');
-  const config = strOpt(o.config, 'config');
-  if (config && Object.keys(ov).length) throw new UsageError('--config (ml-starflow) takes the architecture from the YAML: drop the shape flags');
+  const config = strOpt(o['starflow-config'], 'starflow-config');
+  if (config && Object.keys(ov).length) throw new UsageError('--starflow-config takes the architecture from the YAML: drop the shape flags');
   const r = await convertCheckpoint(from, out, ov, config);
   if (o.json) {
     console.log(JSON.stringify({ out, config: r.cfg, tensors: r.tensors, parameters: r.parameters, notes: r.notes }));

@@ -160,7 +160,7 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
     await expectError(['eval', '--model', classModel, '--features', classModel, '--n', '4', '--out', '/proc/starflow-x/eval'], /cannot create directory \/proc\/starflow-x/);
   });
 
-  test('convert --config (ml-starflow): malformed YAML, unsupported options and mismatched tensors, named in one line', async () => {
+  test('convert --starflow-config (ml-starflow): malformed YAML, unsupported options and mismatched tensors, named in one line', async () => {
     const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/starflow');
     const pth = path.join(fixtures, 'shared.pth');
     const yaml = await readFile(path.join(fixtures, 'shared.yaml'), 'utf8');
@@ -170,10 +170,10 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
       return f;
     };
     const out = path.join(dir, 'sf-out');
-    await expectError(['convert', '--from', pth, '--config', await write('bad.yaml', 'arguments:\n- img_size: [4\n'), '--out', out], /bad\.yaml: not valid YAML/);
-    await expectError(['convert', '--from', pth, '--config', await write('adaln.yaml', yaml + '- adaln: 1\n'), '--out', out], /'adaln: 1' is not supported/);
-    await expectError(['convert', '--from', pth, '--config', await write('wide.yaml', yaml.replace('channels: 64', 'channels: 128')), '--out', out], /blocks\.0\.proj_in\.weight: expected \[128,2\], file has \[64,2\]/);
-    await expectError(['convert', '--from', pth, '--config', await write('norm.yaml', yaml + '- norm_type: batch_norm\n'), '--out', out], /'norm_type' must be layer_norm, rms_norm or none, got "batch_norm"/);
+    await expectError(['convert', '--from', pth, '--starflow-config', await write('bad.yaml', 'arguments:\n- img_size: [4\n'), '--out', out], /bad\.yaml: not valid YAML/);
+    await expectError(['convert', '--from', pth, '--starflow-config', await write('adaln.yaml', yaml + '- adaln: 1\n'), '--out', out], /'adaln: 1' is not supported/);
+    await expectError(['convert', '--from', pth, '--starflow-config', await write('wide.yaml', yaml.replace('channels: 64', 'channels: 128')), '--out', out], /blocks\.0\.proj_in\.weight: expected \[128,2\], file has \[64,2\]/);
+    await expectError(['convert', '--from', pth, '--starflow-config', await write('norm.yaml', yaml + '- norm_type: batch_norm\n'), '--out', out], /'norm_type' must be layer_norm, rms_norm or none, got "batch_norm"/);
   });
 
   test('train-features refuses to replace an existing extractor without --force', async () => {

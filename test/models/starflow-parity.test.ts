@@ -97,14 +97,14 @@ test('text-conditioned sampling matches ml-starflow (shared: text prefix in the 
   release(c.params);
 });
 
-test('the CLI end to end: convert --config; sample with image-shaped noise and text tensors (default rule: STARFlow\'s) and nll --text-key --json match the reference', async () => {
+test('the CLI end to end: convert --starflow-config; sample with image-shaped noise and text tensors (default rule: STARFlow\'s) and nll --text-key --json match the reference', async () => {
   const { starflow: cli } = await import('../cli.js');
   const { mkdtemp, rm } = await import('node:fs/promises');
   const { tmpdir } = await import('node:os');
   const dir = await mkdtemp(path.join(tmpdir(), 'sf-starflow-cli-'));
   try {
     const modelDir = path.join(dir, 'model');
-    const conv = await cli(['convert', '--from', path.join(DIR, 'shared.pth'), '--config', path.join(DIR, 'shared.yaml'), '--out', modelDir]);
+    const conv = await cli(['convert', '--from', path.join(DIR, 'shared.pth'), '--starflow-config', path.join(DIR, 'shared.yaml'), '--out', modelDir]);
     assert.equal(conv.code, 0, conv.stderr);
     const out = path.join(dir, 'samples.safetensors');
     const inputs = path.join(DIR, 'shared_inputs.safetensors');
