@@ -43,7 +43,8 @@ Solver:
 
 Denoising:
   --denoise              one score-based (Tweedie) step after sampling (the default for models
-                         trained on Gaussian-noised images; --sigma for others)
+                         trained on Gaussian-noised images, except for --out F.safetensors,
+                         which holds the raw samples; --sigma for others)
   --no-denoise           keep the samples as the flow draws them
   --sigma S              noise level for denoising (default: the model's noiseStd)
   --denoise-lr M         step-size multiplier (default 1 = Tweedie)
@@ -157,7 +158,8 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     init: init as 'z' | 'zeros',
     blockSize: o['jacobi-block-size'] === undefined ? undefined : intOpt(o['jacobi-block-size'], 'jacobi-block-size', 1),
   };
-  const denoise = (denoiseFlag(o) ?? denoisesByDefault(model))
+  // Raw tensor output (.safetensors) holds what the flow draws, as the reference's reverse returns it.
+  const denoise = (denoiseFlag(o) ?? (denoisesByDefault(model) && !out.endsWith('.safetensors')))
     ? { sigma: numOpt(o.sigma, 'sigma', cfg.noiseStd, (x) => x >= 0, 'a number ≥ 0'), lrScale: numOpt(o['denoise-lr'], 'denoise-lr', 1, (x) => x >= 0, 'a number ≥ 0') }
     : undefined;
 
