@@ -72,6 +72,8 @@ type PrepResult = { config: ConfigName; file: string; params: number; tokens: nu
 type StepResult = {
   kind: 'jax-js' | 'torch';
   threads: number;
+  /** jax-js: what ran the matrix products (`wasm`, or the native GEMM: E.matmulBackend()). */
+  matmul?: string;
   /** jax-js: data-parallel worker threads (1: the step runs on the child's main thread). */
   workers?: number;
   version: string;
@@ -210,6 +212,7 @@ async function worker(args: string[]): Promise<void> {
   const out: StepResult = {
     kind: 'jax-js',
     threads: usedThreads,
+    matmul: E.matmulBackend(),
     workers,
     version: jaxVersion(),
     params: nParams,
@@ -227,15 +230,20 @@ async function worker(args: string[]): Promise<void> {
 
 // ---- the parent ----
 
-type Options = { quick: boolean; rounds: number; json: string | null; python: string; torchBlas: 'auto' | 'system'; configs: ConfigName[] };
+type Options = { quick: boolean; rounds: number; json: string | null; python: string; torchBlas: 'auto' | 'system'; configs: ConfigName[]; wasmBaseline: boolean };
 
 function parseFlags(args: string[]): Options {
   const c = defaultCommonFlags();
   let configs: ConfigName[] = [...CONFIG_NAMES];
+  let wasmBaseline = true;
   eachFlag(
     args,
     (a, value) => {
       if (takeCommonFlag(a, value, c)) return true;
+      if (a === '--no-wasm-baseline') {
+        wasmBaseline = false;
+        return true;
+      }
       if (a !== '--configs') return false;
       const names = value().split(',').map((s) => s.trim()).filter(Boolean);
       for (const n of names) if (!(CONFIG_NAMES as readonly string[]).includes(n)) throw new Error(`--configs: unknown config '${n}' (expected ${CONFIG_NAMES.join(', ')})`);
@@ -243,9 +251,9 @@ function parseFlags(args: string[]): Options {
       configs = names as ConfigName[];
       return true;
     },
-    '--configs notebook,mnist, --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system',
+    '--configs notebook,mnist, --no-wasm-baseline, --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system',
   );
-  return { quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 2), json: c.json, python: c.python, torchBlas: c.torchBlas, configs };
+  return { quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 2), json: c.json, python: c.python, torchBlas: c.torchBlas, configs, wasmBaseline };
 }
 
 type Contender = { id: string; label: string; run: (file: string, p: { warmup: number; steps: number }) => Promise<StepResult> };
@@ -370,21 +378,26 @@ export async function main(args: string[]): Promise<void> {
   const quickArg = o.quick ? ['--quick'] : [];
   // jax-js on 1 and 2 kernel threads, and with 2 data-parallel workers of one thread each (the
   // trainer's --workers 2); torch on 1 and 2 threads.
-  const contenders: Contender[] = [
-    { threads: 1, workers: 1 },
-    { threads: 2, workers: 1 },
-    { threads: 1, workers: 2 },
-  ].map(({ threads, workers }) => ({
-    id: workers > 1 ? `jaxjs-${workers}w` : `jaxjs-${threads}t`,
-    label: workers > 1 ? `jax-js ${workers} workers` : `jax-js ${threads} thr`,
-    run: (file, p) =>
-      runChild<StepResult>(
-        process.execPath,
-        tsxArgs(SELF, ['--worker', '--threads', String(threads), '--workers', String(workers), '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), ...quickArg]),
-        `jax-js worker (${threads} threads, ${workers} workers)`,
-        { STARFLOW_THREADS: String(threads) },
-      ),
-  }));
+  // The same with matrix products on wasm (STARFLOW_NATIVE=0), the engine without its native
+  // GEMM, unless --no-wasm-baseline.
+  const baseline = o.wasmBaseline ? [false, true] : [false];
+  const contenders: Contender[] = baseline.flatMap((wasmOnly) =>
+    [
+      { threads: 1, workers: 1 },
+      { threads: 2, workers: 1 },
+      { threads: 1, workers: 2 },
+    ].map(({ threads, workers }) => ({
+      id: `${workers > 1 ? `jaxjs-${workers}w` : `jaxjs-${threads}t`}${wasmOnly ? '-wasm' : ''}`,
+      label: `${workers > 1 ? `jax-js ${workers} workers` : `jax-js ${threads} thr`}${wasmOnly ? ' (wasm matmul)' : ''}`,
+      run: (file: string, p: { warmup: number; steps: number }) =>
+        runChild<StepResult>(
+          process.execPath,
+          tsxArgs(SELF, ['--worker', '--threads', String(threads), '--workers', String(workers), '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), ...quickArg]),
+          `jax-js worker (${threads} threads, ${workers} workers${wasmOnly ? ', wasm matmul' : ''})`,
+          { STARFLOW_THREADS: String(threads), ...(wasmOnly ? { STARFLOW_NATIVE: '0' } : {}) },
+        ),
+    })),
+  );
   const tv = torchVersion(o.python);
   const { env: torchChildEnv, blas: torchBlas } = torchEnv(o.torchBlas);
   let torchNote: string | null = null;

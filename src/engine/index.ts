@@ -4,10 +4,13 @@
 // Conventions (jax-js ownership): every op consumes its array arguments. Model code is written as
 // pure functions over parameter trees and runs under `jit`; the few places that reuse an array
 // take `.ref` explicitly. Loops live in TypeScript around jitted steps, with static shapes.
+import './memory-growth.js'; // first: it must see jax-js create its memory
 import * as jax from '@jax-js/jax';
 import { installIteratorHelpers } from './iterator-helpers.js';
 import { installInstanceCache } from './instance-cache.js';
 import { installKernelCache } from './kernel-cache.js';
+import { jaxInternals } from './jax-internals.js';
+import { installMatmulRoute, type Gemm } from './matmul-route.js';
 import type { Rng } from './rng.js';
 
 export const np = jax.numpy;
@@ -27,13 +30,17 @@ export type Params = { [name: string]: Arr | Params | Params[] };
 export type Device = 'wasm' | 'webgpu' | 'cpu';
 export const DEVICES: readonly Device[] = ['wasm', 'webgpu', 'cpu'];
 
+export { routedKernels, type Gemm } from './matmul-route.js';
+
 let started: Device | null = null;
+let matmulOn = 'wasm';
 
 /**
  * Starts the engine on a device. `auto` takes WebGPU when an adapter exists, else wasm.
  * Everything is float32: the engine's default dtype, and what checkpoints store.
+ * On wasm, `gemm` (Node: the native addon) takes over the kernels that are matrix products.
  */
-export async function startEngine(device: Device | 'auto' = 'auto'): Promise<Device> {
+export async function startEngine(device: Device | 'auto' = 'auto', opts: { gemm?: Gemm } = {}): Promise<Device> {
   installIteratorHelpers();
   installInstanceCache();
   if (started && (device === 'auto' || device === started)) return started;
@@ -46,16 +53,27 @@ export async function startEngine(device: Device | 'auto' = 'auto'): Promise<Dev
   }
   const chosen = wanted.find((d) => available.includes(d));
   if (!chosen) {
-    if (device === 'auto') return startEngine('wasm');
+    if (device === 'auto') return startEngine('wasm', opts);
     throw new EngineError(
       `device '${device}' is not available here` +
         (device === 'webgpu' ? ' (no WebGPU adapter was found; use --device wasm)' : ''),
     );
   }
   jax.defaultDevice(chosen);
-  await installKernelCache(chosen);
+  const internals = await jaxInternals();
+  if (internals) {
+    const backend = internals.getBackend(chosen);
+    // The route first: the kernel cache above it then prepares (and routes) each kernel once.
+    if (chosen === 'wasm' && opts.gemm && installMatmulRoute(backend, internals, opts.gemm)) matmulOn = opts.gemm.name;
+    installKernelCache(backend);
+  }
   started = chosen;
   return chosen;
+}
+
+/** What runs the matrix products: `wasm` (jax-js's kernels) or the GEMM that took them over. */
+export function matmulBackend(): string {
+  return matmulOn;
 }
 
 /**

@@ -3,7 +3,19 @@
 // token, each a fresh instance. Kernels are pure functions of their pointer arguments, so one
 // instance per (module, memory) serves every call. Only modules shaped like jax-js kernels (one
 // export, `kernel`, and a sole `env.memory` import) are cached; everything else is untouched.
+//
+// The same constructor is where routed modules (src/engine/matmul-route.ts) are swapped for a
+// JavaScript function over the same memory.
 type Imports = Record<string, Record<string, unknown>> | undefined;
+type KernelFn = (...args: number[]) => void;
+type RouteFactory = (memory: WebAssembly.Memory, instantiate: (m: WebAssembly.Module) => WebAssembly.Instance) => KernelFn;
+
+const routes = new WeakMap<WebAssembly.Module, RouteFactory>();
+
+/** Runs `module`'s kernel as the function `factory` makes for a memory, instead of its own code. */
+export function routeModule(module: WebAssembly.Module, factory: RouteFactory): void {
+  if (!routes.has(module)) routes.set(module, factory);
+}
 
 export function installInstanceCache(): void {
   const wasm = globalThis.WebAssembly as typeof WebAssembly & { __starflowCache?: true };
@@ -31,7 +43,13 @@ export function installInstanceCache(): void {
     let byMemory = cache.get(module);
     if (!byMemory) cache.set(module, (byMemory = new WeakMap()));
     let instance = byMemory.get(memory);
-    if (!instance) byMemory.set(memory, (instance = new Original(module, imports as WebAssembly.Imports)));
+    if (!instance) {
+      const route = routes.get(module);
+      instance = route
+        ? ({ exports: { kernel: route(memory, (m) => new Cached(m, imports as WebAssembly.Imports)) } } as unknown as WebAssembly.Instance)
+        : new Original(module, imports as WebAssembly.Imports);
+      byMemory.set(memory, instance);
+    }
     return instance;
   } as unknown as typeof WebAssembly.Instance;
   Cached.prototype = Original.prototype;

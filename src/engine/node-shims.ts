@@ -6,6 +6,7 @@ import { Worker as NodeWorker } from 'node:worker_threads';
 import v8 from 'node:v8';
 import { resolveObjectURL } from 'node:buffer';
 import os from 'node:os';
+import { loadNativeGemm, nativeNotice } from './native.js';
 
 // The wasm backend's worker script speaks the Web Worker protocol (self.onmessage, postMessage)
 // and arrives as a blob: URL. The thread starts at once and waits for the script's text.
@@ -56,7 +57,7 @@ class WebWorkerOverThreads {
  * Installs what jax-js needs in Node: `navigator` (thread count, no GPU adapter unless
  * one is provided) and, for more than one thread, a Web `Worker` over worker_threads.
  */
-function installNodeShims(threads: number): void {
+function installNodeShims(threads: number, workers: boolean): void {
   const g = globalThis as Record<string, unknown>;
   const cores = Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
   const n = Math.max(1, Math.min(threads, cores));
@@ -68,7 +69,7 @@ function installNodeShims(threads: number): void {
     });
   }
   // Without a Worker, jax-js runs every kernel on the calling thread.
-  if (n > 1 && typeof g.Worker === 'undefined') g.Worker = WebWorkerOverThreads;
+  if (workers && n > 1 && typeof g.Worker === 'undefined') g.Worker = WebWorkerOverThreads;
 }
 
 function coreCount(): number {
@@ -93,7 +94,17 @@ function threadsFromEnv(): number {
 // STARFLOW_RELAXED_SIMD=0 leaves V8's default.
 if (process.env.STARFLOW_RELAXED_SIMD !== '0') v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
 
-/** The number of threads the wasm backend runs kernels on in this process. */
+/** The number of threads the engine may use in this process. */
 export const engineThreads = threadsFromEnv();
-installNodeShims(engineThreads);
+
+/**
+ * The native GEMM, when it loads. Its products run on every thread of the budget, and jax-js then
+ * runs the remaining kernels on the calling thread: a routed product must see its inputs written,
+ * which jax-js's asynchronous worker pool does not allow from outside.
+ */
+const native = loadNativeGemm(engineThreads);
+export const nativeGemm = native.gemm;
+const notice = nativeNotice(native.reason);
+if (notice) process.stderr.write(notice);
+installNodeShims(engineThreads, nativeGemm === null);
 

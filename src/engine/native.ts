@@ -1,0 +1,36 @@
+// Node-only: the native GEMM addon (native/gemm.c), built by `npm install` (scripts/build-native.mjs)
+// where a C compiler exists. It computes jax-js's matrix products in place on the wasm memory, on
+// the system's OpenBLAS when present, else on its own kernel. When it is missing or fails to
+// load, matrix products stay on wasm and one line says why (once, from the main thread).
+//   STARFLOW_NATIVE=0        never load it (wasm only, no notice)
+//   STARFLOW_BLAS=auto|builtin|PATH   OpenBLAS if it loads (default), the addon's own kernel, or a
+//                            shared library exporting cblas_sgemm
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { isMainThread } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import type { Gemm } from './matmul-route.js';
+
+/** Where the build script writes the addon (the same from src/engine and dist/engine). */
+export const ADDON_PATH = fileURLToPath(new URL('../../native/build/starflow_native.node', import.meta.url));
+
+export type Addon = { gemm(memory: Uint8Array, desc: Float64Array): void; configure(threads: number, blas: string): string };
+
+/** The native GEMM on `threads` threads, or null (with the reason) when it cannot be used. */
+export function loadNativeGemm(threads: number, addonPath = ADDON_PATH): { gemm: Gemm | null; reason: string } {
+  if (process.env.STARFLOW_NATIVE === '0') return { gemm: null, reason: 'STARFLOW_NATIVE=0' };
+  if (!existsSync(addonPath)) return { gemm: null, reason: "the native addon is not built (it needs a C compiler: `npm run build:native` in a checkout, `npm rebuild starflow-ts` where installed)" };
+  try {
+    const addon = createRequire(import.meta.url)(addonPath) as Addon;
+    const name = addon.configure(threads, process.env.STARFLOW_BLAS || 'auto');
+    return { gemm: { name: name === 'builtin' ? 'native' : `native (${name})`, gemm: addon.gemm }, reason: '' };
+  } catch (err) {
+    return { gemm: null, reason: `the native addon failed to load (${(err as Error).message.split('\n')[0]})` };
+  }
+}
+
+/** The one-line notice for a missing native path: main thread only, never for STARFLOW_NATIVE=0. */
+export function nativeNotice(reason: string): string | null {
+  if (!reason || reason === 'STARFLOW_NATIVE=0' || !isMainThread) return null;
+  return `starflow: ${reason}; matrix products run on wasm\n`;
+}
