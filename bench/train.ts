@@ -12,7 +12,7 @@
 // sides start from the same weights on the same data, so their losses must agree (checked).
 // Every measurement runs in its own child process (the wasm thread count is fixed at engine start),
 // in interleaved rounds; medians pool every timed step over the rounds.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -64,6 +64,11 @@ async function trainConfig(name: ConfigName): Promise<TrainConfig> {
 function plan(quick: boolean, name: ConfigName) {
   const steps = name === 'notebook' ? (quick ? 2 : 3) : quick ? 3 : 8;
   return { warmup: quick ? 0 : 1, steps };
+}
+
+/** Where prep writes the weights under ml-tarflow's names (when its Model can hold the config). */
+function referenceWeightsFile(prepFile: string): string {
+  return prepFile.replace(/\.safetensors$/, '.ml-tarflow.safetensors');
 }
 
 // ---- shapes of what children print ----
@@ -121,6 +126,14 @@ async function prep(args: string[]): Promise<void> {
   tensors.set('x', st.fromFloat32(x, [cfg.batchSize, m.inChannels, m.imgSize, m.imgSize]));
   tensors.set('y', st.fromInt32(y, [cfg.batchSize]));
   writeFileSync(file, st.serializeSafetensors(tensors, { config: JSON.stringify(m), train: JSON.stringify(cfg) }));
+  // The same weights under apple/ml-tarflow's names, for its own Model (configs it can express).
+  const { toReferenceStateDict } = await import('../src/io/convert.js');
+  try {
+    const reference = toReferenceStateDict(m, host, 'ml-tarflow');
+    writeFileSync(referenceWeightsFile(file), st.serializeSafetensors(new Map([...reference].map(([k, t]) => [k, st.fromFloat32(t.data, t.shape)] as const))));
+  } catch {
+    // not expressible in ml-tarflow's Model (e.g. head size 32): no reference contender for it
+  }
   const out: PrepResult = { config: name, file, params: nParams, tokens: tokenShape(m).tokens, labelsDropped: y.filter((v) => v < 0).length };
   process.stdout.write(JSON.stringify(out) + '\n');
 }
@@ -365,6 +378,16 @@ function markdown(
       const t2 = ss.find((s) => s.id === 'torch-2t');
       return w && t2 ? [`${name}, the whole 2-core machine on each side: jax-js 2 workers ${fmt(w.medianMs)} ms / torch 2 threads ${fmt(t2.medianMs)} ms = ${fmt(w.medianMs / t2.medianMs, 2)}×.`] : [];
     }),
+    ...configs.map((name) => {
+      const ss = sums.get(name)!;
+      const best = (pick: (s: Summary) => boolean) => ss.filter(pick).reduce<Summary | null>((b, s) => (!b || s.medianMs < b.medianMs ? s : b), null);
+      const js = best((s) => s.id.startsWith('jaxjs-') && !s.id.endsWith('-wasm'));
+      const wasm = best((s) => s.id.endsWith('-wasm'));
+      const twin = best((s) => s.id.startsWith('torch'));
+      const ref = best((s) => s.id.startsWith('reference-'));
+      const vs = (other: Summary | null, what: string) => (js && other ? `; against ${what} (${other.label}, ${fmt(other.medianMs)} ms): ${fmt(js.medianMs / other.medianMs, 2)}×` : '');
+      return js ? `${name}, best of each: jax-js ${js.label} ${fmt(js.medianMs)} ms${vs(ref, "apple/ml-tarflow's own Model")}${vs(twin, 'the PyTorch twin')}${vs(wasm, 'jax-js with wasm matrix products')}.` : '';
+    }).filter(Boolean),
     `Machine load (1-min load average) before / after each round: ${opts.load.map((l) => l.map((v) => v.toFixed(2)).join(' → ')).join('; ')}.`,
   ];
   if (opts.torchNote) notes.unshift(`**PyTorch not measured:** ${opts.torchNote}`);
@@ -416,6 +439,24 @@ export async function main(args: string[]): Promise<void> {
           ),
       });
     }
+    // apple/ml-tarflow's own Model, from the user's checkout (TARFLOW_REFERENCE_DIR), for the
+    // configs it can express.
+    const referenceDir = process.env.TARFLOW_REFERENCE_DIR;
+    if (referenceDir) {
+      for (const threads of [1, 2]) {
+        contenders.push({
+          id: `reference-${threads}t`,
+          label: `ml-tarflow ${threads} thr`,
+          run: (file, p) =>
+            runChild<StepResult>(
+              o.python,
+              [script, '--file', file, '--reference-dir', referenceDir, '--reference-weights', referenceWeightsFile(file), '--warmup', String(p.warmup), '--steps', String(p.steps), '--lr', String(LR), '--ema-decay', String(EMA_DECAY), '--threads', String(threads), '--nll-reps', String(NLL_REPS)],
+              `ml-tarflow's Model (${threads} threads)`,
+              { ...torchChildEnv, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) },
+            ),
+        });
+      }
+    }
   } else {
     torchNote = torchMissingNote(tv.why);
     console.log(`\n!! PyTorch is missing: ${torchNote}\n`);
@@ -433,6 +474,12 @@ export async function main(args: string[]): Promise<void> {
       const r = await runChild<PrepResult>(process.execPath, tsxArgs(SELF, ['--prep', '--config', name, '--out', file]), `prep (${name})`, { STARFLOW_THREADS: '1' });
       prepped.set(name, r);
       console.log(`prepared ${name}: ${r.params} params, ${r.tokens} tokens, ${r.labelsDropped}/${BATCH} labels dropped`);
+    }
+    // ml-tarflow's Model runs only where it can hold every selected config (its head size is 64).
+    const lacking = o.configs.filter((name) => !existsSync(referenceWeightsFile(prepped.get(name)!.file)));
+    if (lacking.length && contenders.some((c) => c.id.startsWith('reference-'))) {
+      console.log(`ml-tarflow's Model cannot hold ${lacking.join(', ')}: not timed (run with --configs notebook to time it)`);
+      contenders.splice(0, contenders.length, ...contenders.filter((c) => !c.id.startsWith('reference-')));
     }
     const results = new Map<string, StepResult[]>();
     const key = (name: ConfigName, id: string) => `${name}/${id}`;

@@ -14,6 +14,12 @@ torch._foreach ops under no_grad, as our jitted step does). Plain matmul attenti
 CLI (bench/train.ts): --file F reads a safetensors file written by the jax-js side: our parameter
 names ("blocks.0.layers.1.attn.qkv.w", Linear weights stored [in, out]), the batch "x" [B, C, H, W]
 and labels "y" [B], and the model config as JSON in the metadata. Prints one JSON line.
+
+--reference-dir D --reference-weights F: time apple/ml-tarflow's own Model instead of the twin,
+imported from a checkout at D (the user's; nothing of it is copied here) and loaded strictly from F,
+the same weights under the reference's names (written by bench/train.ts with the project's
+exporter). Torch 1.13 has no scaled_dot_product_attention, so the reference's own einsum attention
+path (Attention.USE_SPDA = False) runs.
 """
 import argparse
 import json
@@ -26,6 +32,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def layers_per_block(cfg: dict) -> int:
+    """The config's layers per block: a list since STARFlow's per-block depths; the twin needs one depth."""
+    layers = cfg["layersPerBlock"]
+    if isinstance(layers, list):
+        if len(set(layers)) != 1:
+            raise SystemExit(f"the PyTorch twin needs the same depth in every block, got {layers}")
+        return layers[0]
+    return layers
 
 
 # ---- the model ----
@@ -105,7 +121,7 @@ class TarFlow(nn.Module):
     def from_config(cfg: dict) -> "TarFlow":
         return TarFlow(
             in_channels=cfg["inChannels"], img_size=cfg["imgSize"], patch=cfg["patchSize"], width=cfg["width"],
-            blocks=cfg["numBlocks"], layers=cfg["layersPerBlock"], head_dim=cfg["headDim"], mlp_ratio=cfg["mlpRatio"],
+            blocks=cfg["numBlocks"], layers=layers_per_block(cfg), head_dim=cfg["headDim"], mlp_ratio=cfg["mlpRatio"],
             num_classes=cfg["numClasses"],
         )
 
@@ -194,6 +210,36 @@ def read_safetensors(path: str):
 # ---- the training step ----
 
 
+class Reference(nn.Module):
+    """apple/ml-tarflow's Model behind the twin's loss / bits_per_dim interface."""
+
+    def __init__(self, reference_dir: str, cfg: dict, weights: dict):
+        super().__init__()
+        import sys
+
+        sys.path.insert(0, reference_dir)
+        import transformer_flow  # the reference's own model file
+
+        transformer_flow.Attention.USE_SPDA = False
+        self.model = transformer_flow.Model(
+            in_channels=cfg["inChannels"], img_size=cfg["imgSize"], patch_size=cfg["patchSize"], channels=cfg["width"],
+            num_blocks=cfg["numBlocks"], layers_per_block=layers_per_block(cfg), num_classes=cfg["numClasses"],
+        )
+        self.model.load_state_dict(weights, strict=True)
+
+    def loss(self, images: torch.Tensor, y=None) -> torch.Tensor:
+        z, _, logdets = self.model(images, y)
+        return self.model.get_loss(z, logdets)
+
+    def bits_per_dim(self, images: torch.Tensor, y=None) -> torch.Tensor:
+        z, _, logdet = self.model(images, y)
+        logp = (-0.5 * (z.pow(2) + math.log(2 * math.pi))).mean(dim=(1, 2)) - math.log(128)
+        return (-logp - logdet) / math.log(2)
+
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
 def make_step(model: TarFlow, lr: float, weight_decay: float, clip: float, ema_decay: float):
     """fwd + bwd + clip + AdamW (+ EMA when ema_decay > 0); returns step() -> (ms, loss, grad_norm)."""
     params = list(model.parameters())
@@ -211,7 +257,9 @@ def make_step(model: TarFlow, lr: float, weight_decay: float, clip: float, ema_d
             with torch.no_grad():
                 torch._foreach_mul_(ema, ema_decay)
                 torch._foreach_add_(ema, [p.detach() for p in params], alpha=1 - ema_decay)
-        value = loss.item()
+        # Reported as the project's trainer reports it: nats per dimension with the Gaussian's
+        # 0.5 log 2π (a constant: the gradient and the timing are the same).
+        value = loss.item() + HALF_LOG_2PI
         return (time.perf_counter() - t0) * 1e3, value, float(norm)
 
     return step
@@ -228,13 +276,18 @@ def main():
     ap.add_argument("--ema-decay", type=float, default=0.999)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nll-reps", type=int, default=0, help="then time this many bits/dim forward passes (no grad)")
+    ap.add_argument("--reference-dir", help="an apple/ml-tarflow checkout: time its Model instead of the twin")
+    ap.add_argument("--reference-weights", help="the same weights under the reference's names (safetensors)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     tensors, meta = read_safetensors(args.file)
     cfg = json.loads(meta["config"])
-    model = TarFlow.from_config(cfg)
-    model.load_ours(tensors)
+    if args.reference_dir:
+        model = Reference(args.reference_dir, cfg, read_safetensors(args.reference_weights)[0])
+    else:
+        model = TarFlow.from_config(cfg)
+        model.load_ours(tensors)
     x = tensors["x"].float()
     y = tensors["y"].long() if cfg["numClasses"] > 0 else None
     step = make_step(model, args.lr, args.weight_decay, args.clip, args.ema_decay)
@@ -263,6 +316,7 @@ def main():
                 nll_ms.append((time.perf_counter() - t0) * 1e3)
     print(json.dumps({
         "kind": "torch",
+        "model": "ml-tarflow" if args.reference_dir else "twin",
         "nllMs": nll_ms,
         "bpd": bpd,
         "threads": torch.get_num_threads(),

@@ -65,6 +65,16 @@ def write_safetensors(path, tensors):
         for c in chunks:
             f.write(c)
 
+def layers_per_block(cfg: dict) -> int:
+    """The config's layers per block: a list since STARFlow's per-block depths; the twin needs one depth."""
+    layers = cfg["layersPerBlock"]
+    if isinstance(layers, list):
+        if len(set(layers)) != 1:
+            raise SystemExit(f"the PyTorch twin needs the same depth in every block, got {layers}")
+        return layers[0]
+    return layers
+
+
 
 class Twin:
     def __init__(self, model_dir):
@@ -81,7 +91,7 @@ class Twin:
         self.head_dim = c.get("headDim", 64)
         self.heads = self.width // self.head_dim
         self.nblocks = c["numBlocks"]
-        self.nlayers = c["layersPerBlock"]
+        self.nlayers = layers_per_block(c)
         self.ncls = c.get("numClasses", 0)
         self.nvp = c.get("nvp", True)
 
