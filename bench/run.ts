@@ -23,6 +23,10 @@ const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }
     what: "STARFlow's options when sampling: mnist-starflow-pixel vs mnist-bpd (same width and depth), sequential, guided, per solved token",
     load: () => import('./starflow.js'),
   },
+  'sample-process': {
+    what: "whole processes drawing guided samples: `starflow sample` vs apple/ml-tarflow's own sampler (TARFLOW_REFERENCE_DIR), 1 and 2 threads, outputs compared",
+    load: () => import('./sample_process.js'),
+  },
   train: { what: 'ms per TARFlow training step (fwd+bwd+clip+AdamW+EMA), notebook and mnist configs, jax-js wasm 1/2 threads vs a PyTorch twin, loss agreement', load: () => import('./train.js') },
 };
 
