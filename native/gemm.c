@@ -17,7 +17,8 @@ typedef void (*cblas_sgemm_fn)(int, int, int, int, int, int, float, const float 
                                float, float *, int);
 static cblas_sgemm_fn blas_sgemm = NULL;
 static char blas_name[256] = "builtin";
-static int thread_count = 1;
+// Per JavaScript thread: the trainer's data-parallel workers each run their products on one thread.
+static _Thread_local int thread_count = 1;
 
 // ---- the builtin kernel: C[M,N] = A[M,K] · B[K,N], row-major, either operand transposed ----
 #if defined(__AVX512F__)
@@ -230,9 +231,15 @@ static napi_value js_configure(napi_env env, napi_callback_info info) {
   char want[512] = "auto";
   size_t n;
   if (argc > 1) napi_get_value_string_utf8(env, argv[1], want, sizeof want, &n);
-  blas_sgemm = NULL;
-  strcpy(blas_name, "builtin");
-  if (strcmp(want, "builtin") != 0) {
+  // The GEMM is one for the process: asked again for the same one (each worker thread asks), it
+  // stays as it is, so no thread ever sees it change under a running product.
+  static char loaded_for[512] = "";
+  if (strcmp(want, loaded_for) != 0) {
+    snprintf(loaded_for, sizeof loaded_for, "%s", want);
+    blas_sgemm = NULL;
+    strcpy(blas_name, "builtin");
+  }
+  if (strcmp(want, "builtin") != 0 && !blas_sgemm) {
     const char *candidates[] = {"libopenblas.so.0", "libopenblas.so", NULL};
     const char *single[] = {want, NULL};
     const char **list = strcmp(want, "auto") == 0 ? candidates : single;

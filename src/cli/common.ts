@@ -18,7 +18,9 @@ export const ENGINE_OPTIONS: OptionSpec = {
 export const ENGINE_HELP = `Engine:
   --device NAME        auto (default: WebGPU when an adapter exists, else wasm), wasm, webgpu, cpu;
                        also STARFLOW_DEVICE
-  --threads N          wasm worker threads (default: all cores; also STARFLOW_THREADS)`;
+  --threads N          threads (default: all cores; also STARFLOW_THREADS): for the native
+                       matrix products (other kernels run on one thread), or jax-js's wasm
+                       workers when the native addon is not built or STARFLOW_NATIVE=0`;
 
 /**
  * `--opt -1` → `--opt=-1` for options that take a value: node's parseArgs would read a value
