@@ -34,7 +34,8 @@ Solver:
   --solver NAME          ${SOLVERS.join(' | ')} (default sequential, exact; Jacobi can be faster at batch 1: bench/README.md)
   --strategy S           gs-jacobi per-block plan, blocks in sampling order: e.g. "0=8x32,*=1x10", "*=seq"
   --jacobi-tol E         stop a Jacobi module when mean((new−old)²)/mean(new²) < E, for every sample
-                         (default 1e-6; block-jacobi: for the whole batch, default 1e-3)
+                         (default 1e-6; block-jacobi: for the whole batch, default 1e-5;
+                         ml-starflow's is 1e-3)
   --jacobi-max-iter N    iteration cap per module (default: the module length, which is exact;
                          block-jacobi: 32)
   --jacobi-block-size N  block-jacobi's chunk length (default 16, as ml-starflow's images)

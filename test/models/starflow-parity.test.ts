@@ -137,7 +137,7 @@ test("block-jacobi (ml-starflow's block-wise Jacobi: chunks of 16, the batch's r
     const model = { family: starflow, cfg: c.cfg, params: c.params };
     const text = c.text && { states: fromF32(c.text.data, c.text.shape), negative: fromF32(c.negative!.data, c.negative!.shape) };
     const defaults = plansFor(model, { name: 'block-jacobi' });
-    assert.deepEqual(defaults.map((p) => p.kind === 'jacobi' && [p.chunk, p.tol, p.maxIter, p.criterion]), defaults.map(() => [16, 1e-3, 32, 'batch']));
+    assert.deepEqual(defaults.map((p) => p.kind === 'jacobi' && [p.chunk, p.tol, p.maxIter, p.criterion]), defaults.map(() => [16, 1e-5, 32, 'batch']));
     const want = c.expected[`sample_cfg${w}`] as number[];
     const deviation = async (tol: number) => {
       const noise = patchify(fromF32(c.noise.data, c.noise.shape), c.cfg.patchSize);
@@ -145,12 +145,15 @@ test("block-jacobi (ml-starflow's block-wise Jacobi: chunks of 16, the batch's r
       const { images } = await sampleModel(model, noise, undefined, { plans: plansFor(model, { name: 'block-jacobi', tol }), guidance, text });
       return maxAbs(await toF32(images), want);
     };
-    // The default threshold (a relative change of 1e-3, ml-starflow's) stops early by design; a
+    // ml-starflow's threshold (a relative change of 1e-3) stops early by design (measured: 0.055 and
+    // 0.068 from sequential); the default, 1e-5, lands within 1e-2 (measured: 0.004 and 0.003); a
     // tight one reaches the sequential solution.
-    const loose = await deviation(1e-3);
+    const reference = await deviation(1e-3);
+    const byDefault = await deviation(defaults[0]!.kind === 'jacobi' ? defaults[0]!.tol : NaN);
     const tight = await deviation(1e-10);
     assert.ok(tight < 1e-3, `${name}: block-jacobi at tol 1e-10 differs from sequential by ${tight}`);
-    assert.ok(loose < 0.2 && loose >= tight, `${name}: at tol 1e-3 by ${loose}`);
+    assert.ok(byDefault < 1e-2, `${name}: at the default tol by ${byDefault}`);
+    assert.ok(reference < 0.2 && reference >= byDefault, `${name}: at ml-starflow's tol 1e-3 by ${reference}`);
     if (text) release([text.states, text.negative]);
     release(c.params);
   }
