@@ -386,7 +386,7 @@ function markdown(
       const twin = best((s) => s.id.startsWith('torch'));
       const ref = best((s) => s.id.startsWith('reference-'));
       const vs = (other: Summary | null, what: string) => (js && other ? `; against ${what} (${other.label}, ${fmt(other.medianMs)} ms): ${fmt(js.medianMs / other.medianMs, 2)}×` : '');
-      return js ? `${name}, best of each: jax-js ${js.label} ${fmt(js.medianMs)} ms${vs(ref, "apple/ml-tarflow's own Model")}${vs(twin, 'the PyTorch twin')}${vs(wasm, 'jax-js with wasm matrix products')}.` : '';
+      return js ? `${name}, best of each: ${js.label} ${fmt(js.medianMs)} ms${vs(ref, "apple/ml-tarflow's own Model")}${vs(twin, 'the PyTorch twin')}${vs(wasm, 'jax-js with wasm matrix products')}.` : '';
     }).filter(Boolean),
     `Machine load (1-min load average) before / after each round: ${opts.load.map((l) => l.map((v) => v.toFixed(2)).join(' → ')).join('; ')}.`,
   ];

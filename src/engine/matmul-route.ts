@@ -32,7 +32,11 @@ export type MatmulPlan = {
   batch: { size: number; a: number; b: number; c: number }[];
 };
 
-/** Products below this many multiply-adds stay on wasm: a call costs more than it saves. */
+/**
+ * Products whose single matrix product (one batch element) has fewer multiply-adds stay on wasm:
+ * a GEMM call per batch element costs more than it saves (attention over a KV cache at batch
+ * 1024 is 4,096 products of 1 × 16 × 64).
+ */
 export const MIN_ROUTED_MACS = 16 * 16 * 16;
 const MAX_BATCH_AXES = 4;
 
@@ -90,8 +94,7 @@ export function planMatmul(kernel: KernelLike, jax: JaxInternals): MatmulPlan | 
   if (batchAxes.some((ax) => kindOf(ax) !== 'batch' && kindOf(ax) !== 'none') || batchAxes.length > MAX_BATCH_AXES) return null;
   const M = rowsAxis?.size ?? 1;
   const N = last.size;
-  const macs = M * N * K * batchAxes.reduce((p, ax) => p * ax.size, 1);
-  if (macs < MIN_ROUTED_MACS || (M === 1 && N === 1)) return null;
+  if (M * N * K < MIN_ROUTED_MACS || (M === 1 && N === 1)) return null;
   const strideOf = (ax: Axis | null, op: GlobalView) => (ax ? (op === a ? ax.a : ax.b) : 0);
   const rowsLayout = layout(strideOf(rowsAxis, rowsOp), rowsOp.view.strides[n]!, M, K);
   const colsLayout = layout(colsOp.view.strides[n]!, colsFromA ? last.a : last.b, K, N);
