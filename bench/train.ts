@@ -207,7 +207,8 @@ async function worker(args: string[]): Promise<void> {
   for (let i = 0; i < steps; i++) samplesMs.push(await once());
   // Likelihood throughput on the trained weights (not the EMA: the twin evaluates its live model).
   const nll = () => nllOf({ family: familyOf(m), cfg: m, params: state.params }, x.ref, y.ref);
-  const bpd = [...(await E.toF32(nll()))];
+  const { bitsPerDim } = await import('../src/models/model.js');
+  const bpd = [...(await E.toF32(nll()))].map(bitsPerDim); // nllOf gives nats per dimension
   const nllMs: number[] = [];
   for (let i = 0; i < NLL_REPS; i++) {
     const t0 = performance.now();

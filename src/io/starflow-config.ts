@@ -111,5 +111,20 @@ export function flowConfigFromStarflowArgs(args: Record<string, unknown>, where:
     latentNormReg: Number(args.latent_norm_regularization ?? 0),
   };
   if (textTokens > 0 && !(textDim > 0)) throw new StarflowConfigError(`${where}: 'txt_size' is ${textTokens} but the text width is unknown (no 'txt_dim' and no proj_txt weight)`);
-  return parseFlowConfig(raw, where);
+  try {
+    return parseFlowConfig(raw, where);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    // The user wrote ml-starflow's names: say them.
+    const message = err.message.replace(/'(\w+)'/g, (quoted, ours: string) => (OUR_FIELD_TO_STARFLOW[ours] ? `'${OUR_FIELD_TO_STARFLOW[ours]}'` : quoted));
+    throw new StarflowConfigError(message);
+  }
 }
+
+/** Our config field → the ml-starflow argument it comes from, for error messages. */
+const OUR_FIELD_TO_STARFLOW: Record<string, string> = {
+  inChannels: 'in_channels', imgSize: 'img_size', patchSize: 'patch_size', width: 'channels', numBlocks: 'num_blocks',
+  layersPerBlock: 'layers_per_block', deepWidth: 'top_block_channels', headDim: 'head_dim', kvHeads: 'num_kv_heads',
+  mlpRatio: 'expansion', ropeSeqLen: 'pt_seq_len', softClip: 'soft_clip', order: 'seq_order', textTokens: 'txt_size',
+  textDim: 'txt_dim', noiseStd: 'noise_std', latentNormReg: 'latent_norm_regularization',
+};

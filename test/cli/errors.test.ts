@@ -174,6 +174,8 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
     await expectError(['convert', '--from', pth, '--starflow-config', await write('adaln.yaml', yaml + '- adaln: 1\n'), '--out', out], /'adaln: 1' is not supported/);
     await expectError(['convert', '--from', pth, '--starflow-config', await write('wide.yaml', yaml.replace('channels: 64', 'channels: 128')), '--out', out], /blocks\.0\.proj_in\.weight: expected \[128,2\], file has \[64,2\]/);
     await expectError(['convert', '--from', pth, '--starflow-config', await write('norm.yaml', yaml + '- norm_type: batch_norm\n'), '--out', out], /'norm_type' must be layer_norm, rms_norm or none, got "batch_norm"/);
+    // An invalid value is named by ml-starflow's argument, not the project's field.
+    await expectError(['convert', '--from', pth, '--starflow-config', await write('zero.yaml', yaml.replace('channels: 64', 'channels: 0')), '--out', out], /zero\.yaml.*'channels' must be/);
   });
 
   test('train-features refuses to replace an existing extractor without --force', async () => {
