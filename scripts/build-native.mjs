@@ -41,7 +41,8 @@ function main() {
   const r = spawnSync(cc, args, { encoding: 'utf8' });
   if (r.error || r.status !== 0) {
     rmSync(tmp, { force: true });
-    const why = r.error ? `${cc} could not run (${r.error.code ?? r.error.message})` : `${cc} failed: ${(r.stderr || '').trim().split('\n')[0]}`;
+    const first = (r.stderr || '').trim().split('\n')[0];
+    const why = r.error ? `${cc} could not run (${r.error.code ?? r.error.message})` : `${cc} failed (exit ${r.status})${first ? `: ${first}` : ''}`;
     return say(`not built, ${why}; matrix products will run on wasm`);
   }
   renameSync(tmp, out);

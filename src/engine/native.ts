@@ -1,7 +1,7 @@
 // Node-only: the native GEMM addon (native/gemm.c), built by `npm install` (scripts/build-native.mjs)
 // where a C compiler exists. It computes jax-js's matrix products in place on the wasm memory, on
 // the system's OpenBLAS when present, else on its own kernel. When it is missing or fails to
-// load, matrix products stay on wasm and one line says why (once, from the main thread).
+// load, matrix products stay on wasm and one line at a terminal says why.
 //   STARFLOW_NATIVE=0        never load it (wasm only, no notice)
 //   STARFLOW_BLAS=auto|builtin|PATH   OpenBLAS if it loads (default), the addon's own kernel, or a
 //                            shared library exporting cblas_sgemm
@@ -29,8 +29,11 @@ export function loadNativeGemm(threads: number, addonPath = ADDON_PATH): { gemm:
   }
 }
 
-/** The one-line notice for a missing native path: main thread only, never for STARFLOW_NATIVE=0. */
-export function nativeNotice(reason: string): string | null {
-  if (!reason || reason === 'STARFLOW_NATIVE=0' || !isMainThread) return null;
+/**
+ * The one-line notice for a missing native path: for a person at a terminal (scripts and pipes
+ * get clean stderr; the install already said it), main thread only, never for STARFLOW_NATIVE=0.
+ */
+export function nativeNotice(reason: string, interactive = process.stderr.isTTY === true): string | null {
+  if (!reason || reason === 'STARFLOW_NATIVE=0' || !isMainThread || !interactive) return null;
   return `starflow: ${reason}; matrix products run on wasm\n`;
 }

@@ -195,16 +195,17 @@ test("the addon's builtin kernel and OpenBLAS agree with float64 on every storag
   }
 });
 
-test('without the addon: one line says why, and STARFLOW_NATIVE=0 runs on wasm silently', () => {
+test('without the addon: one line at a terminal says why, and STARFLOW_NATIVE=0 runs on wasm silently', () => {
   const missing = loadNativeGemm(1, path.join(os.tmpdir(), 'no-such-dir', 'starflow_native.node'));
   assert.equal(missing.gemm, null);
-  assert.match(nativeNotice(missing.reason) ?? '', /^starflow: the native addon is not built \(it needs a C compiler: `npm run build:native` .*\); matrix products run on wasm\n$/);
+  assert.equal(nativeNotice(missing.reason, false), null, 'no notice when stderr is not a terminal');
+  assert.match(nativeNotice(missing.reason, true) ?? '', /^starflow: the native addon is not built \(it needs a C compiler: `npm run build:native` .*\); matrix products run on wasm\n$/);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'starflow-native-'));
   const corrupt = path.join(dir, 'starflow_native.node');
   writeFileSync(corrupt, 'not a shared object');
   const bad = loadNativeGemm(1, corrupt);
   assert.equal(bad.gemm, null);
-  assert.match(nativeNotice(bad.reason) ?? '', /^starflow: the native addon failed to load \(.+\); matrix products run on wasm\n$/);
+  assert.match(nativeNotice(bad.reason, true) ?? '', /^starflow: the native addon failed to load \(.+\); matrix products run on wasm\n$/);
 
   const script = `import './src/engine/node-shims.js'; import { startNodeEngine } from './src/engine/node.js'; import * as E from './src/engine/index.js';
 await startNodeEngine({ device: 'wasm' });
