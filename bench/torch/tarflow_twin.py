@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tarflow_train import layers_per_block
+
 DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64, "F16": np.float16}
 
 
@@ -64,16 +66,6 @@ def write_safetensors(path, tensors):
         f.write(h)
         for c in chunks:
             f.write(c)
-
-def layers_per_block(cfg: dict) -> int:
-    """The config's layers per block: a list since STARFlow's per-block depths; the twin needs one depth."""
-    layers = cfg["layersPerBlock"]
-    if isinstance(layers, list):
-        if len(set(layers)) != 1:
-            raise SystemExit(f"the PyTorch twin needs the same depth in every block, got {layers}")
-        return layers[0]
-    return layers
-
 
 
 class Twin:

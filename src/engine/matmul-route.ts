@@ -11,6 +11,7 @@
 // every kernel on wasm.
 import { routeModule } from './instance-cache.js';
 import type { JaxInternals } from './jax-internals.js';
+import type { PrepareFns } from './kernel-cache.js';
 
 /** A GEMM over the wasm memory: `desc` as documented in native/gemm.c. */
 export type Gemm = { readonly name: string; gemm(memory: Uint8Array, desc: Float64Array): void };
@@ -184,7 +185,6 @@ export function routedKernels(): number {
   return routed;
 }
 
-type Backend = { prepareKernel(k: object): Promise<unknown>; prepareKernelSync(k: object): unknown };
 type Program = { module: WebAssembly.Module; workSize: number };
 type Executable = { data: { program?: Program } };
 
@@ -192,7 +192,7 @@ type Executable = { data: { program?: Program } };
  * Routes the wasm backend's matrix-product kernels to `gemm`. Call once, before the first kernel
  * is prepared; returns false (and routes nothing) when jax-js is not the build this was written for.
  */
-export function installMatmulRoute(backend: Backend, jax: JaxInternals, gemm: Gemm): boolean {
+export function installMatmulRoute(backend: PrepareFns, jax: JaxInternals, gemm: Gemm): boolean {
   const { Kernel, AluExp, AluVar } = jax;
   const prepareSync = backend.prepareKernelSync.bind(backend);
   const prepareAsync = backend.prepareKernel.bind(backend);
