@@ -71,8 +71,31 @@ static void micro_kernel(int kc, const float *Ap, const float *Bp, float *C, int
   }
 }
 
+// Small products (attention over a KV cache: thousands of 1 × 16 × 64) cost more to pack than to
+// compute: rows of B are added straight into C.
+#define SMALL_MACS 16384
+
+static void gemm_small(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B,
+                       int ldb, float *C, int ldc) {
+  for (int r = 0; r < M; r++) {
+    float *row = C + (size_t)r * ldc;
+    for (int c = 0; c < N; c++) row[c] = 0.0f;
+    for (int k = 0; k < K; k++) {
+      float a = A_AT(r, k);
+      if (transB)
+        for (int c = 0; c < N; c++) row[c] += a * B[(size_t)c * ldb + k];
+      else
+        for (int c = 0; c < N; c++) row[c] += a * B[(size_t)k * ldb + c];
+    }
+  }
+}
+
 static void gemm_builtin(int transA, int transB, int M, int N, int K, const float *A, int lda, const float *B,
                          int ldb, float *C, int ldc) {
+  if ((long)M * N * K <= SMALL_MACS) {
+    gemm_small(transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+    return;
+  }
   if (K == 0) {
     for (int r = 0; r < M; r++) memset(C + (size_t)r * ldc, 0, (size_t)N * 4);
     return;

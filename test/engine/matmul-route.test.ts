@@ -170,25 +170,27 @@ test('gradients through a product (transposed operands in the backward pass) mat
 test("the addon's builtin kernel and OpenBLAS agree with float64 on every storage order, 1 and 2 threads", { skip: existsSync(ADDON_PATH) ? false : 'addon not built' }, () => {
   const addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
   const memory = new WebAssembly.Memory({ initial: 64, maximum: 1024, shared: true });
-  const [M, N, K] = [301, 203, 97];
   const f = new Float32Array(memory.buffer);
-  const a = values(M * K, 10);
-  const b = values(K * N, 11);
-  const want = hostMatmul(a, [M, K], b, [K, N]).data;
-  const [aAt, bAt, cAt] = [0, M * K, M * K + K * N];
   const blases = ['builtin', 'auto'];
   try {
-    for (const blas of blases)
-      for (const threads of [1, 2])
-        for (const [tA, tB] of [[0, 0], [1, 0], [0, 1], [1, 1]] as const) {
-          addon.configure(threads, blas);
-          f.set(tA ? transposeLast2(a, [M, K]) : a, aAt);
-          f.set(tB ? transposeLast2(b, [K, N]) : b, bAt);
-          f.fill(Number.NaN, cAt, cAt + M * N);
-          addon.gemm(new Uint8Array(memory.buffer), new Float64Array([4 * aAt, 4 * bAt, 4 * cAt, M, N, K, tA, tA ? M : K, tB, tB ? K : N, N, 0]));
-          const d = maxDiff(f.slice(cAt, cAt + M * N), want);
-          assert.ok(d < 5e-5, `${blas}, ${threads} threads, transA ${tA} transB ${tB}: max |Δ| ${d}`);
-        }
+    // A large product (packed, split over threads) and a small one (added straight into C).
+    for (const [M, N, K] of [[301, 203, 97], [3, 16, 64]] as const) {
+      const a = values(M * K, 10);
+      const b = values(K * N, 11);
+      const want = hostMatmul(a, [M, K], b, [K, N]).data;
+      const [aAt, bAt, cAt] = [0, M * K, M * K + K * N];
+      for (const blas of blases)
+        for (const threads of [1, 2])
+          for (const [tA, tB] of [[0, 0], [1, 0], [0, 1], [1, 1]] as const) {
+            addon.configure(threads, blas);
+            f.set(tA ? transposeLast2(a, [M, K]) : a, aAt);
+            f.set(tB ? transposeLast2(b, [K, N]) : b, bAt);
+            f.fill(Number.NaN, cAt, cAt + M * N);
+            addon.gemm(new Uint8Array(memory.buffer), new Float64Array([4 * aAt, 4 * bAt, 4 * cAt, M, N, K, tA, tA ? M : K, tB, tB ? K : N, N, 0]));
+            const d = maxDiff(f.slice(cAt, cAt + M * N), want);
+            assert.ok(d < 5e-5, `${M}×${N}×${K}, ${blas}, ${threads} threads, transA ${tA} transB ${tB}: max |Δ| ${d}`);
+          }
+    }
     assert.throws(() => addon.gemm(new Uint8Array(memory.buffer), new Float64Array([0, 0, 0])), /malformed descriptor/);
   } finally {
     addon.configure(E.threadBudget(), process.env.STARFLOW_BLAS || 'auto');
