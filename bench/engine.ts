@@ -36,6 +36,8 @@ type WorkerResult = {
   threads: number;
   version: string;
   device?: string;
+  /** jax-js: what ran the matrix products (E.matmulBackend()). */
+  gemm?: string;
   matmul: MatmulResult[];
   step: StepResult;
 };
@@ -104,7 +106,7 @@ async function worker(args: string[]): Promise<void> {
   const step = await stepBench(E, p.stepWarmup, p.steps);
 
   const version = jaxVersion();
-  const out: WorkerResult = { kind: 'jax-js', threads: usedThreads, version, device, matmul, step };
+  const out: WorkerResult = { kind: 'jax-js', threads: usedThreads, version, device, gemm: E.matmulBackend(), matmul, step };
   process.stdout.write(JSON.stringify(out) + '\n');
 }
 
@@ -206,6 +208,7 @@ type Summary = {
   label: string;
   threads: number;
   version: string;
+  gemm?: string;
   matmul: { n: number; medianMs: number; gflops: number; roundGflops: number[] }[];
   step: { medianMs: number; roundMedianMs: number[]; firstCallMs: number; roundFirstCallMs: number[]; lossFirst: number; lossLast: number; params: number };
 };
@@ -217,6 +220,7 @@ function summarise(id: string, label: string, rs: WorkerResult[]): Summary {
     label,
     threads: r0.threads,
     version: r0.version,
+    ...(r0.gemm ? { gemm: r0.gemm } : {}),
     matmul: SIZES.map((n) => {
       const per = rs.map((r) => r.matmul.find((m) => m.n === n)!);
       // Pooled over rounds: every timed call counts once.
@@ -265,6 +269,8 @@ function markdown(sums: Summary[], torch: Summary | undefined, torchNote: string
     'First call: jax-js traces and compiles the jitted step and runs it once; torch has no compile (its first eager step).',
   ];
   if (torchNote) notes.unshift(`**PyTorch not measured:** ${torchNote}`);
+  const gemms = [...new Set(sums.flatMap((c) => c.gemm ?? []))];
+  if (gemms.length) notes.push(`jax-js matrix products ran on: ${gemms.join(', ')} ("wasm matmul" rows: STARFLOW_NATIVE=0).`);
   if (torchBlas !== undefined && torch) notes.push(`torch BLAS: ${torchBlas ? `OpenBLAS (${torchBlas}), 1 thread` : 'the system libblas.so.3'}.`);
   return `${table}\n\n${notes.map((n) => `- ${n}`).join('\n')}\n`;
 }
@@ -275,11 +281,19 @@ export async function main(args: string[]): Promise<void> {
   const quickArg = o.quick ? ['--quick'] : [];
   const self = fileURLToPath(import.meta.url);
   const tsxArgs = (threads: number) => ['--import', 'tsx', self, '--worker', '--threads', String(threads), ...quickArg];
-  const contenders: Contender[] = [1, 2].map((threads) => ({
-    id: `jaxjs-${threads}t`,
-    label: `jax-js wasm ${threads} thr`,
-    run: () => runChild(process.execPath, tsxArgs(threads), `jax-js worker (${threads} threads)`, { STARFLOW_THREADS: String(threads) }),
-  }));
+  // The engine as it runs by default (matrix products on the native GEMM when the addon is built)
+  // and with every kernel on jax-js's wasm (STARFLOW_NATIVE=0).
+  const contenders: Contender[] = [false, true].flatMap((wasmOnly) =>
+    [1, 2].map((threads) => ({
+      id: `jaxjs-${threads}t${wasmOnly ? '-wasm' : ''}`,
+      label: `jax-js ${threads} thr${wasmOnly ? ' (wasm matmul)' : ''}`,
+      run: () =>
+        runChild(process.execPath, tsxArgs(threads), `jax-js worker (${threads} threads${wasmOnly ? ', wasm matmul' : ''})`, {
+          STARFLOW_THREADS: String(threads),
+          ...(wasmOnly ? { STARFLOW_NATIVE: '0' } : {}),
+        }),
+    })),
+  );
   const tv = torchVersion(o.python);
   // Debian's python3-torch calls sgemm through libblas.so.3, by default the netlib reference BLAS
   // (~2.5 GFLOP/s). With libopenblas0-pthread installed, the torch child loads OpenBLAS instead
