@@ -11,6 +11,7 @@ import { installInstanceCache } from './instance-cache.js';
 import { installKernelCache } from './kernel-cache.js';
 import { jaxInternals } from './jax-internals.js';
 import { installMatmulRoute, type Gemm } from './matmul-route.js';
+import { installFastStringHash } from './string-hash.js';
 import type { Rng } from './rng.js';
 
 export const np = jax.numpy;
@@ -62,6 +63,7 @@ export async function startEngine(device: Device | 'auto' = 'auto', opts: { gemm
   jax.defaultDevice(chosen);
   const internals = await jaxInternals();
   if (internals) {
+    installFastStringHash(internals.FpHash as Parameters<typeof installFastStringHash>[0]);
     const backend = internals.getBackend(chosen);
     // The route first: the kernel cache above it then prepares (and routes) each kernel once.
     if (chosen === 'wasm' && opts.gemm && installMatmulRoute(backend, internals, opts.gemm)) matmulOn = opts.gemm.name;

@@ -3,7 +3,7 @@
 // and anything unexpected (another build, a bundler that cannot resolve the chunk) returns null so
 // that jax-js runs as it is. These are speed-ups, never requirements.
 const CHUNK = './backend-CnjgxpXq.js';
-const EXPORTS = { getBackend: 's', Kernel: 'O', AluExp: 'w', AluVar: 'E', unravelAlu: 'b', deepEqual: 'U' } as const;
+const EXPORTS = { getBackend: 's', Kernel: 'O', AluExp: 'w', AluVar: 'E', unravelAlu: 'b', deepEqual: 'U', FpHash: 'R' } as const;
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- minified internals, shapes checked below */
 export type JaxInternals = {
@@ -13,6 +13,7 @@ export type JaxInternals = {
   AluVar: { gidx: any; ridx: any };
   unravelAlu(shape: number[], offset: any): any[];
   deepEqual(a: unknown, b: unknown): boolean;
+  FpHash: { prototype: { value: bigint; update(x: unknown): unknown }; hash(...values: unknown[]): bigint };
 };
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
@@ -29,7 +30,8 @@ export function jaxInternals(): Promise<JaxInternals | null> {
         typeof found.AluExp === 'function' && found.AluExp.name === 'AluExp' &&
         typeof (found.AluExp as { globalIndex?: unknown }).globalIndex === 'function' &&
         typeof found.AluVar === 'object' && found.AluVar !== null && 'gidx' in found.AluVar && 'ridx' in found.AluVar &&
-        typeof found.unravelAlu === 'function' && typeof found.deepEqual === 'function';
+        typeof found.unravelAlu === 'function' && typeof found.deepEqual === 'function' &&
+        typeof found.FpHash === 'function' && found.FpHash.name === 'FpHash' && typeof (found.FpHash as { hash?: unknown }).hash === 'function';
       return ok ? (found as unknown as JaxInternals) : null;
     } catch {
       return null;
