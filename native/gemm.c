@@ -103,6 +103,12 @@ static void gemm_builtin(int transA, int transB, int M, int N, int K, const floa
   int npanels = (N + NR - 1) / NR;
   float *Bp = aligned_alloc(64, (size_t)npanels * KC * NR * 4);
   float *Ap = aligned_alloc(64, (size_t)KC * MR * 4);
+  if (!Bp || !Ap) {  // no memory for the packed panels: the unpacked loop needs none
+    free(Ap);
+    free(Bp);
+    gemm_small(transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+    return;
+  }
   for (int k0 = 0; k0 < K; k0 += KC) {
     int kc = K - k0 < KC ? K - k0 : KC;
     for (int p = 0; p < npanels; p++) {
