@@ -244,6 +244,21 @@ static napi_value js_gemm(napi_env env, napi_callback_info info) {
     p.bsb[i] = d[14 + 4 * i];
     p.bsc[i] = d[15 + 4 * i];
   }
+  // Every element the product touches must lie inside the memory: a wrong descriptor is an error,
+  // never a write elsewhere.
+  if (p.M < 1 || p.N < 1 || p.K < 0 || p.lda < 1 || p.ldb < 1 || p.ldc < p.N) return throw_error(env, "gemm: malformed descriptor");
+  double lastA = p.transA ? (double)(p.K - 1) * p.lda + (p.M - 1) : (double)(p.M - 1) * p.lda + (p.K - 1);
+  double lastB = p.transB ? (double)(p.N - 1) * p.ldb + (p.K - 1) : (double)(p.K - 1) * p.ldb + (p.N - 1);
+  double lastC = (double)(p.M - 1) * p.ldc + (p.N - 1);
+  for (int i = 0; i < p.nbatch; i++) {
+    if (p.bsize[i] < 1 || p.bsa[i] < 0 || p.bsb[i] < 0 || p.bsc[i] < 0) return throw_error(env, "gemm: malformed descriptor");
+    lastA += (p.bsize[i] - 1) * p.bsa[i];
+    lastB += (p.bsize[i] - 1) * p.bsb[i];
+    lastC += (p.bsize[i] - 1) * p.bsc[i];
+  }
+  if (p.a < 0 || p.b < 0 || p.c < 0 || (p.K > 0 && (p.a + 4 * (lastA + 1) > length || p.b + 4 * (lastB + 1) > length)) ||
+      p.c + 4 * (lastC + 1) > length)
+    return throw_error(env, "gemm: the product reaches outside the memory");
   run_product(&p);
   return NULL;
 }

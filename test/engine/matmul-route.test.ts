@@ -192,6 +192,10 @@ test("the addon's builtin kernel and OpenBLAS agree with float64 on every storag
           }
     }
     assert.throws(() => addon.gemm(new Uint8Array(memory.buffer), new Float64Array([0, 0, 0])), /malformed descriptor/);
+    // A product reaching past the end of the memory is refused, not computed.
+    const end = memory.buffer.byteLength;
+    assert.throws(() => addon.gemm(new Uint8Array(memory.buffer), new Float64Array([0, 0, end - 64, 4, 32, 8, 0, 8, 0, 32, 32, 0])), /outside the memory/);
+    assert.throws(() => addon.gemm(new Uint8Array(memory.buffer), new Float64Array([0, 0, 0, 4, 4, 4, 0, 4, 0, 4, 4, 1, 1e6, 16, 16, 16])), /outside the memory/);
   } finally {
     addon.configure(E.threadBudget(), process.env.STARFLOW_BLAS || 'auto');
   }
