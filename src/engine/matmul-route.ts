@@ -46,11 +46,8 @@ type View = { shape: number[]; strides: number[]; offset: number; mask: unknown 
 type Exp = { op: string; dtype: string; src: Exp[]; arg: unknown; substitute(v: Record<string, Exp>): Exp };
 type KernelLike = { nargs: number; size: number; exp: Exp; reduction?: { op: string; dtype: string; size: number; epilogue: Exp } };
 
-/**
- * The plan for a kernel that is a plain float32 (batched) matrix product, or null. Exported for
- * the tests, which check it against jax-js's own results on many layouts.
- */
-export function planMatmul(kernel: KernelLike, jax: JaxInternals): MatmulPlan | null {
+/** The plan for a kernel that is a plain float32 (batched) matrix product, or null. */
+function planMatmul(kernel: KernelLike, jax: JaxInternals): MatmulPlan | null {
   const red = kernel.reduction;
   if (!red || red.op !== 'Add' || red.dtype !== 'float32' || epilogueDtype(kernel) !== 'float32') return null;
   const exp = kernel.exp;
@@ -157,13 +154,16 @@ function epilogueDtype(kernel: KernelLike): string {
   return kernel.reduction ? kernel.reduction.epilogue.dtype : kernel.exp.dtype;
 }
 
-/** The descriptor native/gemm.c reads, for given argument pointers (bytes). */
-export function gemmDescriptor(plan: MatmulPlan, ptrs: number[], out: number): Float64Array {
+/**
+ * The descriptor native/gemm.c reads, made once per plan: a call only writes its three pointers
+ * (bytes) into it. The GEMM is synchronous, so one array serves every call.
+ */
+function gemmDescriptor(plan: MatmulPlan): (ptrs: number[], out: number) => Float64Array {
   const d = new Float64Array(12 + 4 * plan.batch.length);
   d.set([
-    ptrs[plan.rowsArg]! + 4 * plan.rowsOffset,
-    ptrs[plan.colsArg]! + 4 * plan.colsOffset,
-    out,
+    0,
+    0,
+    0,
     plan.M,
     plan.N,
     plan.K,
@@ -175,7 +175,12 @@ export function gemmDescriptor(plan: MatmulPlan, ptrs: number[], out: number): F
     plan.batch.length,
   ]);
   plan.batch.forEach((ax, i) => d.set([ax.size, ax.a, ax.b, ax.c], 12 + 4 * i));
-  return d;
+  return (ptrs, out) => {
+    d[0] = ptrs[plan.rowsArg]! + 4 * plan.rowsOffset;
+    d[1] = ptrs[plan.colsArg]! + 4 * plan.colsOffset;
+    d[2] = out;
+    return d;
+  };
 }
 
 let routed = 0;
@@ -215,10 +220,13 @@ export function installMatmulRoute(backend: PrepareFns, jax: JaxInternals, gemm:
     routed++;
     routeModule(program.module, (memory, instantiate) => {
       const finish = epilogue ? (instantiate(epilogue.module).exports.kernel as (...a: number[]) => void) : null;
+      const describe = gemmDescriptor(plan);
+      let view = new Uint8Array(memory.buffer); // a new one only after the memory grows
       return (...args: number[]) => {
         const ptrs = args.slice(0, kernel.nargs);
         const out = args[kernel.nargs]!;
-        gemm.gemm(new Uint8Array(memory.buffer), gemmDescriptor(plan, ptrs, out));
+        if (view.buffer !== memory.buffer) view = new Uint8Array(memory.buffer);
+        gemm.gemm(view, describe(ptrs, out));
         if (finish) finish(...ptrs, out, out, 0, epilogue!.workSize);
       };
     });
