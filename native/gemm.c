@@ -18,7 +18,7 @@ typedef void (*cblas_sgemm_fn)(int, int, int, int, int, int, float, const float 
 static cblas_sgemm_fn blas_sgemm = NULL;
 static char blas_name[256] = "builtin";
 // Per JavaScript thread: the trainer's data-parallel workers each run their products on one thread.
-static _Thread_local int thread_count = 1;
+_Thread_local int thread_count = 1; // also read by native/kernels.c
 
 // ---- the builtin kernel: C[M,N] = A[M,K] · B[K,N], row-major, either operand transposed ----
 #if defined(__AVX512F__)
@@ -302,11 +302,13 @@ static napi_value js_configure(napi_env env, napi_callback_info info) {
   return result;
 }
 
+napi_value starflow_register_kernels(napi_env env, napi_value exports); // native/kernels.c
+
 NAPI_MODULE_INIT() {
   napi_value fn;
   napi_create_function(env, "gemm", NAPI_AUTO_LENGTH, js_gemm, NULL, &fn);
   napi_set_named_property(env, exports, "gemm", fn);
   napi_create_function(env, "configure", NAPI_AUTO_LENGTH, js_configure, NULL, &fn);
   napi_set_named_property(env, exports, "configure", fn);
-  return exports;
+  return starflow_register_kernels(env, exports);
 }

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const source = path.join(root, 'native', 'gemm.c');
+const sources = ['gemm.c', 'kernels.c'].map((f) => path.join(root, 'native', f));
 const out = path.join(root, 'native', 'build', 'starflow_native.node');
 
 function say(line) {
@@ -30,14 +30,17 @@ function headerDir() {
 
 function main() {
   if (process.env.STARFLOW_NATIVE === '0') return say('skipped (STARFLOW_NATIVE=0); matrix products will run on wasm');
-  if (!existsSync(source)) return say(`no source at ${source}; matrix products will run on wasm`);
+  const missing = sources.find((f) => !existsSync(f));
+  if (missing) return say(`no source at ${missing}; matrix products will run on wasm`);
   const include = headerDir();
   if (!include) return say('no Node-API headers (node_api.h) found; matrix products will run on wasm');
   const cc = process.env.CC || 'cc';
   mkdirSync(path.dirname(out), { recursive: true });
   const tmp = `${out}.tmp-${process.pid}`;
   // -march=native: the addon is built on the machine that runs it, for its vector width.
-  const args = ['-O3', '-march=native', '-std=c11', '-D_DEFAULT_SOURCE', '-shared', '-fPIC', `-I${include}`, source, '-o', tmp, '-ldl', '-lpthread'];
+  // -fno-math-errno -fno-trapping-math: sqrtf, floorf and friends vectorise (nothing here reads errno
+  // or floating-point exception flags; every result is unchanged).
+  const args = ['-O3', '-march=native', '-fno-math-errno', '-fno-trapping-math', '-std=c11', '-D_DEFAULT_SOURCE', '-shared', '-fPIC', `-I${include}`, ...sources, '-o', tmp, '-ldl', '-lpthread', '-lm'];
   const r = spawnSync(cc, args, { encoding: 'utf8' });
   if (r.error || r.status !== 0) {
     rmSync(tmp, { force: true });

@@ -10,7 +10,7 @@ import { installIteratorHelpers } from './iterator-helpers.js';
 import { installInstanceCache } from './instance-cache.js';
 import { installKernelCache } from './kernel-cache.js';
 import { jaxInternals } from './jax-internals.js';
-import { installMatmulRoute, type Gemm } from './matmul-route.js';
+import { installNativeRoute, type Native } from './native-route.js';
 import { installFastStringHash } from './string-hash.js';
 import type { Rng } from './rng.js';
 
@@ -31,7 +31,7 @@ export type Params = { [name: string]: Arr | Params | Params[] };
 export type Device = 'wasm' | 'webgpu' | 'cpu';
 export const DEVICES: readonly Device[] = ['wasm', 'webgpu', 'cpu'];
 
-export { routedKernels, type Gemm } from './matmul-route.js';
+export { routedKernels, type Native } from './native-route.js';
 
 let started: Device | null = null;
 let matmulOn = 'wasm';
@@ -39,9 +39,9 @@ let matmulOn = 'wasm';
 /**
  * Starts the engine on a device. `auto` takes WebGPU when an adapter exists, else wasm.
  * Everything is float32: the engine's default dtype, and what checkpoints store.
- * On wasm, `gemm` (Node: the native addon) takes over the kernels that are matrix products.
+ * On wasm, `native` (Node: the addon) takes over matrix products and the kernels it can evaluate.
  */
-export async function startEngine(device: Device | 'auto' = 'auto', opts: { gemm?: Gemm } = {}): Promise<Device> {
+export async function startEngine(device: Device | 'auto' = 'auto', opts: { native?: Native } = {}): Promise<Device> {
   installIteratorHelpers();
   installInstanceCache();
   if (started && (device === 'auto' || device === started)) return started;
@@ -66,7 +66,7 @@ export async function startEngine(device: Device | 'auto' = 'auto', opts: { gemm
     installFastStringHash(internals.FpHash as Parameters<typeof installFastStringHash>[0]);
     const backend = internals.getBackend(chosen);
     // The route first: the kernel cache above it then prepares (and routes) each kernel once.
-    if (chosen === 'wasm' && opts.gemm && installMatmulRoute(backend, internals, opts.gemm)) matmulOn = opts.gemm.name;
+    if (chosen === 'wasm' && opts.native && installNativeRoute(backend, internals, opts.native)) matmulOn = opts.native.name;
     installKernelCache(backend);
   }
   started = chosen;

@@ -4,7 +4,7 @@
 // instance per (module, memory) serves every call. Only modules shaped like jax-js kernels (one
 // export, `kernel`, and a sole `env.memory` import) are cached; everything else is untouched.
 //
-// The same constructor is where routed modules (src/engine/matmul-route.ts) are swapped for a
+// The same constructor is where routed modules (src/engine/native-route.ts) are swapped for a
 // JavaScript function over the same memory.
 type Imports = Record<string, Record<string, unknown>> | undefined;
 type KernelFn = (...args: number[]) => void;

@@ -1,31 +1,35 @@
-// Node-only: the native GEMM addon (native/gemm.c), built by `npm install` (scripts/build-native.mjs)
-// where a C compiler exists. It computes jax-js's matrix products in place on the wasm memory, on
-// the system's OpenBLAS when present, else on its own kernel. When it is missing or fails to
-// load, matrix products stay on wasm and one line at a terminal says why.
+// Node-only: the native addon (native/gemm.c, native/kernels.c), built by `npm install`
+// (scripts/build-native.mjs) where a C compiler exists. It computes jax-js's matrix products in
+// place on the wasm memory, on the system's OpenBLAS when present, else on its own kernel, and
+// evaluates the other kernels it can (src/engine/native-kernels.ts). When it is missing or fails
+// to load, everything stays on wasm and one line at a terminal says why.
 //   STARFLOW_NATIVE=0        never load it (wasm only, no notice)
 //   STARFLOW_BLAS=auto|builtin|PATH   OpenBLAS if it loads (default), the addon's own kernel, or a
 //                            shared library exporting cblas_sgemm
+//   STARFLOW_NATIVE_KERNELS=0  products only: every other kernel on wasm
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
-import type { Gemm } from './matmul-route.js';
+import type { Native } from './native-route.js';
 
 /** Where the build script writes the addon (the same from src/engine and dist/engine). */
 export const ADDON_PATH = fileURLToPath(new URL('../../native/build/starflow_native.node', import.meta.url));
 
-export type Addon = { gemm(memory: Uint8Array, desc: Float64Array): void; configure(threads: number, blas: string): string };
+export type Addon = { gemm(memory: Uint8Array, desc: Float64Array): void; kernel?(memory: Uint8Array, desc: Float64Array): void; configure(threads: number, blas: string): string };
 
-/** The native GEMM on `threads` threads, or null (with the reason) when it cannot be used. */
-export function loadNativeGemm(threads: number, addonPath = ADDON_PATH): { gemm: Gemm | null; reason: string } {
-  if (process.env.STARFLOW_NATIVE === '0') return { gemm: null, reason: 'STARFLOW_NATIVE=0' };
-  if (!existsSync(addonPath)) return { gemm: null, reason: "the native addon is not built (it needs a C compiler: `npm run build:native` in a checkout, `npm rebuild starflow-ts` where installed)" };
+/** The native addon on `threads` threads, or null (with the reason) when it cannot be used. */
+export function loadNative(threads: number, addonPath = ADDON_PATH): { native: Native | null; reason: string } {
+  if (process.env.STARFLOW_NATIVE === '0') return { native: null, reason: 'STARFLOW_NATIVE=0' };
+  if (!existsSync(addonPath)) return { native: null, reason: "the native addon is not built (it needs a C compiler: `npm run build:native` in a checkout, `npm rebuild starflow-ts` where installed)" };
   try {
     const addon = createRequire(import.meta.url)(addonPath) as Addon;
     const name = addon.configure(threads, process.env.STARFLOW_BLAS || 'auto');
-    return { gemm: { name: name === 'builtin' ? 'native' : `native (${name})`, gemm: addon.gemm }, reason: '' };
+    // An addon built before the kernel evaluator existed still serves products.
+    const kernel = typeof addon.kernel === 'function' && process.env.STARFLOW_NATIVE_KERNELS !== '0' ? addon.kernel : undefined;
+    return { native: { name: name === 'builtin' ? 'native' : `native (${name})`, gemm: addon.gemm, ...(kernel ? { kernel } : {}) }, reason: '' };
   } catch (err) {
-    return { gemm: null, reason: `the native addon failed to load (${(err as Error).message.split('\n')[0]})` };
+    return { native: null, reason: `the native addon failed to load (${(err as Error).message.split('\n')[0]})` };
   }
 }
 
@@ -35,5 +39,5 @@ export function loadNativeGemm(threads: number, addonPath = ADDON_PATH): { gemm:
  */
 export function nativeNotice(reason: string, interactive = process.stderr.isTTY === true): string | null {
   if (!reason || reason === 'STARFLOW_NATIVE=0' || !isMainThread || !interactive) return null;
-  return `starflow: ${reason}; matrix products run on wasm\n`;
+  return `starflow: ${reason}; kernels run on wasm\n`;
 }

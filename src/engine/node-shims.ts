@@ -6,7 +6,7 @@ import { Worker as NodeWorker } from 'node:worker_threads';
 import v8 from 'node:v8';
 import { resolveObjectURL } from 'node:buffer';
 import os from 'node:os';
-import { loadNativeGemm, nativeNotice } from './native.js';
+import { loadNative, nativeNotice } from './native.js';
 
 // The wasm backend's worker script speaks the Web Worker protocol (self.onmessage, postMessage)
 // and arrives as a blob: URL. The thread starts at once and waits for the script's text.
@@ -98,13 +98,13 @@ if (process.env.STARFLOW_RELAXED_SIMD !== '0') v8.setFlagsFromString('--experime
 export const engineThreads = threadsFromEnv();
 
 /**
- * The native GEMM, when it loads. Its products run on every thread of the budget, and jax-js then
- * runs the remaining kernels on the calling thread: a routed product must see its inputs written,
+ * The native addon, when it loads. Its products and kernels run on every thread of the budget, and
+ * jax-js runs what remains on the calling thread: a routed kernel must see its inputs written,
  * which jax-js's asynchronous worker pool does not allow from outside.
  */
-const native = loadNativeGemm(engineThreads);
-export const nativeGemm = native.gemm;
-const notice = nativeNotice(native.reason);
+const loaded = loadNative(engineThreads);
+export const native = loaded.native;
+const notice = nativeNotice(loaded.reason);
 if (notice) process.stderr.write(notice);
-installNodeShims(engineThreads, nativeGemm === null);
+installNodeShims(engineThreads, native === null);
 

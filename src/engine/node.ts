@@ -1,10 +1,10 @@
 // Node entry to the engine. Importing this module installs the Web API shims first (see
 // node-shims.ts), then the engine starts on the device from the argument, STARFLOW_DEVICE or auto.
-import { engineThreads, nativeGemm } from './node-shims.js'; // first: jax-js builds its backend on load
+import { engineThreads, native } from './node-shims.js'; // first: jax-js builds its backend on load
 import { startEngine, parseDevice, type Device } from './index.js';
 
 export { engineThreads };
 
 export async function startNodeEngine(opts: { device?: string } = {}): Promise<Device> {
-  return startEngine(parseDevice(opts.device ?? process.env.STARFLOW_DEVICE ?? 'auto'), nativeGemm ? { gemm: nativeGemm } : {});
+  return startEngine(parseDevice(opts.device ?? process.env.STARFLOW_DEVICE ?? 'auto'), native ? { native } : {});
 }

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import '../setup.js';
+import * as E from '../../src/engine/index.js';
 import { loadModel } from '../../src/io/model.js';
 import { generate } from '../../src/sampling/pipeline.js';
 import { NO_GUIDANCE } from '../../src/models/model.js';
@@ -32,8 +33,10 @@ for (const name of ['mnist-uniform', 'mnist']) {
     const d = Math.abs(r.finiteMean - recorded.bitsPerDim);
     t.diagnostic(`${r.finiteMean} bits/dim over ${500 - r.nonFinite.length} images; recorded ${recorded.bitsPerDim} over ${recorded.images}; |Δ| ${d.toExponential(2)}`);
     assert.equal(500 - r.nonFinite.length, recorded.images);
-    // Recorded on 2 threads and measured here on 1: identical (|Δ| 0), as every image's float32
-    // likelihood is; 1e-9 only allows for the float64 mean over images.
-    assert.ok(d < 1e-9, `test bits/dim ${r.finiteMean} against the recorded ${recorded.bitsPerDim}`);
+    // Recorded with jax-js's wasm kernels: on wasm here, identical (|Δ| 0, every image's float32
+    // likelihood is). The addon's exp and log (native/kernels.c) differ from wasm's by ≤ 2 ulp,
+    // which moves the mean by 5.7e-8 and 7.9e-8 bits/dim (measured); 5e-7 allows that, not more.
+    const tol = E.routedKernels().kernels > 0 ? 5e-7 : 1e-9;
+    assert.ok(d < tol, `test bits/dim ${r.finiteMean} against the recorded ${recorded.bitsPerDim} (tolerance ${tol})`);
   });
 }

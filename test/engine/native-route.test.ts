@@ -12,7 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import '../setup.js';
 import * as E from '../../src/engine/index.js';
-import { ADDON_PATH, loadNativeGemm, nativeNotice, type Addon } from '../../src/engine/native.js';
+import { ADDON_PATH, loadNative, nativeNotice, type Addon } from '../../src/engine/native.js';
 
 const { np } = E;
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -141,10 +141,10 @@ test('products of every layout equal float64 products, and are routed to the nat
     want: hostMatmul(values(64 * 200, 6), [64, 200], values(200, 7), [200, 1]).data,
   });
   for (const c of cases) {
-    const before = E.routedKernels();
+    const before = E.routedKernels().products;
     const d = maxDiff(await c.run(), c.want);
     assert.ok(d < TOL, `${c.name}: max |Δ| ${d}`);
-    assert.ok(E.routedKernels() > before, `${c.name}: the product was not routed to the native GEMM`);
+    assert.ok(E.routedKernels().products > before, `${c.name}: the product was not routed to the native GEMM`);
   }
 });
 
@@ -152,7 +152,7 @@ test('gradients through a product (transposed operands in the backward pass) mat
   const [M, K, N] = [24, 36, 20];
   const a = values(M * K, 8);
   const b = values(K * N, 9);
-  const before = E.routedKernels();
+  const before = E.routedKernels().products;
   type Pair = { x: E.Arr; y: E.Arr };
   const f = E.jit(E.grad((p: Pair) => np.square(np.matmul(p.x, p.y)).sum()));
   const g = f({ x: E.fromF32(a, [M, K]), y: E.fromF32(b, [K, N]) }) as Pair;
@@ -164,7 +164,7 @@ test('gradients through a product (transposed operands in the backward pass) mat
   const wantB = hostMatmul(transposeLast2(a, [M, K]), [K, M], c32, [M, N]).data;
   assert.ok(maxDiff(await E.toF32(ga), wantA) < 1e-4, 'dA');
   assert.ok(maxDiff(await E.toF32(gb), wantB) < 1e-4, 'dB');
-  assert.ok(E.routedKernels() >= before + 2, 'the backward products were routed');
+  assert.ok(E.routedKernels().products >= before + 2, 'the backward products were routed');
 });
 
 test("the addon's builtin kernel and OpenBLAS agree with float64 on every storage order, 1 and 2 threads", { skip: existsSync(ADDON_PATH) ? false : 'addon not built' }, () => {
@@ -202,24 +202,24 @@ test("the addon's builtin kernel and OpenBLAS agree with float64 on every storag
 });
 
 test('without the addon: one line at a terminal says why, and STARFLOW_NATIVE=0 runs on wasm silently', () => {
-  const missing = loadNativeGemm(1, path.join(os.tmpdir(), 'no-such-dir', 'starflow_native.node'));
-  assert.equal(missing.gemm, null);
+  const missing = loadNative(1, path.join(os.tmpdir(), 'no-such-dir', 'starflow_native.node'));
+  assert.equal(missing.native, null);
   assert.equal(nativeNotice(missing.reason, false), null, 'no notice when stderr is not a terminal');
-  assert.match(nativeNotice(missing.reason, true) ?? '', /^starflow: the native addon is not built \(it needs a C compiler: `npm run build:native` .*\); matrix products run on wasm\n$/);
+  assert.match(nativeNotice(missing.reason, true) ?? '', /^starflow: the native addon is not built \(it needs a C compiler: `npm run build:native` .*\); kernels run on wasm\n$/);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'starflow-native-'));
   const corrupt = path.join(dir, 'starflow_native.node');
   writeFileSync(corrupt, 'not a shared object');
-  const bad = loadNativeGemm(1, corrupt);
-  assert.equal(bad.gemm, null);
-  assert.match(nativeNotice(bad.reason, true) ?? '', /^starflow: the native addon failed to load \(.+\); matrix products run on wasm\n$/);
+  const bad = loadNative(1, corrupt);
+  assert.equal(bad.native, null);
+  assert.match(nativeNotice(bad.reason, true) ?? '', /^starflow: the native addon failed to load \(.+\); kernels run on wasm\n$/);
 
   const script = `import './src/engine/node-shims.js'; import { startNodeEngine } from './src/engine/node.js'; import * as E from './src/engine/index.js';
 await startNodeEngine({ device: 'wasm' });
 const y = await E.toF32(E.np.matmul(E.fromF32(new Float32Array(64 * 64).fill(1), [64, 64]), E.fromF32(new Float32Array(64 * 64).fill(2), [64, 64])));
-console.log(E.matmulBackend(), E.routedKernels(), y[0]);`;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, env: { ...process.env, STARFLOW_NATIVE: '0' }, encoding: 'utf8' });
+console.log(E.matmulBackend(), E.routedKernels().products, E.routedKernels().kernels, y[0]);`;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, env: { ...process.env, STARFLOW_NATIVE: '0', STARFLOW_THREADS: '1' }, encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
-  assert.equal(r.stdout.trim(), 'wasm 0 128');
+  assert.equal(r.stdout.trim(), 'wasm 0 0 128');
   assert.equal(r.stderr, '');
 });
 

@@ -1,20 +1,28 @@
-// Matrix products on a faster GEMM than jax-js's generated wasm kernels, with no change above
-// the engine layer. jax-js lowers a matmul to a reduction kernel, Σ_k A[.., k]·B[.., k], over two
-// strided views of its wasm memory. Kernels of exactly that shape are recognised when they are
-// prepared; their compiled module is then run by a JavaScript function that hands the same memory,
-// offsets and strides to a GEMM (the native addon in Node, src/engine/native.ts). A fused
-// epilogue (bias, scale, additive mask) runs after it as jax-js's own elementwise kernel, reading
-// the product in place. Anything else is left to jax-js.
+// Kernels on native code rather than jax-js's generated wasm, with no change above the engine
+// layer (Node: the addon, src/engine/native.ts).
+// - Matrix products: jax-js lowers a matmul to a reduction kernel, Σ_k A[.., k]·B[.., k], over two
+//   strided views of its wasm memory. Kernels of exactly that shape go to a GEMM with the same
+//   memory, offsets and strides; a fused epilogue (bias, scale, additive mask) runs after it,
+//   reading the product in place.
+// - Every other elementwise or reduction kernel the register-program format can say
+//   (src/engine/native-kernels.ts) runs on the addon's vectorised, threaded evaluator.
+// Such kernels skip jax-js's code generation altogether: their executable holds a placeholder
+// module whose instance the instance cache replaces with the native call. Anything else is left
+// to jax-js.
 //
-// jax-js's internals (its Kernel and expression classes) are reached through the pinned build,
-// as the kernel cache does; they are checked when the route is installed, and a mismatch leaves
-// every kernel on wasm.
+// jax-js's internals (its Kernel, Executable and expression classes) are reached through the
+// pinned build, as the kernel cache does; they are checked when the route is installed, and a
+// mismatch leaves every kernel on wasm.
 import { routeModule } from './instance-cache.js';
 import type { JaxInternals } from './jax-internals.js';
 import type { PrepareFns } from './kernel-cache.js';
+import { lowerKernel, nativeKernelFunction, type KernelRunner } from './native-kernels.js';
 
-/** A GEMM over the wasm memory: `desc` as documented in native/gemm.c. */
-export type Gemm = { readonly name: string; gemm(memory: Uint8Array, desc: Float64Array): void };
+/**
+ * Native compute over the wasm memory: a GEMM (`desc` as documented in native/gemm.c) and, where
+ * the addon has it, the evaluator of lowered kernels (native/kernels.c).
+ */
+export type Native = { readonly name: string; gemm(memory: Uint8Array, desc: Float64Array): void; kernel?: KernelRunner };
 
 /** One recognised product: a row-major C[batch.., M, N] = A·B, operands by argument index. */
 export type MatmulPlan = {
@@ -43,7 +51,7 @@ const MAX_BATCH_AXES = 4;
 
 // Shapes of jax-js's expression objects, as far as the recogniser reads them.
 type View = { shape: number[]; strides: number[]; offset: number; mask: unknown };
-type Exp = { op: string; dtype: string; src: Exp[]; arg: unknown; substitute(v: Record<string, Exp>): Exp };
+type Exp = { op: string; dtype: string; src: Exp[]; arg: unknown; substitute(v: Record<string, Exp>): Exp; simplify(): Exp };
 type KernelLike = { nargs: number; size: number; exp: Exp; reduction?: { op: string; dtype: string; size: number; epilogue: Exp } };
 
 /** The plan for a kernel that is a plain float32 (batched) matrix product, or null. */
@@ -183,64 +191,91 @@ function gemmDescriptor(plan: MatmulPlan): (ptrs: number[], out: number) => Floa
   };
 }
 
-let routed = 0;
+let routed = { products: 0, kernels: 0 };
 
-/** How many distinct kernels have been routed to the GEMM in this process (for tests and benches). */
-export function routedKernels(): number {
-  return routed;
+/** How many distinct kernels went to native code in this process: products, and the others (for tests and benches). */
+export function routedKernels(): { products: number; kernels: number } {
+  return { ...routed };
 }
 
 type Program = { module: WebAssembly.Module; workSize: number };
 type Executable = { data: { program?: Program } };
 
+// The smallest module shaped like a jax-js kernel (imports env.memory, exports `kernel`): the
+// placeholder a routed executable holds; it is never instantiated.
+const PLACEHOLDER = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () → ()
+  0x02, 0x0f, 0x01, 0x03, 0x65, 0x6e, 0x76, 0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x02, 0x00, 0x00, // import env.memory
+  0x03, 0x02, 0x01, 0x00, // function 0 of type 0
+  0x07, 0x0a, 0x01, 0x06, 0x6b, 0x65, 0x72, 0x6e, 0x65, 0x6c, 0x00, 0x00, // export "kernel"
+  0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // its empty body
+]);
+
 /**
- * Routes the wasm backend's matrix-product kernels to `gemm`. Call once, before the first kernel
- * is prepared; returns false (and routes nothing) when jax-js is not the build this was written for.
+ * Routes the wasm backend's kernels to `native`: products to its GEMM, others to its kernel
+ * evaluator. Call once, before the first kernel is prepared; returns false (and routes nothing)
+ * when jax-js is not the build this was written for.
  */
-export function installMatmulRoute(backend: PrepareFns, jax: JaxInternals, gemm: Gemm): boolean {
-  const { Kernel, AluExp, AluVar } = jax;
+export function installNativeRoute(backend: PrepareFns, jax: JaxInternals, native: Native): boolean {
+  const { Kernel, AluExp, AluVar, Executable } = jax;
   const prepareSync = backend.prepareKernelSync.bind(backend);
   const prepareAsync = backend.prepareKernel.bind(backend);
+  const runKernel = native.kernel;
 
-  /** The wasm kernel that applies a fused epilogue to the product already in the output. */
-  const epilogueProgram = (kernel: KernelLike): Program | null => {
+  /** An executable whose kernel is `make(memory)` instead of compiled code. */
+  const routedExecutable = (kernel: KernelLike, sync: boolean, make: (memory: WebAssembly.Memory, instantiate: (m: WebAssembly.Module) => WebAssembly.Instance) => (...a: number[]) => void) => {
+    const module = new WebAssembly.Module(PLACEHOLDER);
+    routeModule(module, make);
+    return new Executable(kernel, { program: { module, workSize: kernel.size }, sync });
+  };
+
+  type Finish = (ptrs: number[], out: number) => void;
+  /** The fused epilogue of a product, applied to the product already in the output, or null. */
+  const epilogueFunction = (kernel: KernelLike): ((memory: WebAssembly.Memory, instantiate: (m: WebAssembly.Module) => WebAssembly.Instance) => Finish) | null => {
     const epilogue = kernel.reduction!.epilogue;
     if (epilogue.op === 'Variable' && epilogue.arg === 'acc') return null;
     const product = AluExp.globalIndex('float32', kernel.nargs, kernel.size, AluVar.gidx);
     const elementwise = new Kernel(kernel.nargs + 1, kernel.size, epilogue.substitute({ acc: product as Exp }));
-    return (prepareSync(elementwise) as Executable).data.program!;
-  };
-
-  const register = (kernel: KernelLike, exe: Executable) => {
-    const program = exe.data.program;
-    if (!program) return;
-    const plan = planMatmul(kernel, jax);
-    if (!plan) return;
-    const epilogue = epilogueProgram(kernel);
-    routed++;
-    routeModule(program.module, (memory, instantiate) => {
-      const finish = epilogue ? (instantiate(epilogue.module).exports.kernel as (...a: number[]) => void) : null;
-      const describe = gemmDescriptor(plan);
-      let view = new Uint8Array(memory.buffer); // a new one only after the memory grows
-      return (...args: number[]) => {
-        const ptrs = args.slice(0, kernel.nargs);
-        const out = args[kernel.nargs]!;
-        if (view.buffer !== memory.buffer) view = new Uint8Array(memory.buffer);
-        gemm.gemm(view, describe(ptrs, out));
-        if (finish) finish(...ptrs, out, out, 0, epilogue!.workSize);
+    const lowered = runKernel ? lowerKernel(elementwise, jax) : null;
+    if (lowered && runKernel) {
+      return (memory) => {
+        const run = nativeKernelFunction(lowered, elementwise.nargs, memory, runKernel);
+        return (ptrs, out) => run(...ptrs, out, out, 0, kernel.size);
       };
-    });
+    }
+    const program = (prepareSync(elementwise) as Executable).data.program!;
+    return (_memory, instantiate) => {
+      const run = instantiate(program.module).exports.kernel as (...a: number[]) => void;
+      return (ptrs, out) => run(...ptrs, out, out, 0, program.workSize);
+    };
   };
 
-  backend.prepareKernelSync = (kernel: object) => {
-    const exe = prepareSync(kernel) as Executable;
-    register(kernel as KernelLike, exe);
-    return exe;
+  const nativeExecutable = (kernel: KernelLike, sync: boolean): unknown => {
+    const plan = planMatmul(kernel, jax);
+    if (plan) {
+      const epilogue = epilogueFunction(kernel);
+      routed.products++;
+      return routedExecutable(kernel, sync, (memory, instantiate) => {
+        const finish = epilogue?.(memory, instantiate) ?? null;
+        const describe = gemmDescriptor(plan);
+        let view = new Uint8Array(memory.buffer); // a new one only after the memory grows
+        return (...args: number[]) => {
+          const ptrs = args.slice(0, kernel.nargs);
+          const out = args[kernel.nargs]!;
+          if (view.buffer !== memory.buffer) view = new Uint8Array(memory.buffer);
+          native.gemm(view, describe(ptrs, out));
+          if (finish) finish(ptrs, out);
+        };
+      });
+    }
+    const lowered = runKernel ? lowerKernel(kernel, jax) : null;
+    if (!lowered || !runKernel) return null;
+    routed.kernels++;
+    return routedExecutable(kernel, sync, (memory) => nativeKernelFunction(lowered, kernel.nargs, memory, runKernel));
   };
-  backend.prepareKernel = async (kernel: object) => {
-    const exe = (await prepareAsync(kernel)) as Executable;
-    register(kernel as KernelLike, exe);
-    return exe;
-  };
+
+  backend.prepareKernelSync = (kernel: object) => nativeExecutable(kernel as KernelLike, true) ?? prepareSync(kernel);
+  backend.prepareKernel = async (kernel: object) => nativeExecutable(kernel as KernelLike, false) ?? prepareAsync(kernel);
   return true;
 }
