@@ -457,29 +457,36 @@ typedef struct {
   int failed;
 } Slice;
 
-// The calling thread keeps its registers between calls: allocating them afresh each time made the
-// allocator return and re-fault the pages (a tenth of a training step went to zeroing pages).
-static _Thread_local Lane *kept_regs = NULL;
-static _Thread_local size_t kept_lanes = 0;
+// Registers are kept between calls, by the calling (JavaScript) thread for itself and for each
+// helper it starts: allocating them afresh each time made the allocator return and re-fault the
+// pages (a tenth of a training step went to zeroing pages).
+typedef struct {
+  Lane *regs;
+  size_t lanes;
+} Kept;
+static _Thread_local Kept kept[64];
 
-static void *run_slice_with(Slice *s, int keep) {
+typedef struct {
+  Slice slice;
+  Kept *registers;
+} Work;
+
+static void *run_work(void *arg) {
+  Work *w = arg;
+  Slice *s = &w->slice;
   size_t lanes = (size_t)s->p->nregs * REG + CH;
-  Lane *regs = keep && kept_lanes >= lanes ? kept_regs : aligned_alloc(64, lanes * sizeof(Lane));
-  if (!regs) {
+  if (w->registers->lanes < lanes) {
+    free(w->registers->regs);
+    w->registers->regs = aligned_alloc(64, lanes * sizeof(Lane));
+    w->registers->lanes = w->registers->regs ? lanes : 0;
+  }
+  if (!w->registers->regs) {
     s->failed = 1;
     return NULL;
   }
-  run_range(s->p, s->begin, s->end, regs, regs + lanes - CH);
-  if (!keep) free(regs);
-  else if (regs != kept_regs) {
-    free(kept_regs);
-    kept_regs = regs;
-    kept_lanes = lanes;
-  }
+  run_range(s->p, s->begin, s->end, w->registers->regs, w->registers->regs + lanes - CH);
   return NULL;
 }
-
-static void *run_slice(void *arg) { return run_slice_with(arg, 0); }
 
 // ---- Node-API: kernel(memory: Uint8Array, desc: Float64Array) ----
 static napi_value fail(napi_env env, const char *msg) {
@@ -569,24 +576,24 @@ static napi_value js_kernel(napi_env env, napi_callback_info info) {
   if (!error) {
     Program p = {instrs, instrs + nmain, nmain, nepi, nregs, (int)d[12], (int)d[13], (int64_t)R, (int)d[4], (int)d[5], (uint8_t *)mem + (size_t)d[6], views};
     const int64_t b = (int64_t)begin, e = (int64_t)end;
-    const double work = (end - begin) * R * (nmain + nepi);
+    const double lane_ops = (end - begin) * R * (nmain + nepi);
     int threads = thread_count;
     // Below ~1M lane operations a thread costs more to start than it saves.
-    if (work < 1e6) threads = 1;
+    if (lane_ops < 1e6) threads = 1;
     if (threads > 64) threads = 64;
     if (threads > e - b) threads = (int)(e - b > 0 ? e - b : 1);
-    Slice slices[64];
+    Work work[64];
     pthread_t tid[64];
-    for (int t = 0; t < threads; t++) slices[t] = (Slice){&p, b + (e - b) * t / threads, b + (e - b) * (t + 1) / threads, 0};
+    for (int t = 0; t < threads; t++) work[t] = (Work){{&p, b + (e - b) * t / threads, b + (e - b) * (t + 1) / threads, 0}, &kept[t]};
     int started[64] = {0};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_slice, &slices[t]) == 0;
-    run_slice_with(&slices[0], 1);
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, run_work, &work[t]) == 0;
+    run_work(&work[0]);
     for (int t = 1; t < threads; t++) {
       if (started[t]) pthread_join(tid[t], NULL);
-      else run_slice(&slices[t]); // no thread to be had: this one does it
+      else run_work(&work[t]); // no thread to be had: this one does it
     }
     for (int t = 0; t < threads; t++)
-      if (slices[t].failed) error = "kernel: out of memory";
+      if (work[t].slice.failed) error = "kernel: out of memory";
   }
   free(instrs);
   free(views);
