@@ -253,7 +253,6 @@ export function lowerKernel(kernel: KernelLike, jax: JaxInternals): NativeProgra
     });
     const viewStart = HEADER + instrs.length * INSTR;
     views.forEach((v, i) => desc.set(v, viewStart + i * VIEW_LEN));
-    if (process.env.STARFLOW_DEBUG_NATIVE) console.error(`native kernel: ${instrs.length} instructions, ${views.length} views, size ${kernel.size}, R ${R}`);
     return { desc, bases: bases.map(([i, gid]) => [viewStart + i * VIEW_LEN, gid]), instructions: instrs.length };
   } catch (err) {
     if (err instanceof Unsupported) return null;

@@ -1,6 +1,6 @@
 // Pure layers over parameter trees. Weights are stored [in, out] (x @ w): on the wasm backend a
 // matmul against a transposed view is ~30% slower, so PyTorch's [out, in] is transposed at I/O.
-import { np, jnn, materialize, normalArray, uniformArray, type Arr, type Rng } from '../engine/index.js';
+import { np, jnn, lax, normalArray, uniformArray, type Arr, type Rng } from '../engine/index.js';
 
 export type Linear = { w: Arr; b?: Arr };
 export type Norm = { g: Arr; b?: Arr };
@@ -30,17 +30,22 @@ export function rmsNorm(p: Norm, x: Arr, eps = 1e-6, offset = 0): Arr {
  * GELU, x·Φ(x), with the exact-erf definition (jax-js's default is the tanh approximation).
  * erf comes from one degree-16 polynomial on [0, 4] (max error 2.7e-7 in float32) rather than
  * jax-js's erf: its wasm backend vectorises only +, −, ×, min/max and where, so a kernel that
- * calls erf or exp runs scalar, and GELU was ~18% of a training step. One polynomial rather
- * than pieces: per-piece coefficient selects cost more than the higher degree.
+ * calls erf or exp runs scalar. One polynomial rather than pieces: per-piece coefficient selects
+ * cost more than the higher degree.
+ *
+ * The gradient is given in closed form, Φ(x) + x·φ(x): the value is x·Φ(x) + x·φ(x)·(x − x) with
+ * Φ and x·φ(x) outside differentiation (stopGradient), so a backward pass reads two saved arrays
+ * instead of every Horner step of the polynomial (the MLP's backward kernel read 22 arrays).
  */
 export function gelu(x: Arr): Arr {
-  // Materialised: in a training step this keeps the backward to a few small kernels (~4× faster).
-  const s = materialize(np.minimum(np.abs(x.ref).mul(Math.SQRT1_2), ERF_END).sub(ERF_CENTER)); // erf(4) = 1 − 1.5e-8
+  const fixed = lax.stopGradient(x.ref);
+  const s = np.minimum(np.abs(fixed.ref).mul(Math.SQRT1_2), ERF_END).sub(ERF_CENTER); // erf(4) = 1 − 1.5e-8
   let erf: Arr = s.ref.mul(ERF_COEF[ERF_COEF.length - 1]!).add(ERF_COEF[ERF_COEF.length - 2]!);
   for (let k = ERF_COEF.length - 3; k >= 0; k--) erf = erf.mul(s.ref).add(ERF_COEF[k]!);
   s.dispose();
-  const signedErf = np.where(x.ref.less(0), erf.ref.neg(), erf);
-  return x.mul(signedErf.add(1).mul(0.5));
+  const cdf = np.where(fixed.ref.less(0), erf.ref.neg(), erf).add(1).mul(0.5);
+  const xDensity = fixed.ref.mul(np.exp(np.square(fixed.ref).mul(-0.5))).mul(1 / Math.sqrt(2 * Math.PI));
+  return x.ref.mul(cdf).add(xDensity.mul(x.sub(fixed)));
 }
 
 const ERF_END = 4;
