@@ -151,7 +151,7 @@ export async function main(args: string[]): Promise<void> {
       '',
       `- **best starflow / best ml-tarflow (whole processes): ${fmt(ratio, 2)}×** (above 1× starflow is slower).`,
       `- ${n} samples at guidance ${cfgWeight} (TARFlow's rule on both sides), sequential KV-cached sampling, one batch; model: width 128, 2 heads of 64, 3 blocks × 2 layers, 16×16×3 in 4×4 patches (16 tokens of 48), 10 classes, initial weights with N(0, 0.01²) output projections.`,
-      `- starflow: \`node bin/starflow.js sample --noise F --labels-key y --cfg ${cfgWeight} --device wasm --out F.safetensors\` with STARFLOW_THREADS = threads (a checkout: TypeScript through tsx); matrix products on ${prepped.matmul === 'wasm' ? "jax-js's wasm kernels" : `the engine's ${prepped.matmul} GEMM`}.`,
+      `- starflow: \`node bin/starflow.js sample --noise F --labels-key y --cfg ${cfgWeight} --device wasm --out F.safetensors\` with STARFLOW_THREADS = threads (a checkout: TypeScript through tsx); ${prepped.matmul === 'wasm' ? "every kernel on jax-js's wasm" : `matrix products on the engine's ${prepped.matmul} GEMM, and the kernels jax-js's wasm runs scalar (exp, log, reciprocals) or long elementwise ones on the addon's evaluator`}.`,
       `- ml-tarflow: its own Model.reverse from TARFLOW_REFERENCE_DIR, torch ${tv.version} on ${blas ? `OpenBLAS (${blas})` : 'the system libblas.so.3'}, einsum attention (torch 1.13 has no SDPA), weights from \`starflow export --format ml-tarflow\` loaded strictly.`,
       `- Interleaved rounds; machine load before: ${machine.loadavg.map((l) => l.toFixed(2)).join(' ')}.`,
     ].join('\n');
