@@ -70,7 +70,7 @@ typedef struct {
 } Instr;
 
 typedef struct {
-  const Instr *main, *epi;
+  const Instr *main; // then the epilogue's, in the same array
   int nmain, nepi, nregs, main_root, epi_root;
   int64_t R;
   int red_op, red_type;
@@ -574,7 +574,7 @@ static napi_value js_kernel(napi_env env, napi_callback_info info) {
     if (!error && (lowest < 0 || 4 * (highest + 1) > (double)length)) error = "kernel: a load reaches outside the memory";
   }
   if (!error) {
-    Program p = {instrs, instrs + nmain, nmain, nepi, nregs, (int)d[12], (int)d[13], (int64_t)R, (int)d[4], (int)d[5], (uint8_t *)mem + (size_t)d[6], views};
+    Program p = {instrs, nmain, nepi, nregs, (int)d[12], (int)d[13], (int64_t)R, (int)d[4], (int)d[5], (uint8_t *)mem + (size_t)d[6], views};
     const int64_t b = (int64_t)begin, e = (int64_t)end;
     const double lane_ops = (end - begin) * R * (nmain + nepi);
     int threads = thread_count;

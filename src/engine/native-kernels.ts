@@ -51,11 +51,15 @@ function scalarOnWasm(kernel: KernelLike): boolean {
   return scalar(kernel.exp) || (red !== undefined && red.epilogue.op !== 'Variable' && scalar(red.epilogue));
 }
 
+/**
+ * Which kernels go native: 'auto' those worth it (above), 'all' every one the evaluator can run
+ * (STARFLOW_NATIVE_KERNELS=all, for measuring that choice: `npm run bench -- kernels`).
+ */
+export type KernelPolicy = 'auto' | 'all';
+
 /** Whether a lowered kernel is worth the native evaluator rather than jax-js's wasm. */
-function worthNative(kernel: KernelLike, instructions: number): boolean {
-  const lanes = kernel.size * (kernel.reduction?.size ?? 1);
-  if (lanes < MIN_NATIVE_LANES) return false;
-  return scalarOnWasm(kernel) || (!kernel.reduction && instructions >= LONG_EXPRESSION);
+function worthNative(kernel: KernelLike, instructions: number, policy: KernelPolicy): boolean {
+  return policy === 'all' || scalarOnWasm(kernel) || (!kernel.reduction && instructions >= LONG_EXPRESSION);
 }
 
 const TYPES: Record<string, number> = { float32: 0, int32: 1, uint32: 2, bool: 3 };
@@ -78,7 +82,6 @@ export type NativeProgram = {
   desc: Float64Array;
   /** [descriptor slot, argument] pairs: the slot takes that argument's byte pointer. */
   bases: [number, number][];
-  instructions: number;
 };
 
 class Unsupported extends Error {}
@@ -116,11 +119,10 @@ function viewRecord(view: View, reduced: boolean): ViewRecord | 'empty' {
  * Lowers `kernel` to a native program, or null when it is not one the addon can run or not one it
  * runs faster than jax-js's wasm.
  */
-export function lowerKernel(kernel: KernelLike, jax: JaxInternals): NativeProgram | null {
+export function lowerKernel(kernel: KernelLike, jax: JaxInternals, policy: KernelPolicy = 'auto'): NativeProgram | null {
   if (kernel.size * (kernel.reduction?.size ?? 1) < MIN_NATIVE_LANES) return null;
   const red = kernel.reduction;
   const R = red ? red.size : 1;
-  if (kernel.size < 1) return null;
   if (red && (!(red.op in REDUCE) || !(red.dtype in TYPES))) return null;
   const outType = red ? red.epilogue.dtype : kernel.exp.dtype;
   if (!(outType in TYPES)) return null;
@@ -243,7 +245,7 @@ export function lowerKernel(kernel: KernelLike, jax: JaxInternals): NativeProgra
     const epilogue = red && !(red.epilogue.op === 'Variable' && red.epilogue.arg === 'acc') ? red.epilogue : null;
     if (epilogue) lower(epilogue, true);
     const nepi = instrs.length - nmain;
-    if (!worthNative(kernel, instrs.length)) return null;
+    if (!worthNative(kernel, instrs.length, policy)) return null;
     const { slot, slots } = allocateSlots(instrs, nmain);
     const desc = new Float64Array(HEADER + instrs.length * INSTR + views.length * VIEW_LEN);
     desc.set([MAGIC, nmain, nepi, R, red ? REDUCE[red.op]! : 0, red ? TYPES[red.dtype]! : 0, 0, kernel.size, views.length, 0, kernel.size, slots, slot[nmain - 1]!, nepi ? slot[instrs.length - 1]! : 0]);
@@ -253,7 +255,7 @@ export function lowerKernel(kernel: KernelLike, jax: JaxInternals): NativeProgra
     });
     const viewStart = HEADER + instrs.length * INSTR;
     views.forEach((v, i) => desc.set(v, viewStart + i * VIEW_LEN));
-    return { desc, bases: bases.map(([i, gid]) => [viewStart + i * VIEW_LEN, gid]), instructions: instrs.length };
+    return { desc, bases: bases.map(([i, gid]) => [viewStart + i * VIEW_LEN, gid]) };
   } catch (err) {
     if (err instanceof Unsupported) return null;
     throw err;

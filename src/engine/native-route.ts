@@ -16,13 +16,13 @@
 import { routeModule } from './instance-cache.js';
 import type { JaxInternals } from './jax-internals.js';
 import type { PrepareFns } from './kernel-cache.js';
-import { lowerKernel, nativeKernelFunction, type KernelRunner } from './native-kernels.js';
+import { lowerKernel, nativeKernelFunction, type KernelPolicy, type KernelRunner } from './native-kernels.js';
 
 /**
  * Native compute over the wasm memory: a GEMM (`desc` as documented in native/gemm.c) and, where
  * the addon has it, the evaluator of lowered kernels (native/kernels.c).
  */
-export type Native = { readonly name: string; gemm(memory: Uint8Array, desc: Float64Array): void; kernel?: KernelRunner };
+export type Native = { readonly name: string; gemm(memory: Uint8Array, desc: Float64Array): void; kernel?: KernelRunner; kernelPolicy?: KernelPolicy };
 
 /** One recognised product: a row-major C[batch.., M, N] = A·B, operands by argument index. */
 export type MatmulPlan = {
@@ -237,7 +237,7 @@ export function installNativeRoute(backend: PrepareFns, jax: JaxInternals, nativ
     if (epilogue.op === 'Variable' && epilogue.arg === 'acc') return null;
     const product = AluExp.globalIndex('float32', kernel.nargs, kernel.size, AluVar.gidx);
     const elementwise = new Kernel(kernel.nargs + 1, kernel.size, epilogue.substitute({ acc: product as Exp }));
-    const lowered = runKernel ? lowerKernel(elementwise, jax) : null;
+    const lowered = runKernel ? lowerKernel(elementwise, jax, native.kernelPolicy) : null;
     if (lowered && runKernel) {
       return (memory) => {
         const run = nativeKernelFunction(lowered, elementwise.nargs, memory, runKernel);
@@ -269,7 +269,7 @@ export function installNativeRoute(backend: PrepareFns, jax: JaxInternals, nativ
         };
       });
     }
-    const lowered = runKernel ? lowerKernel(kernel, jax) : null;
+    const lowered = runKernel ? lowerKernel(kernel, jax, native.kernelPolicy) : null;
     if (!lowered || !runKernel) return null;
     routed.kernels++;
     return routedExecutable(kernel, sync, (memory) => nativeKernelFunction(lowered, kernel.nargs, memory, runKernel));

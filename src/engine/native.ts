@@ -6,7 +6,9 @@
 //   STARFLOW_NATIVE=0        never load it (wasm only, no notice)
 //   STARFLOW_BLAS=auto|builtin|PATH   OpenBLAS if it loads (default), the addon's own kernel, or a
 //                            shared library exporting cblas_sgemm
-//   STARFLOW_NATIVE_KERNELS=0  products only: every other kernel on wasm
+//   STARFLOW_NATIVE_KERNELS=0|auto|all  products only (every other kernel on wasm); the default
+//                            choice of kernels (src/engine/native-kernels.ts); every kernel the
+//                            evaluator can run (to measure that choice)
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
@@ -26,8 +28,9 @@ export function loadNative(threads: number, addonPath = ADDON_PATH): { native: N
     const addon = createRequire(import.meta.url)(addonPath) as Addon;
     const name = addon.configure(threads, process.env.STARFLOW_BLAS || 'auto');
     // An addon built before the kernel evaluator existed still serves products.
-    const kernel = typeof addon.kernel === 'function' && process.env.STARFLOW_NATIVE_KERNELS !== '0' ? addon.kernel : undefined;
-    return { native: { name: name === 'builtin' ? 'native' : `native (${name})`, gemm: addon.gemm, ...(kernel ? { kernel } : {}) }, reason: '' };
+    const policy = process.env.STARFLOW_NATIVE_KERNELS;
+    const kernel = typeof addon.kernel === 'function' && policy !== '0' ? addon.kernel : undefined;
+    return { native: { name: name === 'builtin' ? 'native' : `native (${name})`, gemm: addon.gemm, ...(kernel ? { kernel, kernelPolicy: policy === 'all' ? 'all' : 'auto' } : {}) }, reason: '' };
   } catch (err) {
     return { native: null, reason: `the native addon failed to load (${(err as Error).message.split('\n')[0]})` };
   }

@@ -13,8 +13,8 @@ import { ADDON_PATH, type Addon } from '../../src/engine/native.js';
 
 const { np } = E;
 const addonBuilt = existsSync(ADDON_PATH);
-const native = E.matmulBackend() !== 'wasm' && addonBuilt;
-const skip = native ? false : 'the native addon is not loaded here (STARFLOW_NATIVE=0 or not built)';
+const native = E.matmulBackend() !== 'wasm' && addonBuilt && process.env.STARFLOW_NATIVE_KERNELS !== '0';
+const skip = native ? false : 'native kernels are off here (addon not built, STARFLOW_NATIVE=0 or STARFLOW_NATIVE_KERNELS=0)';
 const addon = addonBuilt ? (createRequire(import.meta.url)(ADDON_PATH) as Addon) : null;
 
 function values(n: number, seed: number, scale = 1): Float32Array {
@@ -128,6 +128,25 @@ test('native kernels equal float64 arithmetic for every lowered shape', { skip }
     assert.ok(d < c.tol, `${c.name}: relative |Δ| ${d} (tolerance ${c.tol})`);
     assert.ok(E.routedKernels().kernels > before, `${c.name}: no kernel ran natively`);
   }
+});
+
+test('by default only kernels that wasm runs scalar, or long expressions, go native', { skip: native && process.env.STARFLOW_NATIVE_KERNELS !== 'all' ? false : skip || 'STARFLOW_NATIVE_KERNELS=all' }, async () => {
+  const count = () => E.routedKernels().kernels;
+  const big = () => E.fromF32(values(64 * 1024, 4), [64, 1024]);
+  let before = count();
+  await E.toF32(E.jit((a: E.Arr, b: E.Arr) => a.add(b.mul(2)))(big(), big()));
+  assert.equal(count(), before, 'a short expression jax-js vectorises stays on wasm');
+  before = count();
+  await E.toF32(E.jit((a: E.Arr) => np.exp(a))(big()));
+  assert.ok(count() > before, 'exp (scalar on wasm) goes native');
+  before = count();
+  await E.toF32(E.jit((a: E.Arr) => {
+    let y = a.ref;
+    for (let k = 0; k < 20; k++) y = y.mul(a.ref).add(k);
+    a.dispose();
+    return y;
+  })(big()));
+  assert.ok(count() > before, 'a 40-instruction polynomial goes native');
 });
 
 test('exp and log: special values as float32 defines them, ≤ 2 ulp elsewhere', { skip }, async () => {
