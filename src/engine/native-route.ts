@@ -215,9 +215,11 @@ const PLACEHOLDER = new Uint8Array([
 /**
  * Routes the wasm backend's kernels to `native`: products to its GEMM, others to its kernel
  * evaluator. Call once, before the first kernel is prepared; returns false (and routes nothing)
- * when jax-js is not the build this was written for.
+ * when jax-js is not the build this was written for, or when jax-js runs a worker pool: its
+ * workers would run the placeholder module, and a routed kernel must see its inputs written.
  */
 export function installNativeRoute(backend: PrepareFns, jax: JaxInternals, native: Native): boolean {
+  if (typeof Worker !== 'undefined' && typeof SharedArrayBuffer !== 'undefined') return false;
   const { Kernel, AluExp, AluVar, Executable } = jax;
   const prepareSync = backend.prepareKernelSync.bind(backend);
   const prepareAsync = backend.prepareKernel.bind(backend);
