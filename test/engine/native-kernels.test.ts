@@ -98,6 +98,24 @@ const cases: Case[] = [
     tol: 4e-7,
   },
   {
+    name: 'reductions over a padded view, along each axis (masked reduced axis, masked outputs)',
+    run: async () => {
+      const f = E.jit((a: E.Arr) => {
+        const p = np.exp(np.pad(a, [[3, 2], [1, 4]]).mul(0.5));
+        return np.concatenate([p.ref.sum(0), p.sum(1)]);
+      });
+      return E.toF32(f(X()));
+    },
+    want: () => {
+      const [PR, PC] = [R + 5, C + 5];
+      const v = (r: number, c: number) => (r >= 3 && r < R + 3 && c >= 1 && c < C + 1 ? Math.exp(at(r - 3, c - 1) * 0.5) : 1);
+      const cols = Array.from({ length: PC }, (_, c) => Array.from({ length: PR }, (_, r) => v(r, c)).reduce((a, b) => a + b, 0));
+      const rows = Array.from({ length: PR }, (_, r) => Array.from({ length: PC }, (_, c) => v(r, c)).reduce((a, b) => a + b, 0));
+      return [...cols, ...rows];
+    },
+    tol: 2e-6,
+  },
+  {
     name: 'integer index arithmetic (division and remainder of an iota), casts and where',
     run: () =>
       E.toF32(
