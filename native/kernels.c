@@ -403,6 +403,25 @@ static void fold_lanes(int op, int type, Lane *restrict acc, const Lane *restric
   else LOOP(acc[j] = fold(op, type, acc[j], v[j]))
 }
 
+// One output's run of lanes folded into it: float sums and maxima in vector-wide partials (a
+// different order of additions than one by one, as wasm's SIMD reductions also use).
+static Lane fold_run(int op, int type, Lane acc, const Lane *restrict v, int n) {
+  int j = 0;
+  if (type == T_F32 && (op == RED_ADD || op == RED_MAX) && n >= VL) {
+    vf part;
+    memcpy(&part, v, sizeof part);
+    for (j = VL; j + VL <= n; j += VL) {
+      vf x;
+      memcpy(&x, v + j, sizeof x);
+      if (op == RED_ADD) part += x;
+      else part = vselect((x > part) | (x != x), x, part); // NaN wins, as in wasm
+    }
+    for (int k = 0; k < VL; k++) acc = fold(op, type, acc, (Lane){.f = part[k]});
+  }
+  for (; j < n; j++) acc = fold(op, type, acc, v[j]);
+  return acc;
+}
+
 // Reductions over at least this many outputs take outputs as lanes.
 #define OUTPUT_LANES_FROM 64
 
@@ -436,9 +455,12 @@ static void run_range(const Program *p, int64_t g_begin, int64_t g_end, Lane *re
         run_main(p, 0, regs, n, f0, g0, -1);
         run_main(p, 1, regs, n, f0, g0, -1);
         int64_t g = f0 / R - g0, q = f0 % R;
-        for (int j = 0; j < n; j++) {
-          acc[g] = fold(p->red_op, p->red_type, acc[g], root[j]);
-          if (++q == R) q = 0, g++;
+        for (int j = 0; j < n;) {
+          const int run = (int)(R - q < n - j ? R - q : n - j);
+          acc[g] = fold_run(p->red_op, p->red_type, acc[g], root + j, run);
+          j += run;
+          q += run;
+          if (q == R) q = 0, g++;
         }
       }
       result = acc;
