@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vector.h"
+
 typedef void (*cblas_sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int,
                                float, float *, int);
 static cblas_sgemm_fn blas_sgemm = NULL;
@@ -21,12 +23,6 @@ static char blas_name[256] = "builtin";
 _Thread_local int thread_count = 1; // also read by native/kernels.c
 
 // ---- the builtin kernel: C[M,N] = A[M,K] · B[K,N], row-major, either operand transposed ----
-#if defined(__AVX512F__)
-#define VL 16
-#else
-#define VL 8
-#endif
-typedef float vf __attribute__((vector_size(VL * 4)));
 #define MR 6
 #define NR (2 * VL)
 #define KC 256

@@ -27,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vector.h"
+
 #define MAGIC 20261203
 #define HEADER 16
 #define INSTR 8
@@ -81,13 +83,6 @@ typedef struct {
 // ---- exp and log, on whole vectors (GCC vector extensions): bit-level steps that a plain loop
 // would not vectorise. Registers hold CH lanes (a multiple of VL), so the lanes past n computed
 // here are scratch. ----
-#if defined(__AVX512F__)
-#define VL 16
-#else
-#define VL 8
-#endif
-typedef float vf __attribute__((vector_size(VL * 4)));
-typedef int32_t vi __attribute__((vector_size(VL * 4)));
 
 static inline vf vsplat(float x) { return (vf){} + x; }
 static inline vf vselect(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
