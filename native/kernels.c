@@ -7,7 +7,7 @@
 // read run by run along their last axis, so no per-element index arithmetic is done. A reduction
 // over many outputs takes outputs as lanes: the instructions that do not vary with the reduced
 // index run once per chunk, the others once per reduced index, folded lane by lane. Over few
-// outputs it takes the flat (output, reduced) index as lanes and folds each output's run in order.
+// outputs it takes the flat (output, reduced) index as lanes and folds each output's run of lanes.
 // A fused epilogue then runs over the outputs. Anything the program format cannot say stays on
 // jax-js's wasm (the lowering returns null).
 //
@@ -546,7 +546,7 @@ static napi_value js_kernel(napi_env env, napi_callback_info info) {
   if (nmain < 1 || nmain > 100000 || nepi < 0 || nepi > 100000 || nviews < 0 || nviews > 100000 ||
       dlen != HEADER + (size_t)(nmain + nepi) * INSTR + (size_t)nviews * VIEW_LEN || !(R >= 1) || R > 1e12 ||
       !(outputs >= 0) || !(begin >= 0) || begin > end || end > outputs || d[4] < RED_NONE || d[4] > RED_MAX ||
-      (R > 1 && d[4] == RED_NONE) || d[5] < T_F32 || d[5] > T_BOOL || d[6] < 0 || nregs < 1 || nregs > 100000 ||
+      (R > 1 && d[4] == RED_NONE) || d[5] < T_F32 || d[5] > T_BOOL || !(d[6] >= 0) || nregs < 1 || nregs > 100000 ||
       d[12] < 0 || d[12] >= nregs || d[13] < 0 || d[13] >= nregs)
     return fail(env, "kernel: malformed descriptor");
   if (d[6] + 4 * outputs > (double)length) return fail(env, "kernel: the output reaches outside the memory");
@@ -569,7 +569,7 @@ static napi_value js_kernel(napi_env env, napi_callback_info info) {
     v->offset = (int64_t)x[2];
     v->masked = x[3] != 0;
     v->reduced = x[4] != 0;
-    if (x[0] < 0 || v->ndim < 1 || v->ndim > MAXDIM) {
+    if (!(x[0] >= 0) || v->ndim < 1 || v->ndim > MAXDIM) {
       error = "kernel: malformed descriptor";
       break;
     }
