@@ -45,6 +45,7 @@ enum {
   OP_ADD, OP_SUB, OP_MUL, OP_IDIV, OP_MOD, OP_MIN, OP_MAX,
   OP_CMPLT, OP_CMPNE, OP_WHERE, OP_CAST,
   OP_SQRT, OP_RECIP, OP_EXP, OP_LOG, OP_FLOOR, OP_CEIL,
+  OP_MULADD, // float a·b + c: one instruction for a Horner step (polynomials halve their register traffic)
   OP_COUNT
 };
 enum { RED_NONE, RED_ADD, RED_MUL, RED_MIN, RED_MAX };
@@ -329,6 +330,7 @@ static void run_instr(const Program *p, int k, int epi, Lane *regs, int n, int64
     else LOOP(r[j].u = a[j].u != b[j].u)
     break;
   case OP_WHERE: LOOP(r[j].u = a[j].u ? b[j].u : c[j].u) break;
+  case OP_MULADD: LOOP(r[j].f = a[j].f * b[j].f + c[j].f) break;
   case OP_CAST: { // type: target; imm: source
     const int from = (int)in->imm;
     if (t == from || (t != T_F32 && t != T_BOOL && from != T_F32)) memcpy(r, a, n * sizeof(Lane));
@@ -518,7 +520,7 @@ static int read_instrs(const double *d, int count, int nviews, int nregs, Instr 
     if (in.op < 0 || in.op >= OP_COUNT || in.type < 0 || in.type > T_BOOL) return 0;
     // Every register named is one of the program's (a wrong one computes garbage, never reads elsewhere).
     if (in.dst < 0 || in.dst >= nregs || in.a >= nregs || in.b >= nregs || in.c >= nregs) return 0;
-    int arity = in.op == OP_WHERE ? 3 : (in.op >= OP_ADD && in.op <= OP_CMPNE) ? 2 : (in.op >= OP_CAST) ? 1 : 0;
+    int arity = in.op == OP_WHERE || in.op == OP_MULADD ? 3 : (in.op >= OP_ADD && in.op <= OP_CMPNE) ? 2 : (in.op >= OP_CAST) ? 1 : 0;
     if ((arity >= 1 && in.a < 0) || (arity >= 2 && in.b < 0) || (arity >= 3 && in.c < 0)) return 0;
     if (in.op == OP_LOAD && (in.imm < 0 || in.imm >= nviews)) return 0;
     out[k] = in;

@@ -68,6 +68,7 @@ const OPS = {
   Add: 5, Sub: 6, Mul: 7, Idiv: 8, Mod: 9, Min: 10, Max: 11,
   Cmplt: 12, Cmpne: 13, Where: 14, Cast: 15,
   Sqrt: 16, Reciprocal: 17, Exp: 18, Log: 19, Floor: 20, Ceil: 21,
+  MulAdd: 22,
 } as const;
 const BINARY = new Set(['Add', 'Sub', 'Mul', 'Idiv', 'Mod', 'Min', 'Max', 'Cmplt', 'Cmpne']);
 const FLOAT_UNARY = new Set(['Sqrt', 'Reciprocal', 'Exp', 'Log', 'Floor', 'Ceil']);
@@ -146,6 +147,16 @@ export function lowerKernel(kernel: KernelLike, jax: JaxInternals, policy: Kerne
   /** Lowers one program (main: lanes are flat indices; epilogue: lanes are outputs). */
   const lower = (root: Exp, epilogue: boolean, castTo?: string): void => {
     const first = instrs.length;
+    // How many parents each node has: a product read once and added to folds into MulAdd.
+    const uses = new Map<Exp, number>();
+    const count = (e: Exp) => {
+      for (const c of e.src) {
+        const n = (uses.get(c) ?? 0) + 1;
+        uses.set(c, n);
+        if (n === 1) count(c);
+      }
+    };
+    count(root);
     const byNode = new Map<Exp, number>();
     const byKey = new Map<string, number>();
     // `varies`: whether the result changes with the reduced index (the main program of a
@@ -216,6 +227,10 @@ export function lowerKernel(kernel: KernelLike, jax: JaxInternals, policy: Kerne
         else throw new Unsupported();
       } else if (e.op === 'GlobalView') {
         r = load(e);
+      } else if (e.op === 'Add' && e.dtype === 'float32' && e.src.some((x) => x.op === 'Mul' && uses.get(x) === 1)) {
+        const m = e.src.findIndex((x) => x.op === 'Mul' && uses.get(x) === 1);
+        const product = e.src[m]!;
+        r = emit(OPS.MulAdd, TYPES.float32!, visit(product.src[0]!), visit(product.src[1]!), s(1 - m));
       } else if (BINARY.has(e.op)) {
         const compare = e.op === 'Cmplt' || e.op === 'Cmpne';
         r = emit(OPS[e.op as keyof typeof OPS], typeOf(compare ? e.src[0]!.dtype : e.dtype), s(0), s(1));
