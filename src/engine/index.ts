@@ -96,6 +96,16 @@ export class EngineError extends Error {
   override name = 'EngineError';
 }
 
+/**
+ * Whether `x` is being differentiated (jax-js's JVP or linearize tracers carry it), for layers
+ * with a cheaper backward in another formulation. A speed choice only: both formulations must give
+ * the same values, so a bundler that renames jax-js's classes costs speed, never correctness.
+ */
+export function isDifferentiated(x: Arr): boolean {
+  const name = (x as object).constructor?.name;
+  return name === 'JVPTracer' || name === 'PartialEvalTracer';
+}
+
 /** Parses a device name from a flag or environment variable, with a clear error. */
 export function parseDevice(name: string): Device | 'auto' {
   if (name === 'auto' || (DEVICES as readonly string[]).includes(name)) return name as Device | 'auto';

@@ -1,6 +1,6 @@
 // Pure layers over parameter trees. Weights are stored [in, out] (x @ w): on the wasm backend a
 // matmul against a transposed view is ~30% slower, so PyTorch's [out, in] is transposed at I/O.
-import { np, jnn, lax, normalArray, uniformArray, type Arr, type Rng } from '../engine/index.js';
+import { np, jnn, lax, isDifferentiated, normalArray, uniformArray, type Arr, type Rng } from '../engine/index.js';
 
 export type Linear = { w: Arr; b?: Arr };
 export type Norm = { g: Arr; b?: Arr };
@@ -33,18 +33,31 @@ export function rmsNorm(p: Norm, x: Arr, eps = 1e-6, offset = 0): Arr {
  * calls erf or exp runs scalar. One polynomial rather than pieces: per-piece coefficient selects
  * cost more than the higher degree.
  *
- * The gradient is given in closed form, Φ(x) + x·φ(x): the value is x·Φ(x) + x·φ(x)·(x − x) with
- * Φ and x·φ(x) outside differentiation (stopGradient), so a backward pass reads two saved arrays
- * instead of every Horner step of the polynomial (the MLP's backward kernel read 22 arrays).
+ * Under differentiation the gradient is given in closed form, Φ(x) + x·Φ'(x), with Φ' the
+ * polynomial's derivative (what differentiating the polynomial gives; no exp, so it vectorises
+ * too): the value is x·Φ(x) + x·Φ'(x)·(x − x) with both factors outside differentiation
+ * (stopGradient), and a backward pass reads two saved arrays instead of every Horner step (the
+ * MLP's backward kernel read 22). Elsewhere (sampling, likelihoods) Φ' would be wasted work.
  */
 export function gelu(x: Arr): Arr {
-  const fixed = lax.stopGradient(x.ref);
-  const s = np.minimum(np.abs(fixed.ref).mul(Math.SQRT1_2), ERF_END).sub(ERF_CENTER); // erf(4) = 1 − 1.5e-8
-  let erf: Arr = s.ref.mul(ERF_COEF[ERF_COEF.length - 1]!).add(ERF_COEF[ERF_COEF.length - 2]!);
-  for (let k = ERF_COEF.length - 3; k >= 0; k--) erf = erf.mul(s.ref).add(ERF_COEF[k]!);
+  const differentiated = isDifferentiated(x);
+  const fixed = differentiated ? lax.stopGradient(x.ref) : x.ref;
+  const t = np.abs(fixed.ref).mul(Math.SQRT1_2);
+  const inside = differentiated ? t.ref.less(ERF_END) : null; // erf(4) = 1 − 1.5e-8: flat beyond
+  const s = np.minimum(t, ERF_END).sub(ERF_CENTER);
+  const n = ERF_COEF.length;
+  let erf: Arr = s.ref.mul(ERF_COEF[n - 1]!).add(ERF_COEF[n - 2]!);
+  for (let k = n - 3; k >= 0; k--) erf = erf.mul(s.ref).add(ERF_COEF[k]!);
+  let slope: Arr | null = null;
+  if (inside) {
+    slope = s.ref.mul((n - 1) * ERF_COEF[n - 1]!).add((n - 2) * ERF_COEF[n - 2]!);
+    for (let k = n - 3; k >= 1; k--) slope = slope.mul(s.ref).add(k * ERF_COEF[k]!);
+    slope = np.where(inside, slope, 0);
+  }
   s.dispose();
   const cdf = np.where(fixed.ref.less(0), erf.ref.neg(), erf).add(1).mul(0.5);
-  const xDensity = fixed.ref.mul(np.exp(np.square(fixed.ref).mul(-0.5))).mul(1 / Math.sqrt(2 * Math.PI));
+  if (!slope) return (fixed.dispose(), x.mul(cdf));
+  const xDensity = slope.mul(fixed.ref).mul(0.5 * Math.SQRT1_2); // x·Φ'(x)
   return x.ref.mul(cdf).add(xDensity.mul(x.sub(fixed)));
 }
 

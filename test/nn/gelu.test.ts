@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import '../setup.js';
-import { jnn, jit, grad, fromF32, toF32 } from '../../src/engine/index.js';
+import { jnn, jit, grad, fromF32, toF32, isDifferentiated } from '../../src/engine/index.js';
 import { gelu } from '../../src/nn/layers.js';
 
 // gelu() evaluates erf with a polynomial (vectorisable on wasm); it must stay the exact-erf GELU.
@@ -22,4 +22,14 @@ test('gelu matches the exact-erf GELU and its derivative on [-8, 8]', async () =
   // erf's polynomial is within 2.7e-7 on [0, 4]: |Δ gelu| ≤ |x|·1.4e-7 plus float32 rounding.
   assert.ok(worst < 1e-6, `gelu differs by ${worst} (relative to max(1, |x|))`);
   assert.ok(worstSlope < 5e-5, `gelu' differs by ${worstSlope}`);
+});
+
+test('isDifferentiated tells gradient tracing (gelu then takes its closed-form gradient) from evaluation', async () => {
+  const seen: boolean[] = [];
+  const probe = (v: Parameters<typeof gelu>[0]) => (seen.push(isDifferentiated(v)), v);
+  const xs = fromF32([0.5, -1.5], [2]);
+  await toF32(jit(grad((v: Parameters<typeof gelu>[0]) => probe(v).sum()))(xs.ref));
+  await toF32(jit((v: Parameters<typeof gelu>[0]) => probe(v).mul(2))(xs.ref));
+  await toF32(probe(xs).mul(2));
+  assert.deepEqual(seen, [true, false, false]);
 });
