@@ -24,8 +24,9 @@ export const MIN_NATIVE_LANES = 2048;
 /**
  * Kernels jax-js vectorises stay on wasm unless they are long elementwise expressions: its SIMD
  * kernels move memory as fast as this evaluator and faster where they only move memory (a `where`
- * over a KV cache: 4.7 ms against 12.1), while a long expression gains from the wider vectors
- * (GELU's 70 instructions: 5.7 ms against 7.1). Figures: one thread, bench/results/native-kernels-*.md.
+ * over a KV cache: 6.9 ms against 9.3; row sums 0.05 against 0.35), while a long expression gains
+ * from the wider vectors (GELU's: 5.9 ms against 4.3), and scalar ones gain most (exp: 8.0 against
+ * 1.9). One thread, `npm run bench -- kernels`: bench/results/kernels-2026-12-03.md.
  */
 export const LONG_EXPRESSION = 32;
 
