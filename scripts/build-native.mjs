@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// Builds the native GEMM addon (native/gemm.c → native/build/starflow_native.node) with the
+// Builds the native addon (native/gemm.c, native/kernels.c → native/build/starflow_native.node) with the
 // machine's C compiler, against the Node-API headers of the running Node. Run by `npm install`
 // and `npm run build:native`. It never fails the install: without a compiler or headers it says so
-// in one line, and starflow runs its matrix products on wasm.
+// in one line, and starflow runs every kernel on wasm.
 //   CC=...                 the compiler (default: cc)
 //   STARFLOW_NATIVE=0      skip the build
 import { spawnSync } from 'node:child_process';
@@ -29,11 +29,11 @@ function headerDir() {
 }
 
 function main() {
-  if (process.env.STARFLOW_NATIVE === '0') return say('skipped (STARFLOW_NATIVE=0); matrix products will run on wasm');
+  if (process.env.STARFLOW_NATIVE === '0') return say('skipped (STARFLOW_NATIVE=0); every kernel will run on wasm');
   const missing = sources.find((f) => !existsSync(f));
-  if (missing) return say(`no source at ${missing}; matrix products will run on wasm`);
+  if (missing) return say(`no source at ${missing}; every kernel will run on wasm`);
   const include = headerDir();
-  if (!include) return say('no Node-API headers (node_api.h) found; matrix products will run on wasm');
+  if (!include) return say('no Node-API headers (node_api.h) found; every kernel will run on wasm');
   const cc = process.env.CC || 'cc';
   mkdirSync(path.dirname(out), { recursive: true });
   const tmp = `${out}.tmp-${process.pid}`;
@@ -46,7 +46,7 @@ function main() {
     rmSync(tmp, { force: true });
     const first = (r.stderr || '').trim().split('\n')[0];
     const why = r.error ? `${cc} could not run (${r.error.code ?? r.error.message})` : `${cc} failed (exit ${r.status})${first ? `: ${first}` : ''}`;
-    return say(`not built, ${why}; matrix products will run on wasm`);
+    return say(`not built, ${why}; every kernel will run on wasm`);
   }
   renameSync(tmp, out);
   say(`built ${path.relative(root, out)}`);

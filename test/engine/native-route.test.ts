@@ -226,5 +226,5 @@ console.log(E.matmulBackend(), E.routedKernels().products, E.routedKernels().ker
 test('the build script never fails an install: without a compiler it says so in one line', () => {
   const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts/build-native.mjs')], { env: { ...process.env, CC: 'no-such-compiler-here' }, encoding: 'utf8' });
   assert.equal(r.status, 0);
-  assert.match(r.stdout, /^starflow native: not built, no-such-compiler-here could not run \(ENOENT\); matrix products will run on wasm\n$/);
+  assert.match(r.stdout, /^starflow native: not built, no-such-compiler-here could not run \(ENOENT\); every kernel will run on wasm\n$/);
 });
