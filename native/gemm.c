@@ -13,14 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "addon.h"
 #include "vector.h"
 
 typedef void (*cblas_sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int,
                                float, float *, int);
 static cblas_sgemm_fn blas_sgemm = NULL;
 static char blas_name[256] = "builtin";
-// Per JavaScript thread: the trainer's data-parallel workers each run their products on one thread.
-_Thread_local int thread_count = 1; // also read by native/kernels.c
+_Thread_local int thread_count = 1;
 
 // ---- the builtin kernel: C[M,N] = A[M,K] · B[K,N], row-major, either operand transposed ----
 #define MR 6
@@ -209,30 +209,47 @@ static void run_product(const Product *p) {
 }
 
 // ---- Node-API ----
-static napi_value throw_error(napi_env env, const char *msg) {
+napi_value starflow_throw(napi_env env, const char *msg) {
   napi_throw_error(env, NULL, msg);
   return NULL;
+}
+
+int starflow_call_args(napi_env env, napi_callback_info info, const char *name, uint8_t **memory, size_t *length,
+                       const double **desc, size_t *desc_length) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char msg[128];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  napi_typedarray_type type;
+  void *mem, *dptr;
+  napi_value ab;
+  size_t offset;
+  const char *wrong = argc < 2 ? "takes (memory, descriptor)"
+                      : napi_get_typedarray_info(env, argv[0], &type, length, &mem, &ab, &offset) != napi_ok || type != napi_uint8_array
+                          ? "memory must be a Uint8Array"
+                      : napi_get_typedarray_info(env, argv[1], &type, desc_length, &dptr, &ab, &offset) != napi_ok || type != napi_float64_array
+                          ? "descriptor must be a Float64Array"
+                          : NULL;
+  if (wrong) {
+    snprintf(msg, sizeof msg, "%s: %s", name, wrong);
+    starflow_throw(env, msg);
+    return 0;
+  }
+  *memory = mem;
+  *desc = dptr;
+  return 1;
 }
 
 // gemm(memory: TypedArray over the wasm memory, desc: Float64Array)
 // desc = [a, b, c, M, N, K, transA, lda, transB, ldb, ldc, nbatch, (size, strideA, strideB, strideC) × nbatch]
 static napi_value js_gemm(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return throw_error(env, "gemm(memory, descriptor) takes two arguments");
-  napi_typedarray_type type;
+  uint8_t *mem;
   size_t length, dlen;
-  void *mem, *dptr;
-  napi_value ab;
-  size_t offset;
-  if (napi_get_typedarray_info(env, argv[0], &type, &length, &mem, &ab, &offset) != napi_ok || type != napi_uint8_array)
-    return throw_error(env, "gemm: memory must be a Uint8Array");
-  if (napi_get_typedarray_info(env, argv[1], &type, &dlen, &dptr, &ab, &offset) != napi_ok || type != napi_float64_array)
-    return throw_error(env, "gemm: descriptor must be a Float64Array");
+  const double *dptr;
+  if (!starflow_call_args(env, info, "gemm", &mem, &length, &dptr, &dlen)) return NULL;
   const double *d = dptr;
   if (dlen < 12 || d[11] < 0 || d[11] > MAX_BATCH || dlen < 12 + 4 * (size_t)d[11])
-    return throw_error(env, "gemm: malformed descriptor");
+    return starflow_throw(env, "gemm: malformed descriptor");
   Product p = {.base = (uint8_t *)mem, .a = d[0], .b = d[1], .c = d[2], .M = (int)d[3], .N = (int)d[4], .K = (int)d[5], .transA = (int)d[6], .lda = (int)d[7], .transB = (int)d[8], .ldb = (int)d[9], .ldc = (int)d[10], .nbatch = (int)d[11]};
   for (int i = 0; i < p.nbatch; i++) {
     p.bsize[i] = (int)d[12 + 4 * i];
@@ -242,19 +259,19 @@ static napi_value js_gemm(napi_env env, napi_callback_info info) {
   }
   // Every element the product touches must lie inside the memory: a wrong descriptor is an error,
   // never a write elsewhere.
-  if (p.M < 1 || p.N < 1 || p.K < 0 || p.lda < 1 || p.ldb < 1 || p.ldc < p.N) return throw_error(env, "gemm: malformed descriptor");
+  if (p.M < 1 || p.N < 1 || p.K < 0 || p.lda < 1 || p.ldb < 1 || p.ldc < p.N) return starflow_throw(env, "gemm: malformed descriptor");
   double lastA = p.transA ? (double)(p.K - 1) * p.lda + (p.M - 1) : (double)(p.M - 1) * p.lda + (p.K - 1);
   double lastB = p.transB ? (double)(p.N - 1) * p.ldb + (p.K - 1) : (double)(p.K - 1) * p.ldb + (p.N - 1);
   double lastC = (double)(p.M - 1) * p.ldc + (p.N - 1);
   for (int i = 0; i < p.nbatch; i++) {
-    if (p.bsize[i] < 1 || p.bsa[i] < 0 || p.bsb[i] < 0 || p.bsc[i] < 0) return throw_error(env, "gemm: malformed descriptor");
+    if (p.bsize[i] < 1 || p.bsa[i] < 0 || p.bsb[i] < 0 || p.bsc[i] < 0) return starflow_throw(env, "gemm: malformed descriptor");
     lastA += (p.bsize[i] - 1) * p.bsa[i];
     lastB += (p.bsize[i] - 1) * p.bsb[i];
     lastC += (p.bsize[i] - 1) * p.bsc[i];
   }
   if (p.a < 0 || p.b < 0 || p.c < 0 || (p.K > 0 && (p.a + 4 * (lastA + 1) > length || p.b + 4 * (lastB + 1) > length)) ||
       p.c + 4 * (lastC + 1) > length)
-    return throw_error(env, "gemm: the product reaches outside the memory");
+    return starflow_throw(env, "gemm: the product reaches outside the memory");
   run_product(&p);
   return NULL;
 }
@@ -297,8 +314,6 @@ static napi_value js_configure(napi_env env, napi_callback_info info) {
   napi_create_string_utf8(env, blas_name, NAPI_AUTO_LENGTH, &result);
   return result;
 }
-
-napi_value starflow_register_kernels(napi_env env, napi_value exports); // native/kernels.c
 
 NAPI_MODULE_INIT() {
   napi_value fn;

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "addon.h"
 #include "vector.h"
 
 #define MAGIC 20261203
@@ -50,7 +51,6 @@ enum {
 };
 enum { RED_NONE, RED_ADD, RED_MUL, RED_MIN, RED_MAX };
 
-extern _Thread_local int thread_count; // native/gemm.c: this JavaScript thread's budget
 
 typedef union {
   float f;
@@ -508,11 +508,6 @@ static void *run_work(void *arg) {
 }
 
 // ---- Node-API: kernel(memory: Uint8Array, desc: Float64Array) ----
-static napi_value fail(napi_env env, const char *msg) {
-  napi_throw_error(env, NULL, msg);
-  return NULL;
-}
-
 static int read_instrs(const double *d, int count, int nviews, int nregs, Instr *out) {
   for (int k = 0; k < count; k++) {
     const double *x = d + (size_t)k * INSTR;
@@ -529,20 +524,12 @@ static int read_instrs(const double *d, int count, int nviews, int nregs, Instr 
 }
 
 static napi_value js_kernel(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 2) return fail(env, "kernel(memory, descriptor) takes two arguments");
-  napi_typedarray_type type;
-  size_t length, dlen, offset;
-  void *mem, *dptr;
-  napi_value ab;
-  if (napi_get_typedarray_info(env, argv[0], &type, &length, &mem, &ab, &offset) != napi_ok || type != napi_uint8_array)
-    return fail(env, "kernel: memory must be a Uint8Array");
-  if (napi_get_typedarray_info(env, argv[1], &type, &dlen, &dptr, &ab, &offset) != napi_ok || type != napi_float64_array)
-    return fail(env, "kernel: descriptor must be a Float64Array");
+  uint8_t *mem;
+  size_t length, dlen;
+  const double *dptr;
+  if (!starflow_call_args(env, info, "kernel", &mem, &length, &dptr, &dlen)) return NULL;
   const double *d = dptr;
-  if (dlen < HEADER || d[0] != MAGIC) return fail(env, "kernel: malformed descriptor");
+  if (dlen < HEADER || d[0] != MAGIC) return starflow_throw(env, "kernel: malformed descriptor");
   const int nmain = (int)d[1], nepi = (int)d[2], nviews = (int)d[8], nregs = (int)d[11];
   const double R = d[3], outputs = d[7], begin = d[9], end = d[10];
   if (nmain < 1 || nmain > 100000 || nepi < 0 || nepi > 100000 || nviews < 0 || nviews > 100000 ||
@@ -550,14 +537,14 @@ static napi_value js_kernel(napi_env env, napi_callback_info info) {
       !(outputs >= 0) || !(begin >= 0) || begin > end || end > outputs || d[4] < RED_NONE || d[4] > RED_MAX ||
       (R > 1 && d[4] == RED_NONE) || d[5] < T_F32 || d[5] > T_BOOL || !(d[6] >= 0) || nregs < 1 || nregs > 100000 ||
       d[12] < 0 || d[12] >= nregs || d[13] < 0 || d[13] >= nregs)
-    return fail(env, "kernel: malformed descriptor");
-  if (d[6] + 4 * outputs > (double)length) return fail(env, "kernel: the output reaches outside the memory");
+    return starflow_throw(env, "kernel: malformed descriptor");
+  if (d[6] + 4 * outputs > (double)length) return starflow_throw(env, "kernel: the output reaches outside the memory");
   Instr *instrs = malloc((size_t)(nmain + nepi) * sizeof(Instr));
   View *views = malloc((size_t)(nviews ? nviews : 1) * sizeof(View));
   if (!instrs || !views) {
     free(instrs);
     free(views);
-    return fail(env, "kernel: out of memory");
+    return starflow_throw(env, "kernel: out of memory");
   }
   const double *vd = d + HEADER + (size_t)(nmain + nepi) * INSTR;
   const char *error = NULL;
@@ -616,7 +603,7 @@ static napi_value js_kernel(napi_env env, napi_callback_info info) {
   }
   free(instrs);
   free(views);
-  return error ? fail(env, error) : NULL;
+  return error ? starflow_throw(env, error) : NULL;
 }
 
 napi_value starflow_register_kernels(napi_env env, napi_value exports) {
