@@ -245,9 +245,8 @@ int starflow_call_args(napi_env env, napi_callback_info info, const char *name, 
 static napi_value js_gemm(napi_env env, napi_callback_info info) {
   uint8_t *mem;
   size_t length, dlen;
-  const double *dptr;
-  if (!starflow_call_args(env, info, "gemm", &mem, &length, &dptr, &dlen)) return NULL;
-  const double *d = dptr;
+  const double *d;
+  if (!starflow_call_args(env, info, "gemm", &mem, &length, &d, &dlen)) return NULL;
   if (dlen < 12 || d[11] < 0 || d[11] > MAX_BATCH || dlen < 12 + 4 * (size_t)d[11])
     return starflow_throw(env, "gemm: malformed descriptor");
   Product p = {.base = (uint8_t *)mem, .a = d[0], .b = d[1], .c = d[2], .M = (int)d[3], .N = (int)d[4], .K = (int)d[5], .transA = (int)d[6], .lda = (int)d[7], .transB = (int)d[8], .ldb = (int)d[9], .ldc = (int)d[10], .nbatch = (int)d[11]};

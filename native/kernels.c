@@ -526,9 +526,8 @@ static int read_instrs(const double *d, int count, int nviews, int nregs, Instr 
 static napi_value js_kernel(napi_env env, napi_callback_info info) {
   uint8_t *mem;
   size_t length, dlen;
-  const double *dptr;
-  if (!starflow_call_args(env, info, "kernel", &mem, &length, &dptr, &dlen)) return NULL;
-  const double *d = dptr;
+  const double *d;
+  if (!starflow_call_args(env, info, "kernel", &mem, &length, &d, &dlen)) return NULL;
   if (dlen < HEADER || d[0] != MAGIC) return starflow_throw(env, "kernel: malformed descriptor");
   const int nmain = (int)d[1], nepi = (int)d[2], nviews = (int)d[8], nregs = (int)d[11];
   const double R = d[3], outputs = d[7], begin = d[9], end = d[10];
