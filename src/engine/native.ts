@@ -14,6 +14,7 @@ import { existsSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import type { Native } from './native-route.js';
+import type { KernelPolicy } from './native-kernels.js';
 
 /** Where the build script writes the addon (the same from src/engine and dist/engine). */
 export const ADDON_PATH = fileURLToPath(new URL('../../native/build/starflow_native.node', import.meta.url));
@@ -28,12 +29,22 @@ export function loadNative(threads: number, addonPath = ADDON_PATH): { native: N
     const addon = createRequire(import.meta.url)(addonPath) as Addon;
     const name = addon.configure(threads, process.env.STARFLOW_BLAS || 'auto');
     // An addon built before the kernel evaluator existed still serves products.
-    const policy = process.env.STARFLOW_NATIVE_KERNELS;
-    const kernel = typeof addon.kernel === 'function' && policy !== '0' ? addon.kernel : undefined;
-    return { native: { name: name === 'builtin' ? 'native' : `native (${name})`, gemm: addon.gemm, ...(kernel ? { kernel, kernelPolicy: policy === 'all' ? 'all' : 'auto' } : {}) }, reason: '' };
+    const policy = kernelPolicyFromEnv();
+    const kernel = typeof addon.kernel === 'function' && policy !== 'off' ? addon.kernel : undefined;
+    return { native: { name: name === 'builtin' ? 'native' : `native (${name})`, gemm: addon.gemm, ...(kernel && policy !== 'off' ? { kernel, kernelPolicy: policy } : {}) }, reason: '' };
   } catch (err) {
     return { native: null, reason: `the native addon failed to load (${(err as Error).message.split('\n')[0]})` };
   }
+}
+
+/** STARFLOW_NATIVE_KERNELS: 0 (off), auto (the default) or all; anything else says so and means auto. */
+function kernelPolicyFromEnv(): KernelPolicy | 'off' {
+  const v = process.env.STARFLOW_NATIVE_KERNELS;
+  if (v === undefined || v === '' || v === 'auto') return 'auto';
+  if (v === '0') return 'off';
+  if (v === 'all') return 'all';
+  if (isMainThread) process.stderr.write(`starflow: STARFLOW_NATIVE_KERNELS must be 0, auto or all, got '${v}'; using auto\n`);
+  return 'auto';
 }
 
 /**

@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createRequire } from 'node:module';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
 import '../setup.js';
 import * as E from '../../src/engine/index.js';
@@ -230,4 +232,14 @@ test('the evaluator refuses malformed descriptors and loads outside the memory',
   const badOp = copy(4, 0, 0, 64);
   badOp[HEADER] = 99;
   assert.throws(() => addon!.kernel!(bytes, badOp), /malformed descriptor/);
+});
+
+test('an unknown STARFLOW_NATIVE_KERNELS says so in one line and means auto', { skip: addonBuilt && process.env.STARFLOW_NATIVE !== '0' ? false : 'addon not built or off' }, () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const script = `import './src/engine/node-shims.js'; import { startNodeEngine } from './src/engine/node.js';
+await startNodeEngine({ device: 'wasm' }); console.log('started');`;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: root, env: { ...process.env, STARFLOW_NATIVE_KERNELS: 'bogus', STARFLOW_THREADS: '1' }, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), 'started');
+  assert.equal(r.stderr, "starflow: STARFLOW_NATIVE_KERNELS must be 0, auto or all, got 'bogus'; using auto\n");
 });
