@@ -30,7 +30,10 @@ class WebWorkerOverThreads {
   constructor(url: string | URL) {
     const blob = resolveObjectURL(String(url));
     if (!blob) throw new Error(`worker shim: cannot resolve ${String(url)}`);
-    this.#worker = new NodeWorker(BOOTSTRAP, { eval: true });
+    // No inherited execArgv: under `--input-type=module` (e.g. `node --input-type=module -e`) the
+    // bootstrap would be read as ESM, have no `require` and die, and jax-js's pool swallows a
+    // failed dispatch: every kernel's output read back as zeros.
+    this.#worker = new NodeWorker(BOOTSTRAP, { eval: true, execArgv: [] });
     this.#worker.on('message', (data) => {
       if (--this.#pending === 0) this.#worker.unref();
       this.onmessage?.({ data });

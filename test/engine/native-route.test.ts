@@ -201,15 +201,26 @@ test("the addon's builtin kernel and OpenBLAS agree with float64 on every storag
   }
 });
 
+/** `fn` with STARFLOW_NATIVE unset (the suite may run with it set to 0). */
+function withNativeUnset<T>(fn: () => T): T {
+  const saved = process.env.STARFLOW_NATIVE;
+  delete process.env.STARFLOW_NATIVE;
+  try {
+    return fn();
+  } finally {
+    if (saved !== undefined) process.env.STARFLOW_NATIVE = saved;
+  }
+}
+
 test('without the addon: one line at a terminal says why, and STARFLOW_NATIVE=0 runs on wasm silently', () => {
-  const missing = loadNative(1, path.join(os.tmpdir(), 'no-such-dir', 'starflow_native.node'));
+  const missing = withNativeUnset(() => loadNative(1, path.join(os.tmpdir(), 'no-such-dir', 'starflow_native.node')));
   assert.equal(missing.native, null);
   assert.equal(nativeNotice(missing.reason, false), null, 'no notice when stderr is not a terminal');
   assert.match(nativeNotice(missing.reason, true) ?? '', /^starflow: the native addon is not built \(it needs a C compiler: `npm run build:native` .*\); kernels run on wasm\n$/);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'starflow-native-'));
   const corrupt = path.join(dir, 'starflow_native.node');
   writeFileSync(corrupt, 'not a shared object');
-  const bad = loadNative(1, corrupt);
+  const bad = withNativeUnset(() => loadNative(1, corrupt));
   assert.equal(bad.native, null);
   assert.match(nativeNotice(bad.reason, true) ?? '', /^starflow: the native addon failed to load \(.+\); kernels run on wasm\n$/);
 
@@ -217,14 +228,15 @@ test('without the addon: one line at a terminal says why, and STARFLOW_NATIVE=0 
 await startNodeEngine({ device: 'wasm' });
 const y = await E.toF32(E.np.matmul(E.fromF32(new Float32Array(64 * 64).fill(1), [64, 64]), E.fromF32(new Float32Array(64 * 64).fill(2), [64, 64])));
 console.log(E.matmulBackend(), E.routedKernels().products, E.routedKernels().kernels, y[0]);`;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, env: { ...process.env, STARFLOW_NATIVE: '0', STARFLOW_THREADS: '1' }, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, env: { ...process.env, STARFLOW_NATIVE: '0', STARFLOW_THREADS: '2' }, encoding: 'utf8' }); // 2: worker threads under --input-type=module
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), 'wasm 0 0 128');
   assert.equal(r.stderr, '');
 });
 
 test('the build script never fails an install: without a compiler it says so in one line', () => {
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts/build-native.mjs')], { env: { ...process.env, CC: 'no-such-compiler-here' }, encoding: 'utf8' });
+  const { STARFLOW_NATIVE: _, ...env } = process.env;
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'scripts/build-native.mjs')], { env: { ...env, CC: 'no-such-compiler-here' }, encoding: 'utf8' });
   assert.equal(r.status, 0);
   assert.match(r.stdout, /^starflow native: not built, no-such-compiler-here could not run \(ENOENT\); every kernel will run on wasm\n$/);
 });
