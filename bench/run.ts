@@ -24,13 +24,13 @@ const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }
     load: () => import('./starflow.js'),
   },
   kernels: { what: "single kernels of a training and a sampling step: all on wasm, the engine's choice of native kernels, every kernel native (one thread)", load: () => import('./kernels.js') },
-  'wasm-gemm': { what: "a hand-written WASM SIMD matmul (4×8 tile, relaxed FMA) against jax-js's generated one, one thread, no addon", load: () => import('./wasm-gemm.js') },
+  'wasm-gemm': { what: "the engine's WASM SIMD products against jax-js's generated matmul kernels, layouts NN/NT/TN and a training step's shapes, 1 and 2 threads, no addon", load: () => import('./wasm-gemm.js') },
   gemm: { what: "the native GEMM alone on a training step's and a sampling step's products: its own kernel vs OpenBLAS, one thread", load: () => import('./gemm.js') },
   'sample-process': {
     what: "whole processes drawing guided samples: `starflow sample` vs apple/ml-tarflow's own sampler (TARFLOW_REFERENCE_DIR), 1 and 2 threads, outputs compared",
     load: () => import('./sample_process.js'),
   },
-  train: { what: 'ms per TARFlow training step (fwd+bwd+clip+AdamW+EMA), notebook and mnist configs, jax-js wasm 1/2 threads vs a PyTorch twin, loss agreement', load: () => import('./train.js') },
+  train: { what: 'ms per TARFlow training step (fwd+bwd+clip+AdamW+EMA), notebook and mnist configs, the engine (native, wasm SIMD products, jax-js wasm) on 1/2 threads and 2 workers vs PyTorch twins and ml-tarflow, loss agreement', load: () => import('./train.js') },
 };
 
 function usage(): string {

@@ -244,18 +244,35 @@ async function worker(args: string[]): Promise<void> {
 
 // ---- the parent ----
 
-type Options = { quick: boolean; rounds: number; json: string | null; python: string; torchBlas: 'auto' | 'system'; configs: ConfigName[]; wasmBaseline: boolean };
+/** The engine's product paths: the native addon, wasm with the WASM SIMD products, wasm with jax-js's own. */
+const ENGINES = ['native', 'wasm-simd', 'wasm'] as const;
+type Engine = (typeof ENGINES)[number];
+const ENGINE_ENV: Record<Engine, Record<string, string>> = {
+  native: {},
+  'wasm-simd': { STARFLOW_NATIVE: '0' },
+  wasm: { STARFLOW_NATIVE: '0', STARFLOW_WASM_PRODUCTS: '0' },
+};
+const ENGINE_LABEL: Record<Engine, string> = { native: '', 'wasm-simd': ' (wasm, SIMD products)', wasm: " (wasm, jax-js's products)" };
+
+type Options = { quick: boolean; rounds: number; json: string | null; python: string; torchBlas: 'auto' | 'system'; configs: ConfigName[]; engines: Engine[] };
 
 function parseFlags(args: string[]): Options {
   const c = defaultCommonFlags();
   let configs: ConfigName[] = [...CONFIG_NAMES];
-  let wasmBaseline = true;
+  let engines: Engine[] = [...ENGINES];
   eachFlag(
     args,
     (a, value) => {
       if (takeCommonFlag(a, value, c)) return true;
       if (a === '--no-wasm-baseline') {
-        wasmBaseline = false;
+        engines = ['native'];
+        return true;
+      }
+      if (a === '--engines') {
+        const names = value().split(',').map((s) => s.trim()).filter(Boolean);
+        for (const n of names) if (!(ENGINES as readonly string[]).includes(n)) throw new Error(`--engines: unknown engine '${n}' (expected ${ENGINES.join(', ')})`);
+        if (names.length === 0) throw new Error('--engines needs at least one name');
+        engines = names as Engine[];
         return true;
       }
       if (a !== '--configs') return false;
@@ -265,9 +282,9 @@ function parseFlags(args: string[]): Options {
       configs = names as ConfigName[];
       return true;
     },
-    '--configs notebook,mnist, --no-wasm-baseline, --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system',
+    '--configs notebook,mnist, --engines native,wasm-simd,wasm, --no-wasm-baseline (= --engines native), --quick, --rounds N, --json PATH, --python PATH, --torch-blas auto|system',
   );
-  return { quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 2), json: c.json, python: c.python, torchBlas: c.torchBlas, configs, wasmBaseline };
+  return { quick: c.quick, rounds: c.rounds ?? (c.quick ? 1 : 2), json: c.json, python: c.python, torchBlas: c.torchBlas, configs, engines };
 }
 
 type Contender = { id: string; label: string; run: (file: string, p: { warmup: number; steps: number }) => Promise<StepResult> };
@@ -382,12 +399,15 @@ function markdown(
     ...configs.map((name) => {
       const ss = sums.get(name)!;
       const best = (pick: (s: Summary) => boolean) => ss.filter(pick).reduce<Summary | null>((b, s) => (!b || s.medianMs < b.medianMs ? s : b), null);
-      const js = best((s) => s.id.startsWith('jaxjs-') && !s.id.endsWith('-wasm'));
-      const wasm = best((s) => s.id.endsWith('-wasm'));
+      const engineOf = (s: Summary): Engine => (s.id.endsWith('-wasm-simd') ? 'wasm-simd' : s.id.endsWith('-wasm') ? 'wasm' : 'native');
       const twin = best((s) => s.id.startsWith('torch'));
       const ref = best((s) => s.id.startsWith('reference-'));
-      const vs = (other: Summary | null, what: string) => (js && other ? `; against ${what} (${other.label}, ${fmt(other.medianMs)} ms): ${fmt(js.medianMs / other.medianMs, 2)}×` : '');
-      return js ? `${name}, best of each: ${js.label} ${fmt(js.medianMs)} ms${vs(ref, "apple/ml-tarflow's own Model")}${vs(twin, 'the PyTorch twin')}${vs(wasm, 'jax-js with wasm matrix products')}.` : '';
+      const wasm = best((s) => s.id.startsWith('jaxjs-') && engineOf(s) === 'wasm');
+      return ENGINES.map((engine) => {
+        const js = best((s) => s.id.startsWith('jaxjs-') && engineOf(s) === engine);
+        const vs = (other: Summary | null, what: string) => (js && other && other !== js ? `; against ${what} (${other.label}, ${fmt(other.medianMs)} ms): ${fmt(js.medianMs / other.medianMs, 2)}×` : '');
+        return js ? `${name}, best ${engine}: ${js.label} ${fmt(js.medianMs)} ms${vs(ref, "apple/ml-tarflow's own Model")}${vs(twin, 'the PyTorch twin')}${vs(wasm, "jax-js's own wasm products")}.` : '';
+      }).filter(Boolean).join('\n- ');
     }).filter(Boolean),
     `Machine load (1-min load average) before / after each round: ${opts.load.map((l) => l.map((v) => v.toFixed(2)).join(' → ')).join('; ')}.`,
   ];
@@ -402,23 +422,23 @@ export async function main(args: string[]): Promise<void> {
   const quickArg = o.quick ? ['--quick'] : [];
   // jax-js on 1 and 2 kernel threads, and with 2 data-parallel workers of one thread each (the
   // trainer's --workers 2); torch on 1 and 2 threads.
-  // The same with matrix products on wasm (STARFLOW_NATIVE=0), the engine without its native
-  // GEMM, unless --no-wasm-baseline.
-  const baseline = o.wasmBaseline ? [false, true] : [false];
-  const contenders: Contender[] = baseline.flatMap((wasmOnly) =>
+  // Each on the engine's product paths that --engines names (default: all): native, wasm with
+  // the WASM SIMD products (STARFLOW_NATIVE=0, an install without a compiler, and the browser),
+  // wasm with jax-js's own products (and STARFLOW_WASM_PRODUCTS=0).
+  const contenders: Contender[] = o.engines.flatMap((engine) =>
     [
       { threads: 1, workers: 1 },
       { threads: 2, workers: 1 },
       { threads: 1, workers: 2 },
     ].map(({ threads, workers }) => ({
-      id: `${workers > 1 ? `jaxjs-${workers}w` : `jaxjs-${threads}t`}${wasmOnly ? '-wasm' : ''}`,
-      label: `${workers > 1 ? `jax-js ${workers} workers` : `jax-js ${threads} thr`}${wasmOnly ? ' (wasm matmul)' : ''}`,
+      id: `${workers > 1 ? `jaxjs-${workers}w` : `jaxjs-${threads}t`}${engine === 'native' ? '' : `-${engine}`}`,
+      label: `${workers > 1 ? `jax-js ${workers} workers` : `jax-js ${threads} thr`}${ENGINE_LABEL[engine]}`,
       run: (file: string, p: { warmup: number; steps: number }) =>
         runChild<StepResult>(
           process.execPath,
           tsxArgs(SELF, ['--worker', '--threads', String(threads), '--workers', String(workers), '--file', file, '--warmup', String(p.warmup), '--steps', String(p.steps), ...quickArg]),
-          `jax-js worker (${threads} threads, ${workers} workers${wasmOnly ? ', wasm matmul' : ''})`,
-          { STARFLOW_THREADS: String(threads), ...(wasmOnly ? { STARFLOW_NATIVE: '0' } : {}) },
+          `jax-js worker (${threads} threads, ${workers} workers, ${engine})`,
+          { STARFLOW_THREADS: String(threads), ...ENGINE_ENV[engine] },
         ),
     })),
   );

@@ -11,6 +11,7 @@ import { installInstanceCache } from './instance-cache.js';
 import { installKernelCache } from './kernel-cache.js';
 import { jaxInternals } from './jax-internals.js';
 import { installNativeRoute, type Native } from './native-route.js';
+import { installWasmProducts } from './wasm-products.js';
 import { installFastStringHash } from './string-hash.js';
 import type { Rng } from './rng.js';
 
@@ -39,9 +40,11 @@ let matmulOn = 'wasm';
 /**
  * Starts the engine on a device. `auto` takes WebGPU when an adapter exists, else wasm.
  * Everything is float32: the engine's default dtype, and what checkpoints store.
- * On wasm, `native` (Node: the addon) takes over matrix products and the kernels it can evaluate.
+ * On wasm, matrix products run as hand-written WASM SIMD (src/engine/wasm-products.ts) unless
+ * `wasmProducts` is false, and `native` (Node: the addon) takes over products and the kernels it
+ * can evaluate.
  */
-export async function startEngine(device: Device | 'auto' = 'auto', opts: { native?: Native } = {}): Promise<Device> {
+export async function startEngine(device: Device | 'auto' = 'auto', opts: { native?: Native; wasmProducts?: boolean } = {}): Promise<Device> {
   installIteratorHelpers();
   installInstanceCache();
   if (started && (device === 'auto' || device === started)) return started;
@@ -65,7 +68,9 @@ export async function startEngine(device: Device | 'auto' = 'auto', opts: { nati
   if (internals) {
     installFastStringHash(internals.FpHash as Parameters<typeof installFastStringHash>[0]);
     const backend = internals.getBackend(chosen);
-    // The route first: the kernel cache above it then prepares (and routes) each kernel once.
+    // The routes first, the kernel cache above them then prepares (and routes) each kernel once;
+    // the native route above the WASM SIMD products, which take what it leaves.
+    if (chosen === 'wasm' && opts.wasmProducts !== false && installWasmProducts(backend, internals)) matmulOn = 'wasm-simd';
     if (chosen === 'wasm' && opts.native && installNativeRoute(backend, internals, opts.native)) matmulOn = opts.native.name;
     installKernelCache(backend);
   }

@@ -55,7 +55,7 @@ type Exp = { op: string; dtype: string; src: Exp[]; arg: unknown; substitute(v: 
 type KernelLike = { nargs: number; size: number; exp: Exp; reduction?: { op: string; dtype: string; size: number; epilogue: Exp } };
 
 /** The plan for a kernel that is a plain float32 (batched) matrix product, or null. */
-function planMatmul(kernel: KernelLike, jax: JaxInternals): MatmulPlan | null {
+export function planMatmul(kernel: KernelLike, jax: JaxInternals): MatmulPlan | null {
   const red = kernel.reduction;
   if (!red || red.op !== 'Add' || red.dtype !== 'float32' || epilogueDtype(kernel) !== 'float32') return null;
   const exp = kernel.exp;

@@ -5,6 +5,8 @@ import { startEngine, parseDevice, type Device } from './index.js';
 
 export { engineThreads };
 
+/** STARFLOW_WASM_PRODUCTS=0 leaves matrix products that the native route does not take to jax-js's generated kernels. */
 export async function startNodeEngine(opts: { device?: string } = {}): Promise<Device> {
-  return startEngine(parseDevice(opts.device ?? process.env.STARFLOW_DEVICE ?? 'auto'), native ? { native } : {});
+  const wasmProducts = process.env.STARFLOW_WASM_PRODUCTS !== '0';
+  return startEngine(parseDevice(opts.device ?? process.env.STARFLOW_DEVICE ?? 'auto'), native ? { native, wasmProducts } : { wasmProducts });
 }

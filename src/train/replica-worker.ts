@@ -1,8 +1,8 @@
 // A gradient replica (see replicas.ts): its own engine on one thread, answering one request at a
 // time with the loss and gradient on its slice of the batch.
-import { native } from '../engine/node-shims.js'; // first: jax-js builds its backend when it loads
+import { startNodeEngine } from '../engine/node.js'; // first: jax-js builds its backend when it loads
 import { parentPort, workerData } from 'node:worker_threads';
-import { startEngine, fromF32, fromI32, toNumber } from '../engine/index.js';
+import { fromF32, fromI32, toNumber } from '../engine/index.js';
 import { makeGradStep } from './step.js';
 import { flattenParams, unflattenParams, type ReplicaInit, type ReplicaReply, type ReplicaRequest } from './replicas.js';
 
@@ -11,7 +11,7 @@ const init = workerData as ReplicaInit;
 const send = (m: ReplicaReply, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 
 try {
-  await startEngine(init.device, native ? { native } : {}); // native kernels as in the main thread
+  await startNodeEngine({ device: init.device }); // native kernels and products as in the main thread
   await import(init.familySource); // registers the family in this thread (built-ins are registered anyway)
   const gradStep = makeGradStep(init.model);
   port.on('message', (r: ReplicaRequest) => {

@@ -15,7 +15,7 @@ import { ADDON_PATH, type Addon } from '../../src/engine/native.js';
 
 const { np } = E;
 const addonBuilt = existsSync(ADDON_PATH);
-const native = E.matmulBackend() !== 'wasm' && addonBuilt && process.env.STARFLOW_NATIVE_KERNELS !== '0';
+const native = !E.matmulBackend().startsWith('wasm') && addonBuilt && process.env.STARFLOW_NATIVE_KERNELS !== '0';
 const skip = native ? false : 'native kernels are off here (addon not built, STARFLOW_NATIVE=0 or STARFLOW_NATIVE_KERNELS=0)';
 const addon = addonBuilt ? (createRequire(import.meta.url)(ADDON_PATH) as Addon) : null;
 

@@ -16,7 +16,7 @@ import { ADDON_PATH, loadNative, nativeNotice, type Addon } from '../../src/engi
 
 const { np } = E;
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const native = E.matmulBackend() !== 'wasm';
+const native = !E.matmulBackend().startsWith('wasm');
 const skipNative = native ? false : 'the native addon is not loaded here (STARFLOW_NATIVE=0 or not built)';
 
 /** Deterministic values in [-1, 1). */
@@ -230,7 +230,7 @@ const y = await E.toF32(E.np.matmul(E.fromF32(new Float32Array(64 * 64).fill(1),
 console.log(E.matmulBackend(), E.routedKernels().products, E.routedKernels().kernels, y[0]);`;
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, env: { ...process.env, STARFLOW_NATIVE: '0', STARFLOW_THREADS: '2' }, encoding: 'utf8' }); // 2: worker threads under --input-type=module
   assert.equal(r.status, 0, r.stderr);
-  assert.equal(r.stdout.trim(), 'wasm 0 0 128');
+  assert.equal(r.stdout.trim(), 'wasm-simd 0 0 128');
   assert.equal(r.stderr, '');
 });
 
