@@ -130,6 +130,15 @@ export function causalSelfAttention(p: Attention, x: Arr, s: AttentionShape, tem
   return linear(p.proj, mergeHeads(attend(q, kT, v, mask, temp, s.headDim)));
 }
 
+/** Self-attention where every token sees every token (a text encoder's). */
+export function selfAttention(p: Attention, x: Arr, s: AttentionShape): Arr {
+  const t = x.shape[1]!;
+  const slots = keySlots(t);
+  const [q, kT, v] = projectQkv(p, x, s, slots);
+  const mask = np.broadcastTo(np.arange(slots).less(t).reshape([1, slots]), [t, slots]); // padded slots (≥ t) masked
+  return linear(p.proj, mergeHeads(attend(q, kT, v, mask, 1, s.headDim)));
+}
+
 /** A cache for `length` positions written in chunks of `chunk` tokens (see keySlots; extra slots stay masked). */
 export function emptyKvCache(batch: number, length: number, s: AttentionShape, chunk = 1): KvCache {
   const slots = keySlots(length, chunk);

@@ -19,7 +19,9 @@ import assert from 'node:assert/strict';
 import '../setup.js';
 import { np, lax, fromF32, fromI32, toF32, toNumber, jit, grad, type Arr } from '../../src/engine/index.js';
 import { linear, layerNorm, rmsNorm, gelu, mlp, embed } from '../../src/nn/layers.js';
-import { causalSelfAttention, cachedSelfAttention, commitKv, type AttentionShape } from '../../src/nn/attention.js';
+import { causalSelfAttention, cachedSelfAttention, selfAttention, commitKv, type AttentionShape } from '../../src/nn/attention.js';
+import { encodeText, initTextEncoder, type TextEncoder } from '../../src/nn/text-encoder.js';
+import { Rng } from '../../src/engine/rng.js';
 import {
   adamwUpdate,
   initAdamState,
@@ -129,6 +131,17 @@ async function checkGrad(
   return { rel: worst, abs: worstAbs, scale: adScale };
 }
 
+/** A reference on every leaf of `p` except `owned` (consumed by the caller's function): the rest are reused across calls. */
+function keepTree<T>(p: T, owned: Arr[]): T {
+  const visit = (v: unknown): unknown => {
+    if (v && typeof v === 'object' && 'ref' in (v as object) && 'shape' in (v as object)) return owned.includes(v as Arr) ? v : (v as Arr).ref;
+    if (Array.isArray(v)) return v.map(visit);
+    if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, visit(x)]));
+    return v;
+  };
+  return visit(p) as T;
+}
+
 test('the checker itself rejects a wrong gradient', async () => {
   // d/dx of x·stopGradient(x) is x by AD but 2x by finite differences.
   await assert.rejects(checkGrad((x) => x.ref.mul(lax.stopGradient(x)), [rand([8], 50)], [0]), /error/);
@@ -189,6 +202,34 @@ test('causalSelfAttention w.r.t. input and qkv weight (temperature 0.7)', async 
     [rand([B, T, W], 23), rand([W, 3 * inner], 24, 0.5), rand([3 * inner], 25, 0.1), rand([inner, W], 26, 0.4), rand([W], 27, 0.1)],
     [0, 1, 2, 3],
     { coords: 20 },
+  );
+  t.diagnostic(show(err));
+});
+
+test('selfAttention (bidirectional) w.r.t. input and qkv weight', async (t) => {
+  const err = await checkGrad(
+    (x, qw, qb, pw, pb) => selfAttention({ qkv: { w: qw, b: qb }, proj: { w: pw, b: pb } }, x, shape),
+    [rand([B, T, W], 33), rand([W, 3 * inner], 34, 0.5), rand([3 * inner], 35, 0.1), rand([inner, W], 36, 0.4), rand([W], 37, 0.1)],
+    [0, 1, 2, 3],
+    { coords: 20 },
+  );
+  t.diagnostic(show(err));
+});
+
+test('text encoder w.r.t. its token table, positions and a layer weight', async (t) => {
+  const s = { vocabSize: 7, maxTokens: 5, width: 8, layers: 2, heads: 2 };
+  const base = initTextEncoder(new Rng(3), s);
+  const ids = ints([1, 4, 2, 0, 0, 6, 6, 3, 5, 0], [2, 5]);
+  // O(1) embeddings: at the init's scale (0.02) the LayerNorm after them bends within a step h.
+  const [tok, pos, fc1] = [rand([7, 8], 41), rand([5, 8], 42, 0.5), rand([8, 32], 43, 0.5)];
+  const err = await checkGrad(
+    (tokens, positions, w, idArr) => {
+      const p: TextEncoder = { ...base, tokens, pos: positions, layers: base.layers.map((l, i) => (i === 1 ? { ...l, mlp: { ...l.mlp, fc1: { ...l.mlp.fc1, w } } } : l)) };
+      return encodeText(keepTree(p, [tokens, positions, w]), s, idArr);
+    },
+    [tok, pos, fc1, ids],
+    [0, 1, 2],
+    { coords: 12 },
   );
   t.diagnostic(show(err));
 });
