@@ -133,6 +133,18 @@ export const FASHION_VOCABULARY: Vocabulary = {
   small: ['small', 'little'],
 };
 
+/** Words of the sentence shapes around the vocabulary's. */
+const FRAME_WORDS = ['a', 'an', 'with', 'strokes', 'and'];
+
+/** Every word a caption from `vocab` can hold, sorted (a text encoder's vocabulary). */
+export function captionWords(vocab: Vocabulary): string[] {
+  const lists = [...vocab.names, vocab.kind, vocab.thick, vocab.thin, vocab.right, vocab.left, vocab.upright, vocab.large, vocab.small];
+  return [...new Set([...FRAME_WORDS, ...lists.flat().flatMap((phrase) => phrase.split(' '))])].sort();
+}
+
+/** The caption vocabularies by dataset kind. */
+export const CAPTION_VOCABULARIES: Record<string, Vocabulary> = { mnist: MNIST_VOCABULARY, 'fashion-mnist': FASHION_VOCABULARY };
+
 /** One caption for an image's attributes; each attribute is left out with probability `drop`. */
 export function caption(a: ImageAttributes, vocab: Vocabulary, rng: Rng, drop = 0.25): string {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rng.uniform() * xs.length) % xs.length]!;

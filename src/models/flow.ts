@@ -13,7 +13,7 @@
 // layers; zero-initialised output projection; without a start token the outputs shift one token
 // (token 0 passes through), with one every token is transformed; z = (x − b)/σ with σ = exp(a) or
 // softplus(a + log(e − 1)); log-det = −mean(log σ) over tokens and features.
-import { np, jnn, keep, Rng, type Arr } from '../engine/index.js';
+import { np, jnn, keep, release, Rng, type Arr } from '../engine/index.js';
 import { layerNorm, rmsNorm, mlp, linear, embed, initLinear, initNorm, initNormal, type Linear, type Norm, type Mlp } from '../nn/layers.js';
 import { ropeTables } from '../nn/rope.js';
 import {
@@ -30,12 +30,17 @@ import {
   type Rotation,
 } from '../nn/attention.js';
 import { shapesOf } from '../nn/params.js';
+import { checkTextEncoderShape, encodeText, initTextEncoder, type TextEncoder, type TextEncoderShape } from '../nn/text-encoder.js';
+import { checkTokenizerConfig } from '../data/tokenizer.js';
+import { CAPTION_VOCABULARIES, captionWords } from '../data/captions.js';
 import { asObject, boolField, ConfigError, intField, numberField, withDefaults } from './config.js';
 import { HALF_LOG_2PI, type AutoregressiveSampler, type BlockInverse, type FlowSteps, type Guidance, type GuidanceRule, type ModelFamily } from './model.js';
 
 // ---- config ----
 
 export type NormKind = 'layer' | 'rms' | 'none';
+
+export type TextEncoderConfig = { vocab: string[]; layers: number; heads: number };
 
 export type FlowConfig = {
   /** 'tarflow' and 'starflow' name the same model with different defaults. */
@@ -79,9 +84,15 @@ export type FlowConfig = {
   order: 'R2L' | 'L2R';
   /** 0 for an unconditional (or text-conditional) model. */
   numClasses: number;
-  /** Text prefix: tokens and features of precomputed text-encoder states (0, 0: none). */
+  /** Text prefix: tokens and features of text-encoder states (0, 0: none). */
   textTokens: number;
   textDim: number;
+  /**
+   * The model's own text encoder (src/nn/text-encoder.ts, width textDim over textTokens words of
+   * this vocabulary), trained with the flow: its conditioning input is then token ids [B,
+   * textTokens] (data/tokenizer.ts) instead of precomputed states. null: states come from outside.
+   */
+  textEncoder: TextEncoderConfig | null;
   /** Only the deep block is conditioned (labels or text). */
   condTopOnly: boolean;
   /** false: volume-preserving flow (shift only). */
@@ -95,7 +106,7 @@ export type FlowConfig = {
 const TARFLOW_DEFAULTS = {
   headDim: 64, kvHeads: 0, mlpRatio: 4, mlp: 'gelu', norm: 'layer', qkNorm: false, postNorm: false, bias: true, finalNorm: false,
   startToken: false, positions: 'learned', scale: 'exp', softClip: 0, order: 'R2L', numClasses: 0, textTokens: 0, textDim: 0,
-  condTopOnly: false, nvp: true, noiseStd: 0, latentNormReg: 0,
+  condTopOnly: false, nvp: true, noiseStd: 0, latentNormReg: 0, textEncoder: null,
 };
 /** STARFlow's released image configuration, where it differs. */
 const STARFLOW_DEFAULTS = { ...TARFLOW_DEFAULTS, startToken: true, positions: 'rope', scale: 'softplus', softClip: 4, order: 'L2R', finalNorm: true };
@@ -156,6 +167,7 @@ export function parseFlowConfig(raw: unknown, where = 'model config'): FlowConfi
     nvp: boolField(o, 'nvp', where),
     noiseStd: numberField(o, 'noiseStd', where, 0),
     latentNormReg: numberField(o, 'latentNormReg', where, 0),
+    textEncoder: null,
   };
   const fail = (msg: string) => {
     throw new ConfigError(`${where}: ${msg}`);
@@ -170,6 +182,7 @@ export function parseFlowConfig(raw: unknown, where = 'model config'): FlowConfi
   }
   if ((cfg.textTokens > 0) !== (cfg.textDim > 0)) fail(`'textTokens' and 'textDim' are both 0 (no text) or both > 0, got ${cfg.textTokens} and ${cfg.textDim}`);
   if (cfg.textDim > 0 && cfg.numClasses > 0) fail('a model is conditioned by class labels or by text, not both');
+  if (o.textEncoder !== null) cfg.textEncoder = parseTextEncoder(o.textEncoder, cfg, fail);
   if (cfg.condTopOnly && cfg.numClasses === 0 && cfg.textDim === 0) fail("'condTopOnly' needs a conditional model (numClasses or textTokens)");
   if (cfg.positions === 'rope') {
     const half = cfg.headDim / 2;
@@ -177,6 +190,35 @@ export function parseFlowConfig(raw: unknown, where = 'model config'): FlowConfi
     if (cfg.textTokens > 0 && half - 8 < 2) fail(`RoPE with text needs 'headDim' ≥ 20 (8 rotary frequencies go to the text axis), got ${cfg.headDim}`);
   }
   return cfg;
+}
+
+function parseTextEncoder(raw: unknown, cfg: FlowConfig, fail: (msg: string) => never): TextEncoderConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail(`'textEncoder' must be null or an object { vocab, layers, heads }, got ${JSON.stringify(raw)?.slice(0, 60)}`);
+  const { vocab, layers, heads, ...rest } = raw as Record<string, unknown>;
+  const extra = Object.keys(rest);
+  if (extra.length) fail(`'textEncoder': unknown field${extra.length > 1 ? 's' : ''} ${extra.map((k) => `'${k}'`).join(', ')} (expected vocab, layers, heads)`);
+  if (cfg.textTokens === 0) fail("'textEncoder' needs 'textTokens' (the words per text) and 'textDim' (the encoder's width)");
+  // "captions:KIND": every word of the captions made for that dataset (data/captions.ts).
+  if (typeof vocab === 'string' && vocab.startsWith('captions:')) {
+    const kind = vocab.slice('captions:'.length);
+    const v = CAPTION_VOCABULARIES[kind];
+    if (!v) fail(`'textEncoder': 'vocab' "${vocab}" names no caption vocabulary (expected ${Object.keys(CAPTION_VOCABULARIES).map((k) => `"captions:${k}"`).join(', ')} or a list of words)`);
+    return parseTextEncoder({ vocab: captionWords(v!), layers, heads }, cfg, fail);
+  }
+  try {
+    checkTokenizerConfig({ vocab, maxTokens: cfg.textTokens }, "'textEncoder'");
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  const shape = { vocabSize: (vocab as string[]).length + 1, maxTokens: cfg.textTokens, width: cfg.textDim, layers: layers as number, heads: heads as number };
+  checkTextEncoderShape(shape, (m) => fail(`'textEncoder': ${m.replace(/^text encoder: /, '')}`));
+  return { vocab: vocab as string[], layers: layers as number, heads: heads as number };
+}
+
+/** The text encoder's shape in a model with its own encoder. */
+export function textEncoderShape(cfg: FlowConfig): TextEncoderShape {
+  const t = cfg.textEncoder!;
+  return { vocabSize: t.vocab.length + 1, maxTokens: cfg.textTokens, width: cfg.textDim, layers: t.layers, heads: t.heads };
 }
 
 /** Sizes derived from a config. */
@@ -224,8 +266,8 @@ export type Block = {
   finalNorm?: Norm;
   projOut: Linear;
 };
-/** An identity block (0 layers) has no parameters: its entry is empty. */
-export type FlowParams = { blocks: Block[] };
+/** An identity block (0 layers) has no parameters: its entry is empty. `text`: the model's own text encoder. */
+export type FlowParams = { blocks: Block[]; text?: TextEncoder };
 
 // ---- parameters ----
 
@@ -274,7 +316,7 @@ export function initFlow(cfg: FlowConfig, seed: number): FlowParams {
     };
     return block;
   });
-  return { blocks };
+  return cfg.textEncoder ? { blocks, text: initTextEncoder(root.fork(1000), textEncoderShape(cfg)) } : { blocks };
 }
 
 export function attentionShape(cfg: FlowConfig, width = cfg.width): AttentionShape {
@@ -457,6 +499,24 @@ export function flowNll(z: Arr, logdet: Arr): Arr {
 }
 
 const conditional = (cfg: FlowConfig, y: Arr): Arr | undefined => (cfg.numClasses > 0 ? y : (y.dispose(), undefined));
+
+/**
+ * The text states of a batch: given (`text`), or, for a model with its own encoder, encoded from
+ * the token ids in `y` [B, textTokens]. Consumes `params.text` when it encodes.
+ */
+function textOf(params: FlowParams, cfg: FlowConfig, y: Arr, text?: Arr): Arr | undefined {
+  if (text || !cfg.textEncoder) {
+    if (params.text) release(params.text);
+    return text;
+  }
+  if (!params.text) throw new Error('a model with a text encoder needs its weights (params.text)');
+  return encodeText(params.text, textEncoderShape(cfg), y.ref);
+}
+
+/** States [B, textTokens, textDim] of token ids [B, textTokens] through the model's own encoder (consumes both). */
+export function encodeModelText(params: TextEncoder, cfg: FlowConfig, ids: Arr): Arr {
+  return encodeText(params, textEncoderShape(cfg), ids);
+}
 
 // ---- guidance ----
 
@@ -697,15 +757,24 @@ function flowFamily(name: 'tarflow' | 'starflow'): ModelFamily<FlowConfig, FlowP
     },
     noiseFromImages: (cfg, x) => patchify(x, cfg.patchSize),
     loss(params, cfg, x, y) {
-      const r = forward(params, cfg, x, conditional(cfg, y), undefined, cfg.latentNormReg > 0);
+      const text = textOf(params, cfg, y);
+      const r = forward(params, cfg, x, conditional(cfg, y), text, cfg.latentNormReg > 0);
       const nll = flowLoss(r.z, r.logdet).add(HALF_LOG_2PI);
       return r.latentNorm ? nll.add(r.latentNorm.mean().mul(cfg.latentNormReg)) : nll;
     },
-    encode: (params, cfg, x, y, text) => forward(params, cfg, x, conditional(cfg, y), text),
+    encode: (params, cfg, x, y, text) => {
+      const states = textOf(params, cfg, y, text);
+      return forward(params, cfg, x, conditional(cfg, y), states);
+    },
     nll(params, cfg, x, y, text) {
-      const r = forward(params, cfg, x, conditional(cfg, y), text);
+      const states = textOf(params, cfg, y, text);
+      const r = forward(params, cfg, x, conditional(cfg, y), states);
       return flowNll(r.z, r.logdet);
     },
+    textEncoder: (cfg) =>
+      cfg.textEncoder
+        ? { tokenizer: { vocab: cfg.textEncoder.vocab, maxTokens: cfg.textTokens }, encode: (params, ids) => encodeModelText(keep(params.text!), cfg, ids) }
+        : null,
     sampler(cfg) {
       const key = JSON.stringify(cfg);
       let s = samplers.get(key);

@@ -2,6 +2,7 @@
 // rectified flow) implements, and all that the trainer, the samplers, evaluation, checkpoint I/O
 // and the CLI know about a model. A family is one file plus a `registerFamily` call; `config.json`'s
 // `model` field names it (registry.ts).
+import type { TokenizerConfig } from '../data/tokenizer.js';
 import type { Arr, Params } from '../engine/index.js';
 
 /** Fields every family's config has: the images it models and how it was conditioned. */
@@ -133,7 +134,8 @@ export interface ModelFamily<C extends ModelConfig = ModelConfig, P extends Para
   lossNoiseShape?(cfg: C, batch: number): number[];
   /**
    * The training loss (a scalar) on images x [B, C, H, W] in [−1, 1] with labels y int32 [B]
-   * (−1 = dropped; ignored by unconditional models). For a family with `nll`, the mean of it, so
+   * (−1 = dropped; ignored by unconditional models), or, for a model with its own text encoder,
+   * caption token ids y int32 [B, L] (all 0: the empty caption). For a family with `nll`, the mean of it, so
    * that the trainer can report bits/dim.
    */
   loss(params: P, cfg: C, x: Arr, y: Arr, eps?: Arr): Arr;
@@ -143,6 +145,11 @@ export interface ModelFamily<C extends ModelConfig = ModelConfig, P extends Para
   encode?(params: P, cfg: C, x: Arr, y: Arr, text?: Arr): { z: Arr; logdet: Arr };
   /** How it turns noise into images (one object per config). */
   sampler(cfg: C): AutoregressiveSampler<P> | DirectSampler<P>;
+  /**
+   * A model with its own text encoder: its tokenizer, and the states [B, textTokens, textDim] of
+   * token ids [B, textTokens] (consumes the ids, not the params); null for other models.
+   */
+  textEncoder?(cfg: C): { tokenizer: TokenizerConfig; encode(params: P, ids: Arr): Arr } | null;
 }
 
 /** Bits per dimension of 8-bit data on [−1, 1] from the NLL in nats per dimension of its density: the log 128 term is the bin width 2/256. */

@@ -3,7 +3,8 @@
 // captions' words, variety and reproducibility.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { attributesOf, captionsOf, caption, measureInk, MNIST_VOCABULARY, FASHION_VOCABULARY, SLANTED_ABOVE } from '../../src/data/captions.js';
+import { attributesOf, captionsOf, caption, captionWords, measureInk, MNIST_VOCABULARY, FASHION_VOCABULARY, SLANTED_ABOVE } from '../../src/data/captions.js';
+import { wordsOf } from '../../src/data/tokenizer.js';
 import { loadMnist } from '../../src/data/mnist.js';
 import { Rng } from '../../src/engine/rng.js';
 
@@ -71,5 +72,10 @@ test('captions name the class and only attributes the image has, vary, and repro
   assert.ok(new Set(caps).size > 250, `varied: ${new Set(caps).size} distinct of 400`);
   // Every synonym of a thickness and every digit form turns up.
   for (const w of [...v.thick, ...v.thin, 'seven', '7']) assert.ok(caps.some((c) => has(c, [w])), `"${w}" used`);
+  // Every word of every caption is in the vocabulary a text encoder is built with.
+  for (const [v, name] of [[MNIST_VOCABULARY, 'mnist'], [FASHION_VOCABULARY, 'fashion']] as const) {
+    const words = new Set(captionWords(v));
+    for (const c of captionsOf(attrs, v, 4)) for (const w of wordsOf(c)) assert.ok(words.has(w), `${name}: "${w}" of "${c}" is in captionWords`);
+  }
   assert.throws(() => caption({ label: 12, thickness: null, slant: null, size: null }, FASHION_VOCABULARY, new Rng(0)), /no name for class 12/);
 });
