@@ -1,4 +1,6 @@
+import { readFile } from 'node:fs/promises';
 import { loadModel } from '../io/model.js';
+import { promptText } from '../sampling/prompts.js';
 import { currentDevice } from '../engine/index.js';
 import { generate, classRows } from '../sampling/pipeline.js';
 import { SOLVERS, type SolverName } from '../sampling/plan.js';
@@ -21,6 +23,8 @@ What to draw:
   --class K              class for every sample (class models; default: one row per class, ceil(n/10) each)
   --labels 0,1,2,...     one class per sample (-1 = unconditional)
   --seed N               noise seed (default 0): the same seed gives the same images on every solver
+  --prompt TEXT          models with a text encoder: what every sample shows, e.g. "a thick slanted seven"
+  --prompts FILE         one prompt per line (blank lines skipped): a row of samples per prompt
 
 Guidance:
   --cfg W                guidance weight (default 0 = none)
@@ -60,6 +64,19 @@ Output:
   --json                 print timing and solver statistics as JSON
 ${ENGINE_HELP}`;
 
+/** The prompts of a file: one per line, blank lines skipped. */
+async function readPromptFile(file: string): Promise<string[]> {
+  let raw: string;
+  try {
+    raw = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`--prompts: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  const lines = raw.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.length > 0);
+  if (lines.length === 0) throw new UsageError(`--prompts: ${file} holds no prompt`);
+  return lines;
+}
+
 function intList(v: string, name: string): number[] {
   const xs = v.split(',').map((s) => Number(s.trim()));
   if (xs.some((x) => !Number.isInteger(x))) throw new UsageError(`--${name} must be a comma-separated list of integers, got '${v}'`);
@@ -95,6 +112,8 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     'text-key': { type: 'string' },
     'negative-text-key': { type: 'string' },
     'labels-key': { type: 'string' },
+    prompt: { type: 'string' },
+    prompts: { type: 'string' },
     json: { type: 'boolean' },
   });
   if (o.help) return void console.log(SAMPLE_HELP);
@@ -129,7 +148,21 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   if (fromFile) n = fromFile.n;
   const noise = fromFile?.noise;
   const fileLabels = fromFile?.labels;
-  const text = fromFile?.text;
+  let text = fromFile?.text;
+  // Prompts: one per sample, through the model's own text encoder.
+  if (o.prompt !== undefined && o.prompts !== undefined) throw new UsageError('give --prompt or --prompts, not both');
+  let promptRows: number | undefined;
+  if (o.prompt !== undefined || o.prompts !== undefined) {
+    if (text) throw new UsageError('--prompt/--prompts and --text-key both give the text: choose one');
+    const list = o.prompt !== undefined ? [String(o.prompt)] : await readPromptFile(strOpt(o.prompts, 'prompts')!);
+    const rows = classRows(n, list.length);
+    promptRows = list.length > 1 ? rows.perRow : undefined;
+    const encoded = await promptText(model, rows.labels ? rows.labels.map((i) => list[i]!) : new Array<string>(n).fill(list[0]!));
+    for (const w of encoded.warnings) console.error(`warning: ${w}`);
+    text = { states: encoded.states, negative: encoded.negative };
+  } else if (model.family.textEncoder?.(cfg) && !text) {
+    throw new UsageError('this model draws what a prompt says: give --prompt TEXT or --prompts FILE');
+  }
 
   if (o.class !== undefined && o.labels !== undefined) throw new UsageError('give --class or --labels, not both');
   let labels: number[] | undefined;
@@ -179,7 +212,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   });
   bar.update(100);
 
-  const nrow = classRows(n, cfg.numClasses > 0 && !o.class && !o.labels && !fileLabels ? cfg.numClasses : 0).perRow;
+  const nrow = promptRows ?? classRows(n, cfg.numClasses > 0 && !o.class && !o.labels && !fileLabels ? cfg.numClasses : 0).perRow;
   await saveSamples(out, r.images, r.shape, { nrow, metadata: { solver, seed: String(seed) } });
   const iterations = r.stats.map((batch) => batch.map((s) => ({ block: s.block, calls: s.calls, iterations: s.iterations })));
   const summary = { out, n, seconds: r.seconds, samplesPerSec: n / r.seconds, solver, device: currentDevice(), redrawn: r.redrawn, nonFinite: r.nonFinite, blocks: iterations[0] };

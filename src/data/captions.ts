@@ -6,6 +6,7 @@
 // pure function of the images, the labels and a seed.
 import { Rng } from '../engine/rng.js';
 import type { ImageDataset } from './dataset.js';
+import { WordTokenizer, type TokenizerConfig } from './tokenizer.js';
 
 export type Thickness = 'thick' | 'thin';
 export type Slant = 'right' | 'left' | 'upright';
@@ -186,4 +187,40 @@ export function caption(a: ImageAttributes, vocab: Vocabulary, rng: Rng, drop = 
 export function captionsOf(attrs: ImageAttributes[], vocab: Vocabulary, seed: number, drop = 0.25): string[] {
   const root = new Rng(seed);
   return attrs.map((a, i) => caption(a, vocab, root.fork(i), drop));
+}
+
+/** Token ids of captions for a dataset's images, for a model's tokenizer. */
+export type CaptionSource = {
+  readonly maxTokens: number;
+  /**
+   * Ids [indices.length, maxTokens] (row-major): image i's caption drawn from `rng` (training: new
+   * wording each time) or, with null, its fixed caption (evaluation); each one is the empty
+   * caption (all 0) with probability `drop` (needs `rng`).
+   */
+  ids(indices: number[], rng: Rng | null, drop?: number): Int32Array;
+  /** The caption behind a row of `ids` without dropping (for reports). */
+  text(index: number, rng: Rng | null): string;
+};
+
+/** Captions of the images of a dataset of `kind` (a key of CAPTION_VOCABULARIES), tokenized for a model. */
+export function captionSource(ds: ImageDataset, kind: string, tokenizer: TokenizerConfig, seed = 0): CaptionSource {
+  const vocab = CAPTION_VOCABULARIES[kind];
+  if (!vocab) throw new Error(`no captions for '${kind}' images (captions exist for ${Object.keys(CAPTION_VOCABULARIES).join(', ')})`);
+  if (ds.numClasses > vocab.names.length) throw new Error(`${kind} captions name ${vocab.names.length} classes; this dataset has ${ds.numClasses}`);
+  const attrs = attributesOf(ds);
+  const tok = new WordTokenizer(tokenizer);
+  const fixed = new Rng(seed);
+  const text = (index: number, rng: Rng | null) => caption(attrs[index]!, vocab, rng ? rng.fork(index) : fixed.fork(index));
+  return {
+    maxTokens: tok.maxTokens,
+    text,
+    ids(indices, rng, drop = 0) {
+      const out = new Int32Array(indices.length * tok.maxTokens);
+      indices.forEach((index, row) => {
+        if (drop > 0 && rng!.uniform() < drop) return; // the empty caption
+        out.set(tok.encode(text(index, rng)).ids, row * tok.maxTokens);
+      });
+      return out;
+    },
+  };
 }

@@ -1,6 +1,7 @@
 // Exact likelihood of images under a model with one (flows): per batch of tensors, per host
 // batch (`starflow nll --input`), and over a dataset (`starflow nll`, the trainer's periodic
 // evaluation, the eval report). Bits/dim come from the one formula in models/model.ts.
+import type { CaptionSource } from '../data/captions.js';
 import { cachedJit, keep, fromF32, fromI32, toF32, Rng, type Arr, type Params } from '../engine/index.js';
 import { bitsPerDim, type Model } from '../models/model.js';
 import type { ImageDataset } from '../data/dataset.js';
@@ -17,19 +18,29 @@ function nllFn(model: Model, withText: boolean): (p: Params, x: Arr, y: Arr, tex
   return cachedJit(`nll:${withText}:${JSON.stringify(cfg)}`, () => (p: Params, x: Arr, y: Arr, text?: Arr) => nll(p, cfg, x, y, text));
 }
 
-/** Text-conditioned models need text states [B, textTokens, textDim] with their images. */
-function checkText(model: Model, b: number, text: Arr | Float32Array | undefined): void {
+/**
+ * Text-conditioned models need text states [B, textTokens, textDim] with their images, or, with
+ * their own text encoder, caption token ids as y [B, textTokens] (`yShape`).
+ */
+function checkText(model: Model, b: number, text: Arr | Float32Array | undefined, yShape?: number[]): void {
   const { textTokens = 0, textDim = 0 } = model.cfg;
   const want = b * textTokens * textDim;
-  if (textDim > 0 && !text) throw new LikelihoodError(`this model is text-conditioned: its likelihood needs text states [${b}, ${textTokens}, ${textDim}]`);
+  const ids = yShape?.length === 2 && yShape[0] === b && yShape[1] === textTokens && model.family.textEncoder?.(model.cfg);
+  if (textDim > 0 && !text && !ids) {
+    throw new LikelihoodError(
+      model.family.textEncoder?.(model.cfg)
+        ? `this model reads captions: its likelihood needs caption token ids [${b}, ${textTokens}] or text states [${b}, ${textTokens}, ${textDim}]`
+        : `this model is text-conditioned: its likelihood needs text states [${b}, ${textTokens}, ${textDim}]`,
+    );
+  }
   if (textDim === 0 && text) throw new LikelihoodError('this model is not text-conditioned: it takes no text');
   const n = text instanceof Float32Array ? text.length : (text?.size ?? 0);
   if (text && n !== want) throw new LikelihoodError(`text states must hold ${b}×${textTokens}×${textDim} values, got ${n}`);
 }
 
-/** NLL per image in nats per dimension, [B], of images x [B, C, H, W] with labels y int32 [B] (−1 or a class each). Consumes x and y. */
+/** NLL per image in nats per dimension, [B], of images x [B, C, H, W] with labels y int32 [B] (−1 or a class each; a text encoder's model: caption ids [B, L]). Consumes x and y. */
 export function nllOf(model: Model, x: Arr, y: Arr, text?: Arr): Arr {
-  checkText(model, x.shape[0]!, text);
+  checkText(model, x.shape[0]!, text, y.shape);
   return text ? nllFn(model, true)(keep(model.params), x, y, text) : nllFn(model, false)(keep(model.params), x, y);
 }
 
@@ -95,14 +106,16 @@ export type BpdResult = { mean: number; finiteMean: number; nonFinite: number[];
 
 /**
  * Bits/dim of the first `n` images of a dataset, uniformly dequantised with a fixed seed (as the
- * reference evaluates likelihood). Class models are evaluated as p(x | true label).
+ * reference evaluates likelihood). Class models are evaluated as p(x | true label), models with a
+ * text encoder as p(x | the image's fixed caption) (`captions`).
  */
 export async function evaluateBpd(
   model: Model,
   ds: ImageDataset,
   n: number,
-  opts: { batchSize?: number; seed?: number; onBatch?: (done: number, total: number) => void } = {},
+  opts: { batchSize?: number; seed?: number; onBatch?: (done: number, total: number) => void; captions?: CaptionSource } = {},
 ): Promise<BpdResult> {
+  if (model.family.textEncoder?.(model.cfg) && !opts.captions) throw new LikelihoodError('this model reads captions: evaluate it on captioned images (mnist or fashion-mnist)');
   const total = Math.min(n, ds.n);
   const bs = Math.min(opts.batchSize ?? 200, total);
   const rng = new Rng(opts.seed ?? 1234);
@@ -112,7 +125,9 @@ export async function evaluateBpd(
     const idx = Array.from({ length: bs }, (_, i) => Math.min(start + i, total - 1));
     const batch = makeBatch(ds, idx);
     const x = uniformDequantize(batch.x, rng);
-    const nll = await toF32(nllOf(model, fromF32(x, [bs, ds.channels, ds.height, ds.width]), fromI32(batch.y, [bs])));
+    // p(x | its label), or p(x | its caption) for a model with its own text encoder.
+    const y = opts.captions ? fromI32(opts.captions.ids(idx, null), [bs, opts.captions.maxTokens]) : fromI32(batch.y, [bs]);
+    const nll = await toF32(nllOf(model, fromF32(x, [bs, ds.channels, ds.height, ds.width]), y));
     for (let i = 0; i < bs && start + i < total; i++) out[start + i] = bitsPerDim(nll[i]!);
     opts.onBatch?.(Math.min(start + bs, total), total);
   }

@@ -96,7 +96,7 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
     try {
       const r = await sampleModel(model, noiseArray(model, z, idx.length), labels, { plans, guidance: o.guidance ?? NO_GUIDANCE, onStep: progress, text });
       stats.push(r.stats);
-      const x: Arr = o.denoise ? denoise(model, r.images, labels, o.denoise.sigma, o.denoise.lrScale) : r.images;
+      const x: Arr = o.denoise ? denoise(model, r.images, labels, o.denoise.sigma, o.denoise.lrScale, text?.states) : r.images;
       return await toF32(x);
     } finally {
       text?.states.dispose();

@@ -7,7 +7,7 @@ import { np, keep, release, toNumber, type Arr, type Params } from '../engine/in
 import { ADAMW_DEFAULTS, adamScalars, cosineLr, emaDecayAt } from '../nn/optim.js';
 import type { ApplyStep, TrainState, UpdateConfig } from './step.js';
 
-/** Host data of one batch: images, labels and the loss's own standard-normal draws (if any). */
+/** Host data of one batch: images, labels (or token ids [B, L], row-major) and the loss's own standard-normal draws (if any). */
 export type LoopBatch = { x: Float32Array; xShape: number[]; y: Int32Array; eps?: { data: Float32Array; shape: number[] } };
 
 export type Schedule = UpdateConfig & {

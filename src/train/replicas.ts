@@ -104,20 +104,21 @@ export class Replicas {
 
   /**
    * The mean loss and its gradient over a batch of `n` images (`x` is [n, C, H, W], n divisible by
-   * the replica count), with the loss's noise draws `eps` (leading axis: the batch) when the
+   * the replica count; `y` labels [n] or token ids [n, L]), with the loss's noise draws `eps` (leading axis: the batch) when the
    * family takes some. Does not consume `params`.
    */
   async gradients(params: Params, x: Float32Array, xShape: number[], y: Int32Array, eps?: { data: Float32Array; shape: number[] }): Promise<{ loss: Arr; grads: Params }> {
     const n = xShape[0]!;
-    if (this.#local) return this.#local(keep(params), fromF32(x, xShape), fromI32(y, [n]), eps && fromF32(eps.data, eps.shape));
+    if (this.#local) return this.#local(keep(params), fromF32(x, xShape), conditionArray(y, n), eps && fromF32(eps.data, eps.shape));
     if (n % this.count !== 0) throw new ReplicaError(`a batch of ${n} does not split evenly over ${this.count} workers`);
     const part = n / this.count;
     const per = x.length / n;
     const epsPer = eps ? eps.data.length / n : 0;
+    const yPer = y.length / n;
     const slice = (i: number) => ({
       x: x.slice(i * part * per, (i + 1) * part * per),
       xShape: [part, ...xShape.slice(1)],
-      y: y.slice(i * part, (i + 1) * part),
+      y: y.slice(i * part * yPer, (i + 1) * part * yPer),
       ...(eps ? { eps: { data: eps.data.slice(i * part * epsPer, (i + 1) * part * epsPer), shape: [part, ...eps.shape.slice(1)] } } : {}),
     });
 
@@ -138,6 +139,11 @@ export class Replicas {
     this.#local?.dispose();
     await Promise.all(this.#workers.map((w) => w.close()));
   }
+}
+
+/** A batch's conditioning on the device: labels [n], or (a text encoder's) token ids [n, L], told apart by length. */
+export function conditionArray(y: Int32Array, n: number): Arr {
+  return fromI32(y, y.length === n ? [n] : [n, y.length / n]);
 }
 
 /** Parameters on the device from one buffer in `names` order. */

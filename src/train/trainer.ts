@@ -27,6 +27,10 @@ import { makeDirs } from '../io/files.js';
 import { generate, classRows } from '../sampling/pipeline.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { evaluateBpd } from '../eval/likelihood.js';
+import { promptText } from '../sampling/prompts.js';
+import { captionSource, CAPTION_VOCABULARIES, type CaptionSource } from '../data/captions.js';
+import type { TokenizerConfig } from '../data/tokenizer.js';
+import type { ImageDataset } from '../data/dataset.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 
 export type TrainEvent =
@@ -82,14 +86,32 @@ export const CHECKPOINT_DIR = 'checkpoint';
 const FIT_SKIP = 10;
 const FIT_STEPS = 30;
 
-/** A grid of samples: one row per class (class models) or 64 unconditional samples, sequential solver, denoised for noise-trained models. */
-export async function sampleGrid(model: Model, file: string, seed: number): Promise<void> {
+/**
+ * A grid of samples: one row per class (class models) or per prompt (models with a text encoder),
+ * or 64 unconditional samples; sequential solver, denoised for noise-trained models.
+ */
+export async function sampleGrid(model: Model, file: string, seed: number, prompts?: string[]): Promise<void> {
   const { cfg } = model;
-  const n = cfg.numClasses > 0 ? 10 * Math.min(cfg.numClasses, 10) : 64;
-  const { labels, perRow } = classRows(n, cfg.numClasses);
+  const rows = prompts ? prompts.length : Math.min(cfg.numClasses, 10);
+  const n = rows > 0 ? 10 * rows : 64;
+  const { labels, perRow } = classRows(n, prompts ? prompts.length : cfg.numClasses);
   const denoise = denoisesByDefault(model) ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
-  const r = await generate(model, { n, labels, guidance: NO_GUIDANCE, seed, denoise });
+  const text = prompts && (await promptText(model, labels!.map((row) => prompts[row]!)));
+  const r = await generate(model, { n, ...(text ? { text: { states: text.states } } : { labels }), guidance: NO_GUIDANCE, seed, denoise });
   await writePngGrid(file, r.images, r.shape, { nrow: perRow });
+}
+
+/** The dataset kind of a data spec ("mnist:train" → "mnist"; an image folder: its path). */
+function datasetKind(spec: string): string {
+  return spec.includes(':') ? spec.slice(0, spec.indexOf(':')) : spec;
+}
+
+function captionsFor(spec: string, ds: ImageDataset, tokenizer: TokenizerConfig, seed: number): CaptionSource {
+  try {
+    return captionSource(ds, datasetKind(spec), tokenizer, seed);
+  } catch (e) {
+    throw new TrainingError(`the model reads captions, made for mnist and fashion-mnist images: ${spec}: ${(e as Error).message}`);
+  }
 }
 
 function prefixed(prefix: string, t: FlatTensors): FlatTensors {
@@ -230,6 +252,11 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   if (m.numClasses > 0 && trainData.numClasses > m.numClasses) {
     throw new TrainingError(`the data has ${trainData.numClasses} classes but model.numClasses is ${m.numClasses}`);
   }
+  // A model with its own text encoder trains on captions of the images (data/captions.ts).
+  const tokenizer = family.textEncoder?.(m)?.tokenizer ?? null;
+  const trainCaptions = tokenizer && captionsFor(cfg.data.train, trainData, tokenizer, cfg.seed);
+  const testCaptions = tokenizer && testData ? captionsFor(cfg.data.test, testData, tokenizer, cfg.seed) : null;
+  const gridPrompts = tokenizer ? CAPTION_VOCABULARIES[datasetKind(cfg.data.train)]!.names.slice(0, Math.min(trainData.numClasses, 10)).map((names) => names[0]!) : undefined;
   const sampler = new BatchSampler(trainData.n, cfg.batchSize, cfg.seed);
   const applyStep = makeApplyStep(cfg);
   const replicas = await Replicas.start(m, state.params, workers, currentDevice());
@@ -261,9 +288,10 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
       // Everything random at a step is derived from (seed, step).
       batch(s) {
         const rng = new Rng(cfg.seed).fork(s + 1);
-        const batch = makeBatch(trainData, sampler.batchIndices(s), { flip: cfg.data.flip, rng });
+        const indices = sampler.batchIndices(s);
+        const batch = makeBatch(trainData, indices, { flip: cfg.data.flip, rng });
         const x = cfg.noise === 'uniform' ? uniformDequantize(batch.x, rng) : addGaussianNoise(batch.x, m.noiseStd, rng);
-        const y = dropLabels(batch.y, cfg.labelDrop, rng);
+        const y = trainCaptions ? trainCaptions.ids([...indices], rng.fork(7), cfg.labelDrop) : dropLabels(batch.y, cfg.labelDrop, rng);
         const epsShape = family.lossNoiseShape?.(m, cfg.batchSize);
         const eps = epsShape && { data: Float32Array.from({ length: epsShape.reduce((a, b) => a * b, 1) }, () => rng.normal()), shape: epsShape };
         return { x, xShape: [cfg.batchSize, channels, height, width], y, eps };
@@ -305,7 +333,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
           await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
         }
         if (testData && step % cfg.evalEvery === 0) {
-          const r = await evaluateBpd(modelOf(state.ema), testData, cfg.evalImages);
+          const r = await evaluateBpd(modelOf(state.ema), testData, cfg.evalImages, testCaptions ? { captions: testCaptions } : {});
           const images = r.perImage.length;
           evaluation = { testBpd: { data: cfg.data.test, bitsPerDim: r.finiteMean, images: images - r.nonFinite.length, of: images, step, weights: cfg.emaDecay > 0 ? 'EMA' : 'raw' } };
           emit({ type: 'eval', step, bpd: r.mean, images });
@@ -313,7 +341,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
         }
         if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
           const file = path.join(opts.outDir, 'samples', `step-${String(step).padStart(6, '0')}.png`);
-          await sampleGrid(modelOf(state.ema), file, cfg.seed);
+          await sampleGrid(modelOf(state.ema), file, cfg.seed, gridPrompts);
           emit({ type: 'samples', step, path: file });
         }
         if (step % cfg.checkpointEvery === 0) {
