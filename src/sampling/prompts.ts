@@ -30,7 +30,7 @@ export async function promptText(model: Model, prompts: string[]): Promise<Promp
     const shown = p.length > 60 ? `${p.slice(0, 57)}...` : p;
     if (e.length === 0) throw new PromptError(`prompt "${shown}": none of its words is in the model's vocabulary (${tok.vocab.length} words, e.g. ${tok.vocab.slice(0, 8).join(', ')})`);
     if (e.unknown.length) warnings.push(`prompt "${shown}": left out ${e.unknown.length === 1 ? 'a word' : 'words'} the model does not know: ${e.unknown.join(', ')}`);
-    if (e.truncated) warnings.push(`prompt "${shown}": the model reads ${L} words; the last ${e.truncated} were left out`);
+    if (e.truncated) warnings.push(`prompt "${shown}": the model reads ${L} words; the last ${e.truncated === 1 ? 'word was' : `${e.truncated} were`} left out`);
     ids.set(e.ids, i * L);
   });
   const states = await toF32(enc.encode(model.params, fromI32(ids, [unique.length + 1, L])));

@@ -42,6 +42,7 @@ const TRAIN = { model: { ...MODEL, imgSize: 28, patchSize: 7, numClasses: 10, no
 let dir = '';
 let classModel = '';
 let uncondModel = '';
+let textModel = '';
 
 async function writeModelDir(name: string, raw: object): Promise<string> {
   const cfg = parseModelConfig(raw);
@@ -56,6 +57,7 @@ before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'starflow-cli-'));
   classModel = await writeModelDir('class10', { ...MODEL, numClasses: 10 });
   uncondModel = await writeModelDir('uncond', MODEL);
+  textModel = await writeModelDir('text', { ...MODEL, textTokens: 6, textDim: 16, textEncoder: { vocab: 'captions:mnist', layers: 1, heads: 2 } });
 });
 after(() => rm(dir, { recursive: true, force: true }));
 
@@ -94,6 +96,24 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
     await writeFile(f, JSON.stringify(TRAIN));
     await expectError(['train', '--config', f, '--out', path.join(dir, 'workers-run'), '--workers', '3'], /batchSize 8 does not split evenly over 3 workers/);
     await expectError(['train', '--config', f, '--workers', '0'], /--workers must be an integer ≥ 1, got '0'/, { code: 2 });
+  });
+
+  test('sample: prompts that are empty, in characters the tokenizer lacks, all unknown words, or for a model without text', async () => {
+    await expectError(['sample', '--model', textModel, '--n', '1', '--prompt', ''], /an empty prompt/);
+    await expectError(['sample', '--model', textModel, '--n', '1', '--prompt', 'un sept élégant'], /characters the tokenizer does not know: "é" \(U\+00E9\)/);
+    await expectError(['sample', '--model', textModel, '--n', '1', '--prompt', 'purple cat'], /none of its words is in the model's vocabulary/);
+    await expectError(['sample', '--model', textModel, '--n', '1'], /this model draws what a prompt says: give --prompt TEXT or --prompts FILE/, { code: 2 });
+    await expectError(['sample', '--model', textModel, '--n', '1', '--prompts', path.join(dir, 'no-prompts.txt')], /--prompts: cannot read .*no-prompts\.txt \(ENOENT\)/, { code: 2 });
+    await expectError(['sample', '--model', classModel, '--n', '1', '--prompt', 'a seven'], /this model is not text-conditioned: it takes no prompt/);
+  });
+
+  test('sample: a prompt with unknown or too many words samples, with a warning for each', async () => {
+    const out = path.join(dir, 'prompted.png');
+    const r = await starflow(['sample', '--model', textModel, '--n', '2', '--prompt', 'a purple thick slanted seven with bold strokes', '--out', out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /warning: prompt "a purple thick slanted seven with bold strokes": left out a word the model does not know: purple/);
+    assert.match(r.stderr, /the model reads 6 words; the last word was left out/);
+    assert.ok((await readFile(out)).length > 0);
   });
 
   test('sample: missing model directory', async () => {
