@@ -8,6 +8,7 @@ import { SOLVERS, type SolverName } from '../sampling/plan.js';
 import { FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, type FeatureNetConfig } from '../eval/features.js';
 import { trainFeatureExtractor } from '../train/classifier.js';
 import { evaluateModel, summaryTable, EvalError, type EvalOptions } from '../eval/report.js';
+import { evaluatePromptFile } from '../eval/prompts.js';
 import { Progress } from './progress.js';
 import { parse, intOpt, numOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, denoiseFlag, MODEL_DEFAULT } from './common.js';
 
@@ -100,6 +101,13 @@ export const EVAL_HELP = `starflow eval: sample-quality metrics of a model, with
 
 Usage:
   starflow eval --model DIR --n 500 [--cfg 0,1,2,3] [--solver sequential] --out DIR
+  starflow eval --model DIR --prompts FILE.jsonl [--n 20] [--cfg 2] --out DIR
+
+Prompts (models with a text encoder): each line of FILE.jsonl is {"prompt": "a thick seven",
+"digit": 7, "thickness": "thick" | "thin" | null}; --n samples per prompt (default 20) at the first
+--cfg weight. metrics.json gets promptAccuracy (the classifier finds the prompt's digit) and
+thicknessAgreement (thick prompts' samples hold more ink than the thin ones' of the same digit,
+over every such pair); samples.png shows a row per prompt.
 
   --model DIR          model directory (${MODEL_DEFAULT})
   --n N                samples per guidance weight, and images in each reference point (default 500)
@@ -134,6 +142,33 @@ classifier's penultimate features:
 A model directory inside a training run (log.jsonl one level up) also gets loss and bits/dim curves.
 ${ENGINE_HELP}`;
 
+/** `starflow eval --prompts FILE.jsonl`: argument parsing, evaluatePromptFile, messages. */
+async function promptsEval(o: ReturnType<typeof parse>): Promise<void> {
+  const weights = o.cfg === undefined ? [0] : numList(strOpt(o.cfg, 'cfg')!, 'cfg');
+  const rule = strOpt(o['guidance-rule'], 'guidance-rule');
+  if (rule !== undefined && rule !== 'tarflow' && rule !== 'starflow') throw new UsageError(`--guidance-rule must be tarflow or starflow, got '${rule}'`);
+  const featuresDir = strOpt(o.features, 'features') ?? SHIPPED_FEATURES;
+  if (!existsSync(featuresDir)) throw new UsageError(`no feature extractor at ${featuresDir}: pass --features DIR`);
+  await startEngineFromOptions(o);
+  const bar = new Progress('sample prompts', 100);
+  const { report, metricsFile, gridFile } = await evaluatePromptFile({
+    modelDir: modelDir(o),
+    promptsFile: strOpt(o.prompts, 'prompts')!,
+    featuresDir,
+    outDir: strOpt(o.out, 'out') ?? 'eval-out',
+    perPrompt: intOpt(o.n, 'n', 1, 20),
+    seed: intOpt(o.seed, 'seed', 0, 0),
+    guidance: { weight: weights[0]!, rule, annealed: false, attnTemp: numOpt(o['attn-temp'], 'attn-temp', 1, (x) => x > 0, 'a number > 0') },
+    denoise: denoiseFlag(o),
+    onProgress: (done, total) => bar.update(Math.round((100 * done) / total), '%'),
+  });
+  for (const w of report.warnings) console.error(`warning: ${w}`);
+  const pct = (x: number | null) => (x === null ? 'n/a (no digit with both a thick and a thin prompt)' : `${(100 * x).toFixed(1)}%`);
+  console.log(`prompt accuracy ${pct(report.promptAccuracy)} over ${report.cases.length} prompts × ${report.perPrompt} samples (cfg ${report.guidance})`);
+  console.log(`thickness agreement ${pct(report.thicknessAgreement)} over ${report.thicknessPairs} thick/thin pairs`);
+  console.log(`wrote ${metricsFile} and ${gridFile}`);
+}
+
 function numList(v: string, name: string): number[] {
   const xs = v.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
   if (xs.length === 0 || xs.some((x) => !Number.isFinite(x) || x < 0)) throw new UsageError(`--${name} must be a comma-separated list of numbers ≥ 0, got '${v}'`);
@@ -158,8 +193,10 @@ export async function evalCommand(argv: string[]): Promise<void> {
     denoise: { type: 'boolean' },
     'no-denoise': { type: 'boolean' },
     out: { type: 'string' },
+    prompts: { type: 'string' },
   });
   if (o.help) return void console.log(EVAL_HELP);
+  if (o.prompts !== undefined) return promptsEval(o);
   if (o.n !== undefined && Number(o.n) === 0) throw new UsageError('--n 0: there are no samples to evaluate (use --n 4 or more; 500 is a sensible minimum)');
   const n = intOpt(o.n, 'n', 4, 500);
   const weights = o.cfg === undefined ? [0] : numList(strOpt(o.cfg, 'cfg')!, 'cfg');
