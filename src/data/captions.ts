@@ -6,7 +6,7 @@
 // pure function of the images, the labels and a seed.
 import { Rng } from '../engine/rng.js';
 import type { ImageDataset } from './dataset.js';
-import { WordTokenizer, type TokenizerConfig } from './tokenizer.js';
+import { WordTokenizer, type TokenizerConfig } from '../nn/tokenizer.js';
 
 export type Thickness = 'thick' | 'thin';
 export type Slant = 'right' | 'left' | 'upright';

@@ -31,8 +31,7 @@ import {
 } from '../nn/attention.js';
 import { shapesOf } from '../nn/params.js';
 import { checkTextEncoderShape, encodeText, initTextEncoder, type TextEncoder, type TextEncoderShape } from '../nn/text-encoder.js';
-import { checkTokenizerConfig } from '../data/tokenizer.js';
-import { CAPTION_VOCABULARIES, captionWords } from '../data/captions.js';
+import { checkTokenizerConfig } from '../nn/tokenizer.js';
 import { asObject, boolField, ConfigError, intField, numberField, withDefaults } from './config.js';
 import { HALF_LOG_2PI, type AutoregressiveSampler, type BlockInverse, type FlowSteps, type Guidance, type GuidanceRule, type ModelFamily } from './model.js';
 
@@ -40,6 +39,7 @@ import { HALF_LOG_2PI, type AutoregressiveSampler, type BlockInverse, type FlowS
 
 export type NormKind = 'layer' | 'rms' | 'none';
 
+/** `vocab`: the words (a training config may name them as "captions:KIND": train/config.ts). */
 export type TextEncoderConfig = { vocab: string[]; layers: number; heads: number };
 
 export type FlowConfig = {
@@ -198,13 +198,7 @@ function parseTextEncoder(raw: unknown, cfg: FlowConfig, fail: (msg: string) => 
   const extra = Object.keys(rest);
   if (extra.length) fail(`'textEncoder': unknown field${extra.length > 1 ? 's' : ''} ${extra.map((k) => `'${k}'`).join(', ')} (expected vocab, layers, heads)`);
   if (cfg.textTokens === 0) fail("'textEncoder' needs 'textTokens' (the words per text) and 'textDim' (the encoder's width)");
-  // "captions:KIND": every word of the captions made for that dataset (data/captions.ts).
-  if (typeof vocab === 'string' && vocab.startsWith('captions:')) {
-    const kind = vocab.slice('captions:'.length);
-    const v = CAPTION_VOCABULARIES[kind];
-    if (!v) fail(`'textEncoder': 'vocab' "${vocab}" names no caption vocabulary (expected ${Object.keys(CAPTION_VOCABULARIES).map((k) => `"captions:${k}"`).join(', ')} or a list of words)`);
-    return parseTextEncoder({ vocab: captionWords(v!), layers, heads }, cfg, fail);
-  }
+  if (typeof vocab === 'string') fail(`'textEncoder': 'vocab' must be a list of words ("${vocab.slice(0, 40)}" names a vocabulary only in a training config, which resolves "captions:KIND")`);
   try {
     checkTokenizerConfig({ vocab, maxTokens: cfg.textTokens }, "'textEncoder'");
   } catch (e) {

@@ -2,7 +2,7 @@
 // rectified flow) implements, and all that the trainer, the samplers, evaluation, checkpoint I/O
 // and the CLI know about a model. A family is one file plus a `registerFamily` call; `config.json`'s
 // `model` field names it (registry.ts).
-import type { TokenizerConfig } from '../data/tokenizer.js';
+import type { TokenizerConfig } from '../nn/tokenizer.js';
 import type { Arr, Params } from '../engine/index.js';
 
 /** Fields every family's config has: the images it models and how it was conditioned. */

@@ -4,7 +4,7 @@
 // vocabulary and words past the model's text length are left out with a warning; a prompt with no
 // word the model knows, or with characters the tokenizer lacks, is refused.
 import { fromI32, toF32 } from '../engine/index.js';
-import { PromptError, WordTokenizer, wordsOf } from '../data/tokenizer.js';
+import { PromptError, WordTokenizer, wordsOf } from '../nn/tokenizer.js';
 import type { Model } from '../models/model.js';
 
 export type PromptText = { states: Float32Array; negative: Float32Array; warnings: string[] };

@@ -1,6 +1,7 @@
 // Training configuration: JSON or YAML, validated once here; every error names the field.
 import { ConfigError } from '../models/config.js';
 import { parseModelConfig } from '../models/registry.js';
+import { CAPTION_VOCABULARIES, captionWords } from '../data/captions.js';
 import type { ModelConfig } from '../models/model.js';
 
 export type NoiseType = 'gaussian' | 'uniform';
@@ -69,6 +70,19 @@ function num(o: Record<string, unknown>, k: string, where: string, check: (v: nu
 
 const isInt = (min: number) => (v: number) => Number.isInteger(v) && v >= min;
 
+/**
+ * A model config whose text encoder names its vocabulary as "captions:KIND" gets the list of every
+ * word of that dataset's captions (data/captions.ts); the checkpoint then stores the list.
+ */
+function withCaptionVocabulary(model: unknown, where: string): unknown {
+  const enc = (model as { textEncoder?: { vocab?: unknown } } | null)?.textEncoder;
+  const vocab = enc?.vocab;
+  if (typeof vocab !== 'string' || !vocab.startsWith('captions:')) return model;
+  const v = CAPTION_VOCABULARIES[vocab.slice('captions:'.length)];
+  if (!v) throw new ConfigError(`${where}: 'textEncoder': 'vocab' "${vocab}" names no caption vocabulary (expected ${Object.keys(CAPTION_VOCABULARIES).map((k) => `"captions:${k}"`).join(', ')} or a list of words)`);
+  return { ...(model as object), textEncoder: { ...enc, vocab: captionWords(v) } };
+}
+
 export function parseTrainConfig(raw: unknown, where = 'training config'): TrainConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigError(`${where}: expected an object with 'model' and training fields`);
@@ -78,7 +92,7 @@ export function parseTrainConfig(raw: unknown, where = 'training config'): Train
     if (k !== 'model' && !(k in TRAIN_DEFAULTS)) throw new ConfigError(`${where}: unknown field '${k}'`);
   }
   if (o.model === undefined) throw new ConfigError(`${where}: 'model' is missing`);
-  const model = parseModelConfig(o.model, `${where}: model`);
+  const model = parseModelConfig(withCaptionVocabulary(o.model, `${where}: model`), `${where}: model`);
   const d = o.data as Record<string, unknown>;
   if (typeof d !== 'object' || d === null) throw new ConfigError(`${where}: 'data' must be an object`);
   const data = { ...TRAIN_DEFAULTS.data, ...d };

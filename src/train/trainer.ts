@@ -29,7 +29,7 @@ import { denoisesByDefault } from '../sampling/denoise.js';
 import { evaluateBpd } from '../eval/likelihood.js';
 import { promptText } from '../sampling/prompts.js';
 import { captionSource, CAPTION_VOCABULARIES, type CaptionSource } from '../data/captions.js';
-import type { TokenizerConfig } from '../data/tokenizer.js';
+import type { TokenizerConfig } from '../nn/tokenizer.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { parseTrainConfig, type TrainConfig } from './config.js';
 

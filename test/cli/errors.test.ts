@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import '../setup.js';
+import { captionWords, MNIST_VOCABULARY } from '../../src/data/captions.js';
 import { starflow } from '../cli.js';
 import { release } from '../../src/engine/index.js';
 import { initFlow, tarflow } from '../../src/models/flow.js';
@@ -57,7 +58,7 @@ before(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'starflow-cli-'));
   classModel = await writeModelDir('class10', { ...MODEL, numClasses: 10 });
   uncondModel = await writeModelDir('uncond', MODEL);
-  textModel = await writeModelDir('text', { ...MODEL, textTokens: 6, textDim: 16, textEncoder: { vocab: 'captions:mnist', layers: 1, heads: 2 } });
+  textModel = await writeModelDir('text', { ...MODEL, textTokens: 6, textDim: 16, textEncoder: { vocab: captionWords(MNIST_VOCABULARY), layers: 1, heads: 2 } });
 });
 after(() => rm(dir, { recursive: true, force: true }));
 

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { attributesOf, captionsOf, caption, captionWords, measureInk, MNIST_VOCABULARY, FASHION_VOCABULARY, SLANTED_ABOVE } from '../../src/data/captions.js';
-import { wordsOf } from '../../src/data/tokenizer.js';
+import { wordsOf } from '../../src/nn/tokenizer.js';
 import { loadMnist } from '../../src/data/mnist.js';
 import { Rng } from '../../src/engine/rng.js';
 

@@ -7,6 +7,7 @@ import { mkdtemp, readFile, rm, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import '../setup.js';
+import { captionWords, MNIST_VOCABULARY } from '../../src/data/captions.js';
 import { parsePromptCases, scorePromptSamples, evaluatePromptFile, PromptFileError, type PromptCase } from '../../src/eval/prompts.js';
 import { SHIPPED_FEATURES } from '../../src/eval/features.js';
 import { parseFlowConfig, tarflow } from '../../src/models/flow.js';
@@ -58,7 +59,7 @@ test('scores: accuracy per prompt, and thick prompts against thin ones of the sa
 test('evaluatePromptFile writes metrics.json and a grid for a text model', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'starflow-prompts-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  const cfg = parseFlowConfig({ model: 'tarflow', inChannels: 1, imgSize: 28, patchSize: 7, width: 16, headDim: 8, numBlocks: 2, layersPerBlock: 1, textTokens: 8, textDim: 16, textEncoder: { vocab: 'captions:mnist', layers: 1, heads: 2 } });
+  const cfg = parseFlowConfig({ model: 'tarflow', inChannels: 1, imgSize: 28, patchSize: 7, width: 16, headDim: 8, numBlocks: 2, layersPerBlock: 1, textTokens: 8, textDim: 16, textEncoder: { vocab: captionWords(MNIST_VOCABULARY), layers: 1, heads: 2 } });
   await saveModel(path.join(dir, 'model'), { family: tarflow, cfg, params: tarflow.init(cfg, 0) });
   const file = path.join(dir, 'prompts.jsonl');
   await writeFile(file, ['{"prompt": "a thick seven", "digit": 7, "thickness": "thick"}', '{"prompt": "a skinny 7", "digit": 7, "thickness": "thin"}', '{"prompt": "zero, purple", "digit": 0}'].join('\n'));

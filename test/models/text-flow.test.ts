@@ -12,13 +12,14 @@ import '../setup.js';
 import * as E from '../../src/engine/index.js';
 import { parseFlowConfig, tarflow, type FlowParams, type FlowConfig } from '../../src/models/flow.js';
 import { captionWords, MNIST_VOCABULARY } from '../../src/data/captions.js';
-import { WordTokenizer } from '../../src/data/tokenizer.js';
+import { WordTokenizer } from '../../src/nn/tokenizer.js';
 import { promptText } from '../../src/sampling/prompts.js';
 import { generate } from '../../src/sampling/pipeline.js';
 import { loadModel, saveModel } from '../../src/io/model.js';
+import { parseTrainConfig } from '../../src/train/config.js';
 import type { Model } from '../../src/models/model.js';
 
-const RAW = { model: 'tarflow', inChannels: 1, imgSize: 8, patchSize: 4, width: 32, headDim: 16, numBlocks: 2, layersPerBlock: 1, textTokens: 6, textDim: 16, textEncoder: { vocab: 'captions:mnist', layers: 1, heads: 2 } };
+const RAW = { model: 'tarflow', inChannels: 1, imgSize: 8, patchSize: 4, width: 32, headDim: 16, numBlocks: 2, layersPerBlock: 1, textTokens: 6, textDim: 16, textEncoder: { vocab: captionWords(MNIST_VOCABULARY), layers: 1, heads: 2 } };
 const cfg = parseFlowConfig(RAW);
 const model: Model<FlowConfig, FlowParams> = { family: tarflow, cfg, params: tarflow.init(cfg, 0) };
 // Output projections start at zero (the untrained flow ignores its inputs); randomised, the text
@@ -32,11 +33,12 @@ const rng = new E.Rng(2);
 const x = () => E.normalArray(rng.fork(1), [2, 1, 8, 8], 0.5);
 const ids = (texts: string[]) => E.fromI32(Int32Array.from(texts.flatMap((t) => [...tok.encode(t).ids])), [texts.length, cfg.textTokens]);
 
-test('the config resolves "captions:mnist" to the captions\' words and refuses a malformed text encoder', () => {
-  assert.deepEqual(cfg.textEncoder!.vocab, captionWords(MNIST_VOCABULARY));
+test('a training config resolves "captions:mnist" to the captions\' words; a malformed text encoder is refused', () => {
+  assert.deepEqual(parseTrainConfig({ model: { ...RAW, textEncoder: { ...RAW.textEncoder, vocab: 'captions:mnist' } }, noise: 'uniform' }).model, cfg);
+  assert.throws(() => parseTrainConfig({ model: { ...RAW, textEncoder: { ...RAW.textEncoder, vocab: 'captions:cifar' } }, noise: 'uniform' }), /"captions:cifar" names no caption vocabulary/);
   assert.equal(parseFlowConfig({ ...RAW, textEncoder: { ...RAW.textEncoder, vocab: ['a', 'seven'] } }).textEncoder!.vocab.length, 2);
   const bad: [unknown, RegExp][] = [
-    [{ ...RAW, textEncoder: { ...RAW.textEncoder, vocab: 'captions:cifar' } }, /"captions:cifar" names no caption vocabulary/],
+    [{ ...RAW, textEncoder: { ...RAW.textEncoder, vocab: 'captions:mnist' } }, /'vocab' must be a list of words \("captions:mnist" names a vocabulary only in a training config/],
     [{ ...RAW, textTokens: 0, textDim: 0 }, /'textEncoder' needs 'textTokens'/],
     [{ ...RAW, textEncoder: { ...RAW.textEncoder, heads: 3 } }, /'textEncoder': 'width' \(16\) must be a multiple of 'heads' \(3\)/],
     [{ ...RAW, textEncoder: { ...RAW.textEncoder, depth: 2 } }, /unknown field 'depth'/],

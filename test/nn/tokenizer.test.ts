@@ -3,7 +3,7 @@
 // with one clear message.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { WordTokenizer, checkTokenizerConfig, wordsOf, PromptError } from '../../src/data/tokenizer.js';
+import { WordTokenizer, checkTokenizerConfig, wordsOf, PromptError } from '../../src/nn/tokenizer.js';
 import { captionsOf, MNIST_VOCABULARY } from '../../src/data/captions.js';
 
 const attrs = Array.from({ length: 300 }, (_, i) => ({ label: i % 10, thickness: (['thick', 'thin', null] as const)[i % 3]!, slant: (['right', 'left', 'upright', null] as const)[i % 4]!, size: (['large', 'small', null] as const)[i % 5 % 3]! }));
