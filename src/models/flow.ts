@@ -733,7 +733,8 @@ const samplers = new Map<string, AutoregressiveSampler<FlowParams>>();
 function describeFlow(cfg: FlowConfig): string {
   const layers = new Set(cfg.layersPerBlock).size === 1 ? `${cfg.numBlocks} blocks × ${cfg.layersPerBlock[0]} layers` : `blocks of ${cfg.layersPerBlock.join(', ')} layers`;
   const deep = cfg.deepWidth !== cfg.width ? ` (deep block ${cfg.deepWidth})` : '';
-  const cond = cfg.textDim > 0 ? `text (${cfg.textTokens} × ${cfg.textDim})` : `${cfg.numClasses} classes`;
+  const encoder = cfg.textEncoder ? `, its own ${cfg.textEncoder.layers}-layer encoder over ${cfg.textEncoder.vocab.length} words` : '';
+  const cond = cfg.textDim > 0 ? `text (${cfg.textTokens} × ${cfg.textDim}${encoder})` : `${cfg.numClasses} classes`;
   return `${cfg.model === 'starflow' ? 'STARFlow' : 'TARFlow'}: ${layers}, width ${cfg.width}${deep}, ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize} images in ${cfg.patchSize}×${cfg.patchSize} patches, ${cond}`;
 }
 
