@@ -157,6 +157,7 @@ async function promptsEval(o: ReturnType<typeof parse>): Promise<void> {
     featuresDir,
     outDir: strOpt(o.out, 'out') ?? 'eval-out',
     perPrompt: intOpt(o.n, 'n', 1, 20),
+    batchSize: intOpt(o.batch, 'batch', 1, 100),
     seed: intOpt(o.seed, 'seed', 0, 0),
     guidance: { weight: weights[0]!, rule, annealed: false, attnTemp: numOpt(o['attn-temp'], 'attn-temp', 1, (x) => x > 0, 'a number > 0') },
     denoise: denoiseFlag(o),

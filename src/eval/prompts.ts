@@ -17,6 +17,7 @@ import { measureInk } from '../data/captions.js';
 import type { Guidance, Model } from '../models/model.js';
 import { extract, loadFeatureNet, type LoadedFeatureNet } from './features.js';
 import { argmaxRows } from './metrics.js';
+import { shownPath } from './report.js';
 
 export class PromptFileError extends Error {
   override name = 'PromptFileError';
@@ -104,7 +105,7 @@ export async function evaluatePrompts(
   model: Model,
   cases: PromptCase[],
   fx: LoadedFeatureNet,
-  opts: { perPrompt: number; seed: number; guidance: Guidance; denoise?: { sigma: number; lrScale: number }; onProgress?: (done: number, total: number) => void },
+  opts: { perPrompt: number; seed: number; guidance: Guidance; batchSize?: number; denoise?: { sigma: number; lrScale: number }; onProgress?: (done: number, total: number) => void },
 ): Promise<PromptReport> {
   const t0 = performance.now();
   const prompts = cases.flatMap((c) => new Array<string>(opts.perPrompt).fill(c.prompt));
@@ -114,6 +115,8 @@ export async function evaluatePrompts(
     seed: opts.seed,
     guidance: opts.guidance,
     text: { states: text.states, negative: text.negative },
+    // Bounded memory: guided sampling of hundreds at once outgrows wasm's 4 GiB.
+    batchSize: opts.batchSize ?? 100,
     ...(opts.denoise ? { denoise: opts.denoise } : {}),
     onProgress: opts.onProgress,
   });
@@ -136,6 +139,8 @@ export type PromptFileOptions = {
   outDir: string;
   perPrompt: number;
   seed: number;
+  /** Samples per solver batch (default 100). */
+  batchSize?: number;
   /** The rule defaults to the model's. */
   guidance: Omit<Guidance, 'rule'> & { rule?: Guidance['rule'] };
   /** Default: as the model samples (denoised when trained on Gaussian-noised images). */
@@ -161,11 +166,11 @@ export async function evaluatePromptFile(o: PromptFileOptions): Promise<{ report
   const denoise = (o.denoise ?? denoisesByDefault(model)) ? { sigma: model.cfg.noiseStd, lrScale: 1 } : undefined;
   const sampler = model.family.sampler(model.cfg);
   const guidance: Guidance = { ...o.guidance, rule: o.guidance.rule ?? (sampler.kind === 'autoregressive' ? sampler.guidanceRule : 'tarflow') };
-  const report = await evaluatePrompts(model, cases, fx, { perPrompt: o.perPrompt, seed: o.seed, guidance, denoise, onProgress: o.onProgress });
+  const report = await evaluatePrompts(model, cases, fx, { perPrompt: o.perPrompt, seed: o.seed, guidance, batchSize: o.batchSize, denoise, onProgress: o.onProgress });
   const { samples, ...figures } = report;
   const metricsFile = path.join(o.outDir, 'metrics.json');
   const gridFile = path.join(o.outDir, 'samples.png');
-  const metrics = { model: o.modelDir, prompts: o.promptsFile, features: o.featuresDir, seed: o.seed, denoise: Boolean(denoise), guidanceRule: guidance.rule, ...figures };
+  const metrics = { model: shownPath(o.modelDir), prompts: shownPath(o.promptsFile), features: shownPath(o.featuresDir), seed: o.seed, denoise: Boolean(denoise), guidanceRule: guidance.rule, ...figures };
   await writeFileAtomic(metricsFile, JSON.stringify(metrics, null, 2) + '\n');
   const { inChannels: c, imgSize: s } = model.cfg;
   await writePngGrid(gridFile, samples, [samples.length / (c * s * s), c, s, s], { nrow: o.perPrompt });

@@ -200,7 +200,7 @@ type LogRow = { step?: number; loss?: number; bpd?: number; testBpd?: number; sk
  * the run's log.jsonl one level up. Undefined when there is none or it has no training steps.
  */
 /** A path as reports show it: relative to the working directory when inside it (reports get committed), else absolute. */
-function shownPath(p: string): string {
+export function shownPath(p: string): string {
   const r = path.relative(process.cwd(), path.resolve(p));
   return r === '' || r.startsWith('..') || path.isAbsolute(r) ? path.resolve(p) : r;
 }

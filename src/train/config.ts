@@ -1,6 +1,6 @@
 // Training configuration: JSON or YAML, validated once here; every error names the field.
 import { ConfigError } from '../models/config.js';
-import { parseModelConfig } from '../models/registry.js';
+import { familyOf, parseModelConfig } from '../models/registry.js';
 import { CAPTION_VOCABULARIES, captionWords } from '../data/captions.js';
 import type { ModelConfig } from '../models/model.js';
 
@@ -129,7 +129,9 @@ export function parseTrainConfig(raw: unknown, where = 'training config'): Train
     checkpointEvery: num(o, 'checkpointEvery', where, isInt(1), 'an integer ≥ 1'),
     maxBadSteps: num(o, 'maxBadSteps', where, isInt(1), 'an integer ≥ 1'),
   };
-  if (cfg.labelDrop > 0 && model.numClasses === 0) cfg.labelDrop = 0;
+  // Dropping trains the unconditional branch guidance needs: a class model's mean label, a text
+  // model's empty caption. Other models take no condition to drop.
+  if (cfg.labelDrop > 0 && model.numClasses === 0 && !familyOf(model).textEncoder?.(model)) cfg.labelDrop = 0;
   // The model's noiseStd records the Gaussian noise it learned (the σ score denoising undoes).
   if (cfg.noise === 'uniform') cfg.model = { ...model, noiseStd: 0 };
   return cfg;

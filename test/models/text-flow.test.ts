@@ -36,6 +36,9 @@ const ids = (texts: string[]) => E.fromI32(Int32Array.from(texts.flatMap((t) => 
 test('a training config resolves "captions:mnist" to the captions\' words; a malformed text encoder is refused', () => {
   assert.deepEqual(parseTrainConfig({ model: { ...RAW, textEncoder: { ...RAW.textEncoder, vocab: 'captions:mnist' } }, noise: 'uniform' }).model, cfg);
   assert.throws(() => parseTrainConfig({ model: { ...RAW, textEncoder: { ...RAW.textEncoder, vocab: 'captions:cifar' } }, noise: 'uniform' }), /"captions:cifar" names no caption vocabulary/);
+  // Caption dropout (labelDrop) trains the empty caption, guidance's negative: kept for text models.
+  assert.equal(parseTrainConfig({ model: RAW, noise: 'uniform', labelDrop: 0.1 }).labelDrop, 0.1);
+  assert.equal(parseTrainConfig({ model: { ...RAW, textEncoder: null, textTokens: 0, textDim: 0 }, noise: 'uniform', labelDrop: 0.1 }).labelDrop, 0);
   assert.equal(parseFlowConfig({ ...RAW, textEncoder: { ...RAW.textEncoder, vocab: ['a', 'seven'] } }).textEncoder!.vocab.length, 2);
   const bad: [unknown, RegExp][] = [
     [{ ...RAW, textEncoder: { ...RAW.textEncoder, vocab: 'captions:mnist' } }, /'vocab' must be a list of words \("captions:mnist" names a vocabulary only in a training config/],
