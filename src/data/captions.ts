@@ -202,11 +202,16 @@ export type CaptionSource = {
   text(index: number, rng: Rng | null): string;
 };
 
-/** Captions of the images of a dataset of `kind` (a key of CAPTION_VOCABULARIES), tokenized for a model. */
-export function captionSource(ds: ImageDataset, kind: string, tokenizer: TokenizerConfig, seed = 0): CaptionSource {
-  const vocab = CAPTION_VOCABULARIES[kind];
-  if (!vocab) throw new Error(`no captions for '${kind}' images (captions exist for ${Object.keys(CAPTION_VOCABULARIES).join(', ')})`);
-  if (ds.numClasses > vocab.names.length) throw new Error(`${kind} captions name ${vocab.names.length} classes; this dataset has ${ds.numClasses}`);
+export class CaptionError extends Error {
+  override name = 'CaptionError';
+}
+
+/** Captions of a dataset's images (its `captions` vocabulary), tokenized for a model. */
+export function captionSource(ds: ImageDataset, tokenizer: TokenizerConfig, seed = 0): CaptionSource {
+  const kind = ds.captions;
+  const vocab = kind === undefined ? undefined : CAPTION_VOCABULARIES[kind];
+  if (!vocab) throw new CaptionError(`these images have no captions (captions are made for ${Object.keys(CAPTION_VOCABULARIES).join(' and ')} images)`);
+  if (ds.numClasses > vocab.names.length) throw new CaptionError(`${kind} captions name ${vocab.names.length} classes; this dataset has ${ds.numClasses}`);
   const attrs = attributesOf(ds);
   const tok = new WordTokenizer(tokenizer);
   const fixed = new Rng(seed);

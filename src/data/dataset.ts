@@ -10,4 +10,6 @@ export interface ImageDataset {
   width: number;
   numClasses: number;
   classNames?: string[];
+  /** The caption vocabulary of these images (a key of data/captions.ts CAPTION_VOCABULARIES), when they have one. */
+  captions?: string;
 }

@@ -155,7 +155,7 @@ export function loadMnistLike(kind: MnistKind, split: MnistSplit): Promise<Image
         readIdx(dir, `${prefix}-images-idx3-ubyte`, src.name, src.hint),
         readIdx(dir, `${prefix}-labels-idx1-ubyte`, src.name, src.hint),
       ]);
-      return mnistFromIdx(images, labels, `${src.name} ${split}`, src.classNames);
+      return { ...mnistFromIdx(images, labels, `${src.name} ${split}`, src.classNames), captions: kind };
     })();
     // A failed load should not poison later attempts.
     p.catch(() => cache.delete(key));

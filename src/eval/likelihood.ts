@@ -1,7 +1,7 @@
 // Exact likelihood of images under a model with one (flows): per batch of tensors, per host
 // batch (`starflow nll --input`), and over a dataset (`starflow nll`, the trainer's periodic
 // evaluation, the eval report). Bits/dim come from the one formula in models/model.ts.
-import type { CaptionSource } from '../data/captions.js';
+import { captionSource, type CaptionSource } from '../data/captions.js';
 import { cachedJit, keep, fromF32, fromI32, toF32, Rng, type Arr, type Params } from '../engine/index.js';
 import { bitsPerDim, type Model } from '../models/model.js';
 import type { ImageDataset } from '../data/dataset.js';
@@ -107,15 +107,23 @@ export type BpdResult = { mean: number; finiteMean: number; nonFinite: number[];
 /**
  * Bits/dim of the first `n` images of a dataset, uniformly dequantised with a fixed seed (as the
  * reference evaluates likelihood). Class models are evaluated as p(x | true label), models with a
- * text encoder as p(x | the image's fixed caption) (`captions`).
+ * text encoder as p(x | the image's fixed caption, data/captions.ts).
  */
 export async function evaluateBpd(
   model: Model,
   ds: ImageDataset,
   n: number,
-  opts: { batchSize?: number; seed?: number; onBatch?: (done: number, total: number) => void; captions?: CaptionSource } = {},
+  opts: { batchSize?: number; seed?: number; onBatch?: (done: number, total: number) => void } = {},
 ): Promise<BpdResult> {
-  if (model.family.textEncoder?.(model.cfg) && !opts.captions) throw new LikelihoodError('this model reads captions: evaluate it on captioned images (mnist or fashion-mnist)');
+  const tokenizer = model.family.textEncoder?.(model.cfg)?.tokenizer;
+  let captions: CaptionSource | undefined;
+  if (tokenizer) {
+    try {
+      captions = captionSource(ds, tokenizer);
+    } catch (e) {
+      throw new LikelihoodError(`this model reads captions: ${(e as Error).message}`);
+    }
+  }
   const total = Math.min(n, ds.n);
   const bs = Math.min(opts.batchSize ?? 200, total);
   const rng = new Rng(opts.seed ?? 1234);
@@ -126,7 +134,7 @@ export async function evaluateBpd(
     const batch = makeBatch(ds, idx);
     const x = uniformDequantize(batch.x, rng);
     // p(x | its label), or p(x | its caption) for a model with its own text encoder.
-    const y = opts.captions ? fromI32(opts.captions.ids(idx, null), [bs, opts.captions.maxTokens]) : fromI32(batch.y, [bs]);
+    const y = captions ? fromI32(captions.ids(idx, null), [bs, captions.maxTokens]) : fromI32(batch.y, [bs]);
     const nll = await toF32(nllOf(model, fromF32(x, [bs, ds.channels, ds.height, ds.width]), y));
     for (let i = 0; i < bs && start + i < total; i++) out[start + i] = bitsPerDim(nll[i]!);
     opts.onBatch?.(Math.min(start + bs, total), total);

@@ -15,6 +15,7 @@ import { Replicas, conditionArray, flattenParams } from '../../src/train/replica
 import { train, readLog } from '../../src/train/trainer.js';
 import { parseTrainConfig } from '../../src/train/config.js';
 import { loadModel } from '../../src/io/model.js';
+import { evaluateBpd } from '../../src/eval/likelihood.js';
 import { captionSource } from '../../src/data/captions.js';
 import { loadMnist } from '../../src/data/mnist.js';
 
@@ -26,7 +27,7 @@ test('2 workers’ gradients on caption ids equal the whole batch’s', async ()
   const params = mapTree((a) => a.add(normalArray(rng, [...a.shape], 0.05)), initFlow(cfg, 0)) as FlowParams;
   const n = 4;
   const x = new Float32Array(n * 784).map(() => rng.normal() * 0.5);
-  const captions = captionSource(await loadMnist('test'), 'mnist', { vocab: cfg.textEncoder!.vocab, maxTokens: cfg.textTokens });
+  const captions = captionSource(await loadMnist('test'), { vocab: cfg.textEncoder!.vocab, maxTokens: cfg.textTokens });
   const y = captions.ids([0, 1, 2, 3], new Rng(1), 0.25);
   assert.equal(y.length, n * cfg.textTokens);
   const whole = makeGradStep(cfg)(keep(params), fromF32(x, [n, 1, 28, 28]), conditionArray(y, n));
@@ -66,9 +67,16 @@ test('a text model trains on captions: evaluation, a prompt grid and a checkpoin
   const model = await loadModel(path.join(dir, 'checkpoint'));
   assert.deepEqual((model.cfg as FlowConfig).textEncoder, (cfg.model as FlowConfig).textEncoder);
   assert.ok(namedLeaves(model.params).some(([k]) => k === 'text.tokens'));
+  // Bits/dim as `starflow nll` computes them: p(x | each image's fixed caption).
+  const test = await loadMnist('test');
+  const r = await evaluateBpd(model, test, 8);
+  assert.equal(r.nonFinite.length, 0);
+  assert.deepEqual((await evaluateBpd(model, test, 8)).perImage, r.perImage, 'fixed captions: the same figure twice');
+  const { captions: _, ...uncaptioned } = test;
+  await assert.rejects(evaluateBpd(model, uncaptioned, 8), /this model reads captions: these images have no captions/);
 });
 
-test('captions exist for mnist and fashion-mnist only', async () => {
-  const ds = await loadMnist('test');
-  assert.throws(() => captionSource(ds, 'cifar', { vocab: ['a'], maxTokens: 4 }), /no captions for 'cifar' images/);
+test('images without a caption vocabulary have no captions', async () => {
+  const { captions: _, ...uncaptioned } = await loadMnist('test');
+  assert.throws(() => captionSource(uncaptioned, { vocab: ['a'], maxTokens: 4 }), /these images have no captions \(captions are made for mnist and fashion-mnist images\)/);
 });
