@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import '../setup.js';
 import * as E from '../../src/engine/index.js';
-import { parseFlowConfig, tarflow, type FlowParams, type FlowConfig } from '../../src/models/flow.js';
+import { parseFlowConfig, tarflow, starflow, type FlowParams, type FlowConfig } from '../../src/models/flow.js';
 import { captionWords, MNIST_VOCABULARY } from '../../src/data/captions.js';
 import { WordTokenizer } from '../../src/nn/tokenizer.js';
 import { promptText } from '../../src/sampling/prompts.js';
@@ -99,4 +99,14 @@ test('guided samples from prompts, and a checkpoint keeps the vocabulary and the
   assert.deepEqual((back.cfg as FlowConfig).textEncoder, cfg.textEncoder);
   const again = await promptText(back, ['a thick seven']);
   assert.deepEqual(again.states, (await promptText(model, ['a thick seven'])).states);
+});
+
+test('a STARFlow (RoPE with a text axis, only the deep block conditioned) trains and samples with its own encoder', async () => {
+  const sf = parseFlowConfig({ ...RAW, model: 'starflow', width: 48, headDim: 24, layersPerBlock: [1, 2], condTopOnly: true });
+  const m: Model<FlowConfig, FlowParams> = { family: starflow, cfg: sf, params: starflow.init(sf, 0) };
+  const [loss] = E.valueAndGrad((p: FlowParams, xs: E.Arr, ys: E.Arr) => starflow.loss(p, sf, xs, ys))(E.keep(m.params), x(), ids(['a thick seven', '']));
+  assert.ok(Number.isFinite(await E.toNumber(loss)));
+  const text = await promptText(m, ['a thick seven', 'zero']);
+  const r = await generate(m, { n: 2, seed: 0, guidance: { weight: 2, rule: 'starflow', annealed: false, attnTemp: 1 }, text });
+  assert.ok(r.images.every(Number.isFinite));
 });
