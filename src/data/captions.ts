@@ -198,8 +198,6 @@ export type CaptionSource = {
    * caption (all 0) with probability `drop` (needs `rng`).
    */
   ids(indices: number[], rng: Rng | null, drop?: number): Int32Array;
-  /** The caption behind a row of `ids` without dropping (for reports). */
-  text(index: number, rng: Rng | null): string;
 };
 
 export class CaptionError extends Error {
@@ -218,7 +216,6 @@ export function captionSource(ds: ImageDataset, tokenizer: TokenizerConfig, seed
   const text = (index: number, rng: Rng | null) => caption(attrs[index]!, vocab, rng ? rng.fork(index) : fixed.fork(index));
   return {
     maxTokens: tok.maxTokens,
-    text,
     ids(indices, rng, drop = 0) {
       const out = new Int32Array(indices.length * tok.maxTokens);
       indices.forEach((index, row) => {

@@ -29,7 +29,7 @@ type EpilogueLoad = { arg: number; offset: number; rowDims: { after: number; siz
 /** The epilogue as a tree over the product (`acc`), constants and loads. */
 type Epi = { kind: 'acc' } | { kind: 'const'; value: number } | { kind: 'load'; load: number } | { kind: 'neg'; a: Epi } | { kind: 'add' | 'sub' | 'mul'; a: Epi; b: Epi };
 
-export type ProductKernel = { plan: MatmulPlan; layout: 'columns' | 'dots'; epilogue: Epi; loads: EpilogueLoad[]; nargs: number; rows: number };
+export type ProductKernel = { plan: MatmulPlan; layout: 'columns' | 'dots'; epilogue: Epi; loads: EpilogueLoad[]; nargs: number };
 
 /** Products with fewer multiply-adds than this stay with jax-js. */
 const MIN_MACS = 16 * 16 * 16;
@@ -47,7 +47,6 @@ export function planProductKernel(kernel: KernelLike, jax: JaxInternals): Produc
   const macs = plan.M * plan.N * plan.K * plan.batch.reduce((p, ax) => p * ax.size, 1);
   if (macs < MIN_MACS) return null;
   // The output must be the contiguous rows × N array the kernel writes (row r = batch·M + m).
-  const rows = kernel.size / plan.N;
   let expected = plan.M * plan.N;
   for (let i = plan.batch.length - 1; i >= 0; i--) {
     if (plan.batch[i]!.c !== expected) return null;
@@ -98,7 +97,7 @@ export function planProductKernel(kernel: KernelLike, jax: JaxInternals): Produc
   };
   const epilogue = lower(kernel.reduction!.epilogue);
   if (!epilogue) return null;
-  return { plan, layout, epilogue, loads, nargs: kernel.nargs, rows };
+  return { plan, layout, epilogue, loads, nargs: kernel.nargs };
 }
 
 function epilogueLoad(e: Exp, outShape: number[], colDims: number, expected: Exp[], jax: JaxInternals): EpilogueLoad | null {

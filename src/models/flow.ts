@@ -507,10 +507,6 @@ function textOf(params: FlowParams, cfg: FlowConfig, y: Arr, text?: Arr): Arr | 
   return encodeText(params.text, textEncoderShape(cfg), y.ref);
 }
 
-/** States [B, textTokens, textDim] of token ids [B, textTokens] through the model's own encoder (consumes both). */
-export function encodeModelText(params: TextEncoder, cfg: FlowConfig, ids: Arr): Arr {
-  return encodeText(params, textEncoderShape(cfg), ids);
-}
 
 // ---- guidance ----
 
@@ -768,7 +764,7 @@ function flowFamily(name: 'tarflow' | 'starflow'): ModelFamily<FlowConfig, FlowP
     },
     textEncoder: (cfg) =>
       cfg.textEncoder
-        ? { tokenizer: { vocab: cfg.textEncoder.vocab, maxTokens: cfg.textTokens }, encode: (params, ids) => encodeModelText(keep(params.text!), cfg, ids) }
+        ? { tokenizer: { vocab: cfg.textEncoder.vocab, maxTokens: cfg.textTokens }, encode: (params, ids) => encodeText(keep(params.text!), textEncoderShape(cfg), ids) }
         : null,
     sampler(cfg) {
       const key = JSON.stringify(cfg);
