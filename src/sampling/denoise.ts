@@ -12,7 +12,7 @@ export function denoisesByDefault(model: Pick<Model, 'family' | 'cfg'>): boolean
 
 /**
  * One denoising step on images x [B, C, H, W]. The gradient is of the mean NLL per dimension
- * over the batch (the family's loss), −∇log p/(B·D), so the Tweedie step size is lr = B·D·σ² (times `lrScale`), as
+ * over the batch (the family's nll, given the text states of a text-conditioned model), −∇log p/(B·D), so the Tweedie step size is lr = B·D·σ² (times `lrScale`), as
  * the reference computes it.
  */
 export function denoise(model: Model, x: Arr, labels: number[] | undefined, sigma: number, lrScale = 1, text?: Arr): Arr {
@@ -21,15 +21,12 @@ export function denoise(model: Model, x: Arr, labels: number[] | undefined, sigm
   const [b, c, h, w] = x.shape as [number, number, number, number];
   const lr = lrScale * b * c * h * w * sigma * sigma;
   const y = fromI32(labels ?? new Array<number>(b).fill(0), [b]);
-  // For a family with a likelihood, the loss is its mean NLL (the interface's contract); with text
-  // states (borrowed), the mean of the NLL given them, as the loss takes no text.
-  if (text) {
-    const nll = family.nll;
-    const loss = (xs: Arr, p: Params, ys: Arr, ts: Arr) => nll(p, cfg, xs, ys, ts).mean();
-    const g = cachedJit(`denoise-text:${JSON.stringify(cfg)}`, () => (p: Params, xs: Arr, ys: Arr, ts: Arr) => grad(loss)(xs, p, ys, ts))(keep(model.params), x.ref, y, text.ref);
-    return x.sub(g.mul(lr));
-  }
-  const loss = (xs: Arr, p: Params, ys: Arr) => family.loss(p, cfg, xs, ys);
-  const g = cachedJit(`denoise:${JSON.stringify(cfg)}`, () => (p: Params, xs: Arr, ys: Arr) => grad(loss)(xs, p, ys))(keep(model.params), x.ref, y);
+  // The score of the model's density: the gradient of its mean NLL over the batch (given the text
+  // states, borrowed, for a text-conditioned model).
+  const nll = family.nll;
+  const loss = (xs: Arr, p: Params, ys: Arr, ts?: Arr) => nll(p, cfg, xs, ys, ts).mean();
+  const g = text
+    ? cachedJit(`denoise-text:${JSON.stringify(cfg)}`, () => (p: Params, xs: Arr, ys: Arr, ts: Arr) => grad(loss)(xs, p, ys, ts))(keep(model.params), x.ref, y, text.ref)
+    : cachedJit(`denoise:${JSON.stringify(cfg)}`, () => (p: Params, xs: Arr, ys: Arr) => grad(loss)(xs, p, ys))(keep(model.params), x.ref, y);
   return x.sub(g.mul(lr));
 }
