@@ -85,6 +85,7 @@ export async function main(args: string[]): Promise<void> {
     },
     '--reps N, --rounds N, --json PATH',
   );
+  if (!Number.isInteger(reps) || reps < 1) throw new Error('--reps must be a positive integer');
   const rounds = c.rounds ?? 2;
   type Side = 'simd' | 'jax';
   const runs: Record<string, Record<string, CaseResult>[]> = {};
