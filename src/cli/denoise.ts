@@ -46,9 +46,10 @@ export async function denoiseCommand(argv: string[]): Promise<void> {
   await startEngineFromOptions(o);
   const model = await loadModel(dir);
   const { cfg } = model;
+  if (model.autoencoder) throw new UsageError("this is a latent model: its samples are denoised in latent space, and its autoencoder's decoder was fine-tuned on noisy latents to absorb the noise; denoise takes images of a pixel model");
   const sigma = numOpt(o.sigma, 'sigma', cfg.noiseStd, (x) => x >= 0, 'a number ≥ 0');
   if (o.sigma === undefined && sigma === 0) throw new UsageError('this model has noiseStd 0: pass --sigma S');
-  const { x, shape, labels } = await readImageInputs(input, strOpt(o['x-key'], 'x-key') ?? 'x', strOpt(o['y-key'], 'y-key'), cfg);
+  const { x, shape, labels } = await readImageInputs(input, strOpt(o['x-key'], 'x-key') ?? 'x', strOpt(o['y-key'], 'y-key'), model);
   const [b, c, h, w] = shape;
   const batch = intOpt(o.batch, 'batch', 1, b);
   const per = c * h * w;

@@ -10,6 +10,7 @@ import { analyzeCommand, ANALYZE_HELP } from './analyze.js';
 import { convertCommand, CONVERT_HELP, exportCommand, EXPORT_HELP } from './convert.js';
 import { denoiseCommand, DENOISE_HELP } from './denoise.js';
 import { evalCommand, trainFeaturesCommand, EVAL_HELP, TRAIN_FEATURES_HELP } from './eval.js';
+import { trainAeCommand, TRAIN_AE_HELP } from './train-ae.js';
 import { readFileSync } from 'node:fs';
 import { UsageError } from './common.js';
 
@@ -25,6 +26,7 @@ const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: s
   denoise: { run: denoiseCommand, help: DENOISE_HELP, summary: 'one score-based denoising step on images from a .safetensors file' },
   eval: { run: evalCommand, help: EVAL_HELP, summary: 'sample quality: Fréchet distance, KID, precision/recall, class accuracy; report' },
   'train-features': { run: trainFeaturesCommand, help: TRAIN_FEATURES_HELP, summary: 'train the MNIST classifier behind starflow eval' },
+  'train-ae': { run: trainAeCommand, help: TRAIN_AE_HELP, summary: 'train the autoencoder of a latent flow (reconstruction, then the decoder on noisy latents)' },
   main: { run: mainJob, help: MAIN_HELP, summary: 'train the mnist preset, write samples and test bits/dim (npm start)' },
 };
 

@@ -5,7 +5,7 @@ import { classify } from '../eval/classify.js';
 import { writeSafetensorsFile } from '../io/files.js';
 import { fromFloat32 } from '../io/safetensors.js';
 import { readImageInputs } from '../io/inputs.js';
-import { HALF_LOG_2PI } from '../models/model.js';
+import { HALF_LOG_2PI, imageShapeOf } from '../models/model.js';
 import { Progress } from './progress.js';
 import { parse, intOpt, strOpt, startEngineFromOptions, UsageError, ENGINE_HELP, modelDir, MODEL_DEFAULT } from './common.js';
 
@@ -59,11 +59,16 @@ async function setup(argv: string[], help: string, o = parse(argv, OPTIONS)) {
   await startEngineFromOptions(o);
   const model = await loadModel(dir);
   const spec = strOpt(o.data, 'data') ?? 'mnist:test';
-  const ds = await loadDataset(spec, { size: model.cfg.imgSize, channels: model.cfg.inChannels });
+  const ds = await loadDataset(spec, imageShapeOf(model));
   const n = intOpt(o.n, 'n', 1, ds.n);
   const batchSize = intOpt(o.batch, 'batch', 1, 200);
   return { o, model, ds, n, spec, batchSize };
 }
+
+const LATENT_NOTE = `
+(a latent model: −log₂ p per latent dimension of its autoencoder's latents of the images, with the
+noise it was trained on; it measures the flow's fit to the latents and is not comparable with the
+bits/dim of a pixel model)`;
 
 export async function nllCommand(argv: string[]): Promise<void> {
   const o = parse(argv, NLL_OPTIONS);
@@ -74,16 +79,17 @@ export async function nllCommand(argv: string[]): Promise<void> {
   const bar = new Progress('nll', Math.min(s.n, s.ds.n));
   const r = await evaluateBpd(s.model, s.ds, s.n, { batchSize: s.batchSize, seed: intOpt(s.o.seed, 'seed', 0, 1234), onBatch: (d) => bar.update(d) });
   const n = r.perImage.length;
+  const unit = s.model.autoencoder ? 'latent bits/dim' : 'bits/dim';
   if (s.o.json) {
     // JSON has no Infinity: bpd is null then, and the finite figures say the rest.
     const extra = r.nonFinite.length ? { bpdFinite: r.finiteMean, nonFinite: r.nonFinite } : {};
-    console.log(JSON.stringify({ bpd: Number.isFinite(r.mean) ? r.mean : null, n, data: s.spec, ...extra }));
+    console.log(JSON.stringify({ bpd: Number.isFinite(r.mean) ? r.mean : null, n, data: s.spec, of: s.model.autoencoder ? 'latents' : 'pixels', ...extra }));
   } else if (r.nonFinite.length) {
     console.log(
-      `${s.spec}: ${r.finiteMean.toFixed(4)} bits/dim over ${n - r.nonFinite.length} of ${n} images; ` +
+      `${s.spec}: ${r.finiteMean.toFixed(4)} ${unit} over ${n - r.nonFinite.length} of ${n} images; ` +
         `${r.nonFinite.length} scored +inf (their z overflowed float32): image${r.nonFinite.length > 1 ? 's' : ''} ${r.nonFinite.slice(0, 10).join(', ')}${r.nonFinite.length > 10 ? ', …' : ''}`,
     );
-  } else console.log(`${s.spec}: ${r.mean.toFixed(4)} bits/dim over ${n} images`);
+  } else console.log(`${s.spec}: ${r.mean.toFixed(4)} ${unit} over ${n} images${s.model.autoencoder ? LATENT_NOTE : ''}`);
 }
 
 export async function classifyCommand(argv: string[]): Promise<void> {
@@ -103,7 +109,7 @@ async function nllOfInput(o: Record<string, string | boolean | undefined>): Prom
   if (zOut !== undefined && !zOut.endsWith('.safetensors')) throw new UsageError(`--z-out must name a .safetensors file, got '${zOut}'`);
   await startEngineFromOptions(o);
   const model = await loadModel(dir);
-  const { x, shape, labels, text } = await readImageInputs(file, strOpt(o['x-key'], 'x-key') ?? 'x', strOpt(o['y-key'], 'y-key'), model.cfg, strOpt(o['text-key'], 'text-key'));
+  const { x, shape, labels, text } = await readImageInputs(file, strOpt(o['x-key'], 'x-key') ?? 'x', strOpt(o['y-key'], 'y-key'), model, strOpt(o['text-key'], 'text-key'));
   const b = shape[0];
   const flow = model.family.encode !== undefined;
   const r = await scoreImages(model, x, shape, labels, { batchSize: intOpt(o.batch, 'batch', 1, 200), encode: flow, text });

@@ -120,12 +120,15 @@ export function trainProgress(outDir: string, device: string): (e: TrainEvent) =
         bar?.note(`step ${e.step}: non-finite loss (${e.loss}), step skipped (${e.inARow} in a row)`);
         break;
       case 'eval':
-        bar?.note(`step ${e.step}: test bits/dim ${e.bpd.toFixed(4)} (${e.images} images)`);
+        bar?.note(`step ${e.step}: test ${e.latent ? 'latent ' : ''}bits/dim ${e.bpd.toFixed(4)} (${e.images} images)`);
         break;
       case 'samples':
         bar?.note(`step ${e.step}: samples → ${e.path}`);
         break;
       case 'checkpoint':
+        break;
+      case 'latents':
+        console.error(`encoded ${e.images.toLocaleString('en-US')} training images to ${e.shape.join('×')} latents with the model's autoencoder (${e.seconds.toFixed(1)} s)`);
         break;
       case 'schedule':
         bar?.note(`schedule fitted to the time limit: ${e.steps} steps (${e.secondsPerStep.toFixed(2)} s/step over steps ${e.measured[0]}–${e.measured[1]}; the config had ${e.was})`);

@@ -2,15 +2,14 @@
 // feature extractor see the same images. The floor (test images) needs no code of its own; the
 // ceiling is a diagonal Gaussian fitted to the training pixels.
 import { Rng } from '../engine/rng.js';
-import type { ModelConfig } from '../models/model.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { FeatureNetError, type FeatureNetConfig } from './features.js';
 
 /** Checks that a generative model's images are what the extractor takes; `where` names the extractor in the error. */
-export function checkModelAgainstExtractor(model: Pick<ModelConfig, 'inChannels' | 'imgSize'>, fx: FeatureNetConfig, where: string): void {
-  if (model.imgSize !== fx.imgSize || model.inChannels !== fx.inChannels) {
+export function checkModelAgainstExtractor(image: { channels: number; size: number }, fx: FeatureNetConfig, where: string): void {
+  if (image.size !== fx.imgSize || image.channels !== fx.inChannels) {
     throw new FeatureNetError(
-      `the model makes ${model.inChannels}×${model.imgSize}×${model.imgSize} images but the feature extractor (${where}) takes ${fx.inChannels}×${fx.imgSize}×${fx.imgSize}`,
+      `the model makes ${image.channels}×${image.size}×${image.size} images but the feature extractor (${where}) takes ${fx.inChannels}×${fx.imgSize}×${fx.imgSize}`,
     );
   }
 }

@@ -1,10 +1,11 @@
 // Classification by Bayes' rule with a class-conditional model that has a likelihood: with a
-// uniform class prior, argmax_k p(x | k) = argmin_k of the per-image NLL under label k.
+// uniform class prior, argmax_k p(x | k) = argmin_k of the per-image NLL under label k (a latent
+// model: of the image's latents).
 import { fromF32, fromI32, toF32 } from '../engine/index.js';
 import type { Model } from '../models/model.js';
 import { makeBatch } from '../data/transforms.js';
 import type { ImageDataset } from '../data/dataset.js';
-import { nllOf, LikelihoodError } from './likelihood.js';
+import { flowInputs, nllOf, LikelihoodError } from './likelihood.js';
 
 export async function classify(
   model: Model,
@@ -22,9 +23,9 @@ export async function classify(
     const idx = Array.from({ length: bs }, (_, i) => Math.min(start + i, total - 1));
     const batch = makeBatch(ds, idx);
     const best = new Float32Array(bs).fill(Infinity);
+    const x = flowInputs(model, fromF32(batch.x, [bs, ds.channels, ds.height, ds.width]));
     for (let k = 0; k < classes; k++) {
-      const x = fromF32(batch.x, [bs, ds.channels, ds.height, ds.width]);
-      const nll = await toF32(nllOf(model, x, fromI32(new Int32Array(bs).fill(k), [bs])));
+      const nll = await toF32(nllOf(model, x.ref, fromI32(new Int32Array(bs).fill(k), [bs])));
       for (let i = 0; i < bs; i++) {
         if (nll[i]! < best[i]!) {
           best[i] = nll[i]!;
@@ -32,6 +33,7 @@ export async function classify(
         }
       }
     }
+    x.dispose();
     for (let i = 0; i < bs && start + i < total; i++) if (pred[start + i] === batch.y[i]) correct++;
     opts.onBatch?.(Math.min(start + bs, total), total);
   }

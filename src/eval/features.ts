@@ -4,15 +4,14 @@
 //   x [N, C, H, W] in [-1, 1] → NHWC → conv3×3(c1) → maxpool 2 → ReLU → conv3×3(c2) → maxpool 2 →
 //   ReLU → flatten → dense(hidden) → ReLU (the features) → dense(classes) (the logits)
 //
-// jax-js's direct convolution is ~10× slower than a matmul on wasm, so each 3×3 'SAME'
-// convolution is an im2col: nine shifted slices of the padded input concatenated on the channel
-// axis, then one matmul against a [9·C_in, C_out] weight. Pooling is a reshape and a max.
+// Convolutions are im2col products (nn/conv.ts); pooling is a reshape and a max.
 // Everything is a pure function over a parameter tree; it trains through the shared optimisation
 // loop (src/train/classifier.ts).
 import { fileURLToPath } from 'node:url';
 import { np, jnn, cachedJit, keep, release, fromF32, toF32, type Arr } from '../engine/index.js';
 import { Rng } from '../engine/rng.js';
 import { initLinear, linear, type Linear } from '../nn/layers.js';
+import { conv3x3 } from '../nn/conv.js';
 import { paramsFromHost, paramsToHost, paramShapes } from '../nn/params.js';
 import { makeBatch } from '../data/transforms.js';
 import type { ImageDataset } from '../data/dataset.js';
@@ -65,17 +64,6 @@ export function initFeatureNet(cfg: FeatureNetConfig, seed: number): FeatureNetP
     fc: initLinear(rng.fork(2), flat, cfg.hidden),
     head: initLinear(rng.fork(3), cfg.hidden, cfg.numClasses),
   };
-}
-
-/** 3×3 'SAME' convolution of NHWC `x` as im2col + matmul; `p.w` is [9·C_in, C_out], taps row-major. */
-function conv3x3(p: Linear, x: Arr): Arr {
-  const [n, h, w, c] = x.shape as [number, number, number, number];
-  const xp = np.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]);
-  const taps: Arr[] = [];
-  for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) taps.push(xp.ref.slice([], [i, i + h], [j, j + w], []));
-  xp.dispose();
-  const cols = np.concatenate(taps, -1).reshape([n * h * w, 9 * c]);
-  return linear(p, cols).reshape([n, h, w, -1]);
 }
 
 function maxPool2(x: Arr): Arr {

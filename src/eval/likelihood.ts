@@ -1,9 +1,11 @@
 // Exact likelihood of images under a model with one (flows): per batch of tensors, per host
 // batch (`starflow nll --input`), and over a dataset (`starflow nll`, the trainer's periodic
-// evaluation, the eval report). Bits/dim come from the one formula in models/model.ts.
+// evaluation, the eval report). Bits/dim come from the formulas in models/model.ts. A latent model
+// scores its autoencoder's latents of the images: its figures are latent bits/dim (bitsPerDimOf).
 import { captionSource, type CaptionSource } from '../data/captions.js';
 import { cachedJit, keep, fromF32, fromI32, toF32, Rng, type Arr, type Params } from '../engine/index.js';
-import { bitsPerDim, type Model } from '../models/model.js';
+import { bitsPerDimOf, type Model } from '../models/model.js';
+import { latentCodec } from '../models/autoencoder.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { makeBatch, uniformDequantize } from '../data/transforms.js';
 
@@ -47,7 +49,7 @@ export function nllOf(model: Model, x: Arr, y: Arr, text?: Arr): Arr {
 export type ImageScores = {
   /** NLL per image, nats per dimension. */
   nll: Float32Array;
-  /** Bits per dimension per image (8-bit data: the log 128 bin term included). */
+  /** Bits per dimension per image (8-bit data: the log 128 bin term included; a latent model: of its latents). */
   bpd: Float32Array;
   /** Flows: the noise [B, ...noiseShape] and the log-determinant per dimension per image. */
   z?: Float32Array;
@@ -55,8 +57,20 @@ export type ImageScores = {
 };
 
 /**
- * Scores host images [B, C, H, W] in [−1, 1] as they are (no dequantisation noise), in batches.
- * `encode` also returns z and the log-determinants (flows only).
+ * What a model's density is over, from images [B, C, H, W] (consumed): the images themselves,
+ * or a latent model's latents of them, with noise of σ = `noise` when given (host draws from `rng`).
+ */
+export function flowInputs(model: Model, images: Arr, noise?: { sigma: number; rng: Rng }): Arr {
+  if (!model.autoencoder) return images;
+  const z = latentCodec(model.autoencoder).encode(images);
+  if (!noise || noise.sigma === 0) return z;
+  const eps = Float32Array.from({ length: z.size }, () => noise.sigma * noise.rng.normal());
+  return z.add(fromF32(eps, z.shape as number[]));
+}
+
+/**
+ * Scores host images [B, C, H, W] in [−1, 1] as they are (no dequantisation noise; a latent
+ * model: their clean latents), in batches. `encode` also returns z and the log-determinants (flows only).
  */
 export async function scoreImages(
   model: Model,
@@ -82,7 +96,7 @@ export async function scoreImages(
   }
   for (let s = 0; s < b; s += bs) {
     const n = Math.min(bs, b - s);
-    const xs = () => fromF32(x.subarray(s * per, (s + n) * per), [n, c, h, w]);
+    const xs = () => flowInputs(model, fromF32(x.subarray(s * per, (s + n) * per), [n, c, h, w]));
     const ys = () => fromI32(labels ? labels.slice(s, s + n) : new Array<number>(n).fill(0), [n]);
     const ts = () => opts.text && fromF32(opts.text.subarray(s * textPer, (s + n) * textPer), [n, cfg.textTokens!, cfg.textDim!]);
     out.nll.set(await toF32(nllOf(model, xs(), ys(), ts())), s);
@@ -93,7 +107,7 @@ export async function scoreImages(
       out.logdet!.set(await toF32(r.logdet), s);
     }
   }
-  out.nll.forEach((v, i) => (out.bpd[i] = bitsPerDim(v)));
+  out.nll.forEach((v, i) => (out.bpd[i] = bitsPerDimOf(model, v)));
   return out;
 }
 
@@ -106,7 +120,8 @@ export type BpdResult = { mean: number; finiteMean: number; nonFinite: number[];
 
 /**
  * Bits/dim of the first `n` images of a dataset, uniformly dequantised with a fixed seed (as the
- * reference evaluates likelihood). Class models are evaluated as p(x | true label), models with a
+ * reference evaluates likelihood); a latent model's: of their latents with its training noise
+ * (σ = noiseStd, seeded), the density it was trained on. Class models are evaluated as p(x | true label), models with a
  * text encoder as p(x | the image's fixed caption, data/captions.ts).
  */
 export async function evaluateBpd(
@@ -132,11 +147,12 @@ export async function evaluateBpd(
     // Static batch shape: the last batch is padded with repeats and the padding ignored.
     const idx = Array.from({ length: bs }, (_, i) => Math.min(start + i, total - 1));
     const batch = makeBatch(ds, idx);
-    const x = uniformDequantize(batch.x, rng);
+    const shape = [bs, ds.channels, ds.height, ds.width];
+    const x = model.autoencoder ? flowInputs(model, fromF32(batch.x, shape), { sigma: model.cfg.noiseStd, rng }) : fromF32(uniformDequantize(batch.x, rng), shape);
     // p(x | its label), or p(x | its caption) for a model with its own text encoder.
     const y = captions ? fromI32(captions.ids(idx, null), [bs, captions.maxTokens]) : fromI32(batch.y, [bs]);
-    const nll = await toF32(nllOf(model, fromF32(x, [bs, ds.channels, ds.height, ds.width]), y));
-    for (let i = 0; i < bs && start + i < total; i++) out[start + i] = bitsPerDim(nll[i]!);
+    const nll = await toF32(nllOf(model, x, y));
+    for (let i = 0; i < bs && start + i < total; i++) out[start + i] = bitsPerDimOf(model, nll[i]!);
     opts.onBatch?.(Math.min(start + bs, total), total);
   }
   let s = 0;

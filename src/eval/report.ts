@@ -12,7 +12,7 @@ import { loadModel, recordEvaluation } from '../io/model.js';
 import type { SampleQuality } from '../io/shipped.js';
 import { loadDataset } from '../data/load.js';
 import type { ImageDataset } from '../data/dataset.js';
-import type { Guidance, GuidanceRule, Model, ModelConfig } from '../models/model.js';
+import { imageShapeOf, type Guidance, type GuidanceRule, type Model, type ModelConfig } from '../models/model.js';
 import { generate } from '../sampling/pipeline.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { plansFor, SOLVERS, type SolverChoice, type SolverName } from '../sampling/plan.js';
@@ -108,7 +108,8 @@ export type EvalMetrics = {
   ceiling: SetMetrics;
   model: ModelRun[];
   /** Families without an exact likelihood: null. */
-  testBpd: { data: string; n: number; bitsPerDim: number; nonFinite: number } | null;
+  /** `of`: pixels, or a latent model's latents (not comparable with pixel bits/dim). */
+  testBpd: { data: string; n: number; bitsPerDim: number; nonFinite: number; of: 'pixels' | 'latents' } | null;
   ordered: { frechet: boolean };
   curves: { file: string; points: number; lastStep: number; lastTestBpd: number | null } | null;
 };
@@ -141,9 +142,9 @@ function makeSampler(
 }
 
 /** The model's bits/dim on the first n images of a test set, uniformly dequantised (as `starflow nll`). */
-async function testBitsPerDim(model: Model, ds: ImageDataset, n: number, seed: number): Promise<{ n: number; bitsPerDim: number; nonFinite: number }> {
+async function testBitsPerDim(model: Model, ds: ImageDataset, n: number, seed: number): Promise<{ n: number; bitsPerDim: number; nonFinite: number; of: 'pixels' | 'latents' }> {
   const bpd = await evaluateBpd(model, ds, n, { seed });
-  return { n: bpd.perImage.length, bitsPerDim: bpd.finiteMean, nonFinite: bpd.nonFinite.length };
+  return { n: bpd.perImage.length, bitsPerDim: bpd.finiteMean, nonFinite: bpd.nonFinite.length, of: model.autoencoder ? 'latents' : 'pixels' };
 }
 
 // ---- scoring ----
@@ -282,7 +283,9 @@ function renderReport(m: EvalMetrics, fxDir: string, summary: string): string {
     '',
     `Ordered floor < model < ceiling (Fréchet distance, cfg ${head.cfg}): **${m.ordered.frechet ? 'yes' : 'no'}**.`,
     '',
-    testBpd
+    testBpd?.of === 'latents'
+      ? `Test latent bits/dim of the model: ${fmt(testBpd.bitsPerDim, 3)} on the autoencoder's latents of ${testBpd.n} ${testSpec} images with the training noise (σ = ${cfg.noiseStd}), as \`starflow nll\`: the flow's fit to the latents, not comparable with pixel bits/dim.`
+      : testBpd
       ? `Test bits/dim of the model: ${fmt(testBpd.bitsPerDim, 3)} on ${testBpd.n} ${testSpec} images (uniform dequantisation, as \`starflow nll\`${testBpd.nonFinite ? `; ${testBpd.nonFinite} images overflowed float32 and are left out` : ''})${cfg.noiseStd > 0 ? `; this model was trained on Gaussian-noised data (σ = ${cfg.noiseStd}), so the figure is not its training objective` : ''}.`
       : 'This model family has no exact likelihood: no test bits/dim.',
     '',
@@ -370,7 +373,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
   try {
     const { cfg } = model;
     fx = await loadFeatureNet(fxDir);
-    checkModelAgainstExtractor(cfg, fx.cfg, fxDir);
+    checkModelAgainstExtractor(imageShapeOf(model), fx.cfg, fxDir);
     if (opts.denoise && !(cfg.noiseStd > 0)) throw new EvalError('denoising needs a model trained with Gaussian noise (this one has noiseStd 0)', 'denoise');
     const denoise = (opts.denoise ?? denoisesByDefault(model)) ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
     const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
@@ -427,7 +430,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
 
     // The model's likelihood of n test images of the same dataset, as `starflow nll` scores it.
     const testBpd = model.family.nll ? { data: testSpec, ...(await testBitsPerDim(model, testDs, n, seed)) } : null;
-    if (testBpd) log(`test bits/dim: ${fmt(testBpd.bitsPerDim, 3)} on ${testBpd.n} ${testSpec} images${testBpd.nonFinite ? ` (${testBpd.nonFinite} overflowed)` : ''}`);
+    if (testBpd) log(`test ${testBpd.of === 'latents' ? 'latent ' : ''}bits/dim: ${fmt(testBpd.bitsPerDim, 3)} on ${testBpd.n} ${testSpec} images${testBpd.nonFinite ? ` (${testBpd.nonFinite} overflowed)` : ''}`);
 
     await guidanceChart(path.join(outDir, 'guidance.png'), weights, floor, ceiling, runs);
     const curves = await trainingCurves(mDir, outDir);

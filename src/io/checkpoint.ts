@@ -22,6 +22,8 @@ export interface CheckpointParts {
   model: FlatTensors;
   optimizer?: FlatTensors;
   trainer?: unknown;
+  /** Checkpoints saved inside this one, in subdirectories of these names (a latent model's autoencoder). */
+  components?: Record<string, CheckpointParts>;
 }
 
 export class CheckpointError extends Error {
@@ -57,6 +59,20 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
+/** Writes and fsyncs a fresh directory holding `parts` (components in subdirectories). */
+async function writeParts(dir: string, parts: CheckpointParts): Promise<void> {
+  await mkdir(dir);
+  await writeFileSynced(join(dir, CONFIG), jsonText(parts.config));
+  await writeFileSynced(join(dir, MODEL), serializeSafetensors(toEntries(parts.model)));
+  if (parts.optimizer) await writeFileSynced(join(dir, OPTIMIZER), serializeSafetensors(toEntries(parts.optimizer)));
+  if (parts.trainer !== undefined) await writeFileSynced(join(dir, TRAINER), jsonText(parts.trainer));
+  for (const [name, part] of Object.entries(parts.components ?? {})) {
+    if (!/^[a-z0-9][a-z0-9_-]*$/i.test(name)) throw new CheckpointError(`component name ${JSON.stringify(name)} is not a plain directory name`);
+    await writeParts(join(dir, name), part);
+  }
+  await fsyncDir(dir);
+}
+
 export async function saveCheckpoint(dir: string, parts: CheckpointParts): Promise<void> {
   dir = resolve(dir);
   const existing = await stat(dir).catch(() => undefined);
@@ -64,15 +80,8 @@ export async function saveCheckpoint(dir: string, parts: CheckpointParts): Promi
   const parent = dirname(dir);
   await makeDirs(parent);
   const tmp = `${dir}.tmp-${tempSuffix()}`;
-  await mkdir(tmp);
   try {
-    await writeFileSynced(join(tmp, CONFIG), jsonText(parts.config));
-    await writeFileSynced(join(tmp, MODEL), serializeSafetensors(toEntries(parts.model)));
-    if (parts.optimizer) {
-      await writeFileSynced(join(tmp, OPTIMIZER), serializeSafetensors(toEntries(parts.optimizer)));
-    }
-    if (parts.trainer !== undefined) await writeFileSynced(join(tmp, TRAINER), jsonText(parts.trainer));
-    await fsyncDir(tmp);
+    await writeParts(tmp, parts);
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
     throw e;

@@ -3,7 +3,7 @@
 // `starflow sample --noise`.
 import { readSafetensorsFile } from './files.js';
 import { toFloat32, toInt32, type TensorEntry } from './safetensors.js';
-import type { Model, ModelConfig } from '../models/model.js';
+import { imageShapeOf, type Model, type ModelConfig } from '../models/model.js';
 import { fromF32, toF32 } from '../engine/index.js';
 
 export class InputError extends Error {
@@ -13,7 +13,9 @@ export class InputError extends Error {
 export type ImageInputs = { x: Float32Array; shape: [number, number, number, number]; labels: number[] | undefined; text?: Float32Array };
 
 /** `textKey`: text-encoder states [B, textTokens, textDim] of a text-conditioned model. */
-export async function readImageInputs(file: string, xKey: string, yKey: string | undefined, cfg: ModelConfig, textKey?: string): Promise<ImageInputs> {
+export async function readImageInputs(file: string, xKey: string, yKey: string | undefined, model: Pick<Model, 'cfg' | 'autoencoder'>, textKey?: string): Promise<ImageInputs> {
+  const { cfg } = model;
+  const image = imageShapeOf(model);
   const f = await readSafetensorsFile(file);
   const get = (key: string): TensorEntry => {
     const t = f.tensors.get(key);
@@ -21,7 +23,7 @@ export async function readImageInputs(file: string, xKey: string, yKey: string |
     return t;
   };
   const xt = get(xKey);
-  const want = [cfg.inChannels, cfg.imgSize, cfg.imgSize];
+  const want = [image.channels, image.size, image.size];
   if (xt.shape.length !== 4 || xt.shape.slice(1).join(',') !== want.join(',') || xt.shape[0] === 0) {
     throw new InputError(`'${xKey}' must have shape [B, ${want.join(', ')}] for this model, got [${xt.shape}]`);
   }

@@ -1,9 +1,11 @@
 // Model directories (config.json + model.safetensors) ↔ a model (family, config, parameters on
 // the device). config.json holds the model config and, under `provenance`, how the model was
 // made (training config, steps, time, seed, commit, evaluation figures).
-import { loadCheckpoint, saveCheckpoint, checkWeightsAgainst, CheckpointError } from './checkpoint.js';
+import { loadCheckpoint, saveCheckpoint, checkWeightsAgainst, CheckpointError, type CheckpointParts } from './checkpoint.js';
 import { familyOf, parseModelConfig } from '../models/registry.js';
-import type { Model } from '../models/model.js';
+import type { Model, ModelConfig } from '../models/model.js';
+import { latentShape } from '../models/autoencoder.js';
+import { autoencoderParts, loadAutoencoder, type LoadedAutoencoder } from './autoencoder.js';
 import { paramsFromHost, paramsToHost } from '../nn/params.js';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -30,11 +32,48 @@ export async function loadModel(dir: string): Promise<LoadedModel> {
   for (const [name, t] of ck.model) {
     if (t.data.some((v) => !Number.isFinite(v))) throw new CheckpointError(`${dir}/model.safetensors: tensor '${name}' contains NaN or infinite values`);
   }
-  return { family, cfg, params: paramsFromHost(ck.model), ...(provenance ? { provenance } : {}) };
+  const autoencoder = await modelAutoencoder(cfg, dir, `${dir}/config.json`);
+  return { family, cfg, params: paramsFromHost(ck.model), ...(autoencoder ? { autoencoder } : {}), ...(provenance ? { provenance } : {}) };
+}
+
+/** Where a saved latent model keeps its autoencoder: a subdirectory of its own, so the directory travels whole. */
+export const AUTOENCODER_DIR = 'autoencoder';
+
+/**
+ * The autoencoder a latent model's config names (a path relative to `base`), checked against the
+ * latents the model draws; undefined for a pixel model. `where` names the config in errors.
+ */
+export async function modelAutoencoder(cfg: ModelConfig, base: string, where: string): Promise<LoadedAutoencoder | undefined> {
+  if (!cfg.autoencoder) return undefined;
+  const dir = path.resolve(base, cfg.autoencoder);
+  let ae: LoadedAutoencoder;
+  try {
+    ae = await loadAutoencoder(dir);
+  } catch (e) {
+    throw new CheckpointError(`${where} names the autoencoder '${cfg.autoencoder}' (${dir}), which cannot be loaded: ${(e as Error).message}`);
+  }
+  const { channels, size } = latentShape(ae.cfg);
+  if (channels !== cfg.inChannels || size !== cfg.imgSize) {
+    throw new CheckpointError(
+      `${where}: the model draws ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize} latents but its autoencoder (${dir}) makes ${channels}×${size}×${size}: they do not belong together`,
+    );
+  }
+  return ae;
+}
+
+/** The checkpoint parts of a model: its config (with provenance) and weights, and a latent model's autoencoder beside them. */
+export async function modelParts(model: Model & { autoencoder?: LoadedAutoencoder }, provenance?: Provenance): Promise<CheckpointParts> {
+  const ae = model.autoencoder;
+  const cfg = ae ? { ...model.cfg, autoencoder: AUTOENCODER_DIR } : model.cfg;
+  return {
+    config: provenance ? { ...cfg, provenance } : cfg,
+    model: await paramsToHost(model.params),
+    ...(ae ? { components: { [AUTOENCODER_DIR]: await autoencoderParts(ae, ae.provenance) } } : {}),
+  };
 }
 
 export async function saveModel(dir: string, model: Model, provenance?: Provenance): Promise<void> {
-  await saveCheckpoint(dir, { config: provenance ? { ...model.cfg, provenance } : model.cfg, model: await paramsToHost(model.params) });
+  await saveCheckpoint(dir, await modelParts(model, provenance));
 }
 
 /**

@@ -101,12 +101,14 @@ export type FlowConfig = {
   noiseStd: number;
   /** Training: weight of Σ mean(z²) over the input and the shallow blocks' outputs. */
   latentNormReg: number;
+  /** A latent flow: the directory of the autoencoder whose latents it models (relative to the model's directory); null: pixels. */
+  autoencoder: string | null;
 };
 
 const TARFLOW_DEFAULTS = {
   headDim: 64, kvHeads: 0, mlpRatio: 4, mlp: 'gelu', norm: 'layer', qkNorm: false, postNorm: false, bias: true, finalNorm: false,
   startToken: false, positions: 'learned', scale: 'exp', softClip: 0, order: 'R2L', numClasses: 0, textTokens: 0, textDim: 0,
-  condTopOnly: false, nvp: true, noiseStd: 0, latentNormReg: 0, textEncoder: null,
+  condTopOnly: false, nvp: true, noiseStd: 0, latentNormReg: 0, textEncoder: null, autoencoder: null,
 };
 /** STARFlow's released image configuration, where it differs. */
 const STARFLOW_DEFAULTS = { ...TARFLOW_DEFAULTS, startToken: true, positions: 'rope', scale: 'softplus', softClip: 4, order: 'L2R', finalNorm: true };
@@ -168,6 +170,7 @@ export function parseFlowConfig(raw: unknown, where = 'model config'): FlowConfi
     noiseStd: numberField(o, 'noiseStd', where, 0),
     latentNormReg: numberField(o, 'latentNormReg', where, 0),
     textEncoder: null,
+    autoencoder: null,
   };
   const fail = (msg: string) => {
     throw new ConfigError(`${where}: ${msg}`);
@@ -182,6 +185,10 @@ export function parseFlowConfig(raw: unknown, where = 'model config'): FlowConfi
   }
   if ((cfg.textTokens > 0) !== (cfg.textDim > 0)) fail(`'textTokens' and 'textDim' are both 0 (no text) or both > 0, got ${cfg.textTokens} and ${cfg.textDim}`);
   if (cfg.textDim > 0 && cfg.numClasses > 0) fail('a model is conditioned by class labels or by text, not both');
+  if (o.autoencoder !== null) {
+    if (typeof o.autoencoder !== 'string' || o.autoencoder.trim() === '') fail(`'autoencoder' must be null or the directory of an autoencoder, got ${JSON.stringify(o.autoencoder)}`);
+    cfg.autoencoder = o.autoencoder as string;
+  }
   if (o.textEncoder !== null) cfg.textEncoder = parseTextEncoder(o.textEncoder, cfg, fail);
   if (cfg.condTopOnly && cfg.numClasses === 0 && cfg.textDim === 0) fail("'condTopOnly' needs a conditional model (numClasses or textTokens)");
   if (cfg.positions === 'rope') {
@@ -731,7 +738,8 @@ function describeFlow(cfg: FlowConfig): string {
   const deep = cfg.deepWidth !== cfg.width ? ` (deep block ${cfg.deepWidth})` : '';
   const encoder = cfg.textEncoder ? `, its own ${cfg.textEncoder.layers}-layer encoder over ${cfg.textEncoder.vocab.length} words` : '';
   const cond = cfg.textDim > 0 ? `text (${cfg.textTokens} × ${cfg.textDim}${encoder})` : `${cfg.numClasses} classes`;
-  return `${cfg.model === 'starflow' ? 'STARFlow' : 'TARFlow'}: ${layers}, width ${cfg.width}${deep}, ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize} images in ${cfg.patchSize}×${cfg.patchSize} patches, ${cond}`;
+  const space = cfg.autoencoder ? `latents (autoencoder ${cfg.autoencoder})` : 'images';
+  return `${cfg.model === 'starflow' ? 'STARFlow' : 'TARFlow'}: ${layers}, width ${cfg.width}${deep}, ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize} ${space} in ${cfg.patchSize}×${cfg.patchSize} patches, ${cond}`;
 }
 
 function flowFamily(name: 'tarflow' | 'starflow'): ModelFamily<FlowConfig, FlowParams> {

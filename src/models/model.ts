@@ -4,6 +4,7 @@
 // `model` field names it (registry.ts).
 import type { TokenizerConfig } from '../nn/tokenizer.js';
 import type { Arr, Params } from '../engine/index.js';
+import type { Autoencoder } from './autoencoder.js';
 
 /** Fields every family's config has: the images it models and how it was conditioned. */
 export type ModelConfig = {
@@ -18,6 +19,11 @@ export type ModelConfig = {
   /** Text conditioning: encoder states of textTokens × textDim (absent or 0: none). */
   textTokens?: number;
   textDim?: number;
+  /**
+   * A latent model: the directory of its autoencoder (relative to the model's directory). Its
+   * inChannels and imgSize are then the latents'; the images are the autoencoder's.
+   */
+  autoencoder?: string | null;
 };
 
 // ---- guidance ----
@@ -160,5 +166,20 @@ export function bitsPerDim(natsPerDim: number): number {
 /** ½·log 2π: a standard normal's NLL per dimension beyond ½z². */
 export const HALF_LOG_2PI = 0.5 * Math.log(2 * Math.PI);
 
-/** A family, its config and its weights: what the library's functions take. */
-export type Model<C extends ModelConfig = ModelConfig, P extends Params = Params> = { family: ModelFamily<C, P>; cfg: C; params: P };
+/** A family, its config and its weights: what the library's functions take. A latent model carries its autoencoder. */
+export type Model<C extends ModelConfig = ModelConfig, P extends Params = Params> = { family: ModelFamily<C, P>; cfg: C; params: P; autoencoder?: Autoencoder };
+
+/** The images a model makes and scores: its own shape, or its autoencoder's for a latent model. */
+export function imageShapeOf(model: Pick<Model, 'cfg' | 'autoencoder'>): { channels: number; size: number } {
+  const c = model.autoencoder?.cfg ?? model.cfg;
+  return { channels: c.inChannels, size: c.imgSize };
+}
+
+/**
+ * Bits per dimension of a model's NLL in nats per dimension: of 8-bit pixels (bitsPerDim), or, for
+ * a latent model, of its continuous latents (−log₂ p per latent dimension, no bin term: it measures
+ * the flow's fit to the autoencoder's noisy latents and is not comparable with pixel bits/dim).
+ */
+export function bitsPerDimOf(model: Pick<Model, 'autoencoder'>, natsPerDim: number): number {
+  return model.autoencoder ? natsPerDim / Math.LN2 : bitsPerDim(natsPerDim);
+}

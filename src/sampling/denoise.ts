@@ -5,9 +5,14 @@ import { grad, cachedJit, keep, fromI32, type Arr, type Params } from '../engine
 import type { Model } from '../models/model.js';
 import { SamplingError } from './solvers.js';
 
-/** Models trained on Gaussian-noised images sample them noisy: they are denoised unless asked not to. */
-export function denoisesByDefault(model: Pick<Model, 'family' | 'cfg'>): boolean {
-  return model.cfg.noiseStd > 0 && model.family.nll !== undefined;
+/**
+ * Models trained on Gaussian-noised images sample them noisy: they are denoised unless asked not
+ * to. A latent model whose decoder was fine-tuned on latents with that noise decodes noisy
+ * latents as they are (STARFlow's recipe), so it is not.
+ */
+export function denoisesByDefault(model: Pick<Model, 'family' | 'cfg' | 'autoencoder'>): boolean {
+  const decoderAbsorbs = model.autoencoder !== undefined && model.autoencoder.cfg.decoderNoiseStd >= model.cfg.noiseStd;
+  return model.cfg.noiseStd > 0 && model.family.nll !== undefined && !decoderAbsorbs;
 }
 
 /**

@@ -1,7 +1,9 @@
-// The sampling pipeline: noise → images, in batches, optionally denoised. The library call
-// behind `starflow sample`, generic over model families.
+// The sampling pipeline: noise → images, in batches, optionally denoised, a latent model's
+// samples decoded by its autoencoder. The library call behind `starflow sample`, generic over
+// model families.
 import { Rng, fromF32, toF32, type Arr } from '../engine/index.js';
 import { NO_GUIDANCE, type Guidance, type Model } from '../models/model.js';
+import { latentCodec } from '../models/autoencoder.js';
 import { sampleModel, noiseArray, SamplingError, type BlockStats } from './solvers.js';
 import { plansFor, type SolverChoice } from './plan.js';
 import { denoise } from './denoise.js';
@@ -73,7 +75,11 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
   }
   const plans = plansFor(model, o.solver);
   const per = noiseSize(model);
-  const dims = cfg.inChannels * cfg.imgSize * cfg.imgSize;
+  // A latent model's samples are decoded by its autoencoder into its images.
+  const codec = model.autoencoder && latentCodec(model.autoencoder);
+  const imageCfg = model.autoencoder?.cfg ?? cfg;
+  const shape: [number, number, number, number] = [o.n, imageCfg.inChannels, imageCfg.imgSize, imageCfg.imgSize];
+  const dims = shape[1] * shape[2] * shape[3];
   const noise = o.noise ?? drawNoise(model, o.n, o.seed);
   if (noise.length !== o.n * per) throw new SamplingError(`noise must hold ${o.n}×${per} values, got ${noise.length}`);
   const bs = Math.min(o.batchSize ?? o.n, o.n);
@@ -97,7 +103,7 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
       const r = await sampleModel(model, noiseArray(model, z, idx.length), labels, { plans, guidance: o.guidance ?? NO_GUIDANCE, onStep: progress, text });
       stats.push(r.stats);
       const x: Arr = o.denoise ? denoise(model, r.images, labels, o.denoise.sigma, o.denoise.lrScale, text?.states) : r.images;
-      return await toF32(x);
+      return await toF32(codec ? codec.decode(x) : x);
     } finally {
       text?.states.dispose();
       text?.negative?.dispose();
@@ -122,5 +128,5 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
     idx.forEach((i, k) => images.set(x.subarray(k * dims, (k + 1) * dims), i * dims));
   }
   const nonFinite = bad().length;
-  return { images, shape: [o.n, cfg.inChannels, cfg.imgSize, cfg.imgSize], stats, seconds: (performance.now() - t0) / 1000, redrawn, nonFinite };
+  return { images, shape, stats, seconds: (performance.now() - t0) / 1000, redrawn, nonFinite };
 }

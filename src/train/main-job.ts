@@ -14,7 +14,7 @@ import { generate, classRows } from '../sampling/pipeline.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { evaluateBpd, type BpdResult } from '../eval/likelihood.js';
 import { evaluateModel } from '../eval/report.js';
-import type { ModelConfig } from '../models/model.js';
+import { imageShapeOf, type ModelConfig } from '../models/model.js';
 
 /** The preset `npm start` trains: of the configurations tried, the one that drew the best samples in 15 minutes on a 2-core machine (bench/results/main-job-candidates-2026-12-03.md). */
 export const MAIN_PRESET = 'mnist-main';
@@ -67,7 +67,7 @@ export async function runMainJob(
   await writePngGrid(samples, grid.images, grid.shape, { nrow: perRow });
 
   log(`test bits/dim on ${cfg.data.test}`);
-  const test = await loadDataset(cfg.data.test, { size: model.cfg.imgSize, channels: model.cfg.inChannels });
+  const test = await loadDataset(cfg.data.test, imageShapeOf(model));
   const bpd = await evaluateBpd(model, test, Math.min(o.testImages ?? test.n, test.n));
 
   const qualityN = o.qualitySamples ?? MAIN_QUALITY_SAMPLES;

@@ -8,10 +8,10 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { appendFile, readFile, rename, stat } from 'node:fs/promises';
-import { realpathSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { keep, release, countParams, currentDevice, threadBudget, type Params } from '../engine/index.js';
 import { familyOf, initModel } from '../models/registry.js';
-import { bitsPerDim, NO_GUIDANCE, type Model } from '../models/model.js';
+import { bitsPerDimOf, NO_GUIDANCE, type Model } from '../models/model.js';
 import { paramsToHost, paramsFromHost } from '../nn/params.js';
 import { initAdamState } from '../nn/optim.js';
 import { optimize } from './loop.js';
@@ -21,7 +21,9 @@ import { loadDataset } from '../data/load.js';
 import { BatchSampler, makeBatch, addGaussianNoise, uniformDequantize, dropLabels } from '../data/transforms.js';
 import { Rng } from '../engine/rng.js';
 import { saveCheckpoint, loadCheckpoint, checkWeightsAgainst, type FlatTensors } from '../io/checkpoint.js';
-import { splitConfigJson, type Provenance } from '../io/model.js';
+import { AUTOENCODER_DIR, modelAutoencoder, splitConfigJson, type Provenance } from '../io/model.js';
+import { autoencoderParts, type LoadedAutoencoder } from '../io/autoencoder.js';
+import { encodeDataset } from './autoencoder.js';
 import { writePngGrid } from '../io/png.js';
 import { makeDirs } from '../io/files.js';
 import { generate, classRows } from '../sampling/pipeline.js';
@@ -40,7 +42,9 @@ export type TrainEvent =
   | { type: 'start'; step: number; totalSteps: number; stopAt: number; seconds: number; params: number; resumed: boolean; workers: number }
   | { type: 'step'; step: number; totalSteps: number; loss: number; bpd: number | null; lr: number; gradNorm: number; stepsPerSec: number; etaSec: number }
   | { type: 'skip'; step: number; loss: number; inARow: number }
-  | { type: 'eval'; step: number; bpd: number; images: number }
+  | { type: 'eval'; step: number; bpd: number; images: number; latent: boolean }
+  /** A latent model's training images were encoded once, before the first step. */
+  | { type: 'latents'; images: number; shape: number[]; seconds: number }
   | { type: 'samples'; step: number; path: string }
   | { type: 'checkpoint'; step: number; dir: string }
   /** The schedule's length was fitted to the time limit (`fitSchedule`) from the speed of steps `measured`. */
@@ -140,7 +144,7 @@ function codeVersion(): { commit: string | null; dirty: boolean | null } {
 
 const CODE = codeVersion();
 
-async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, run: RunRecord): Promise<void> {
+async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, run: RunRecord, ae?: LoadedAutoencoder): Promise<void> {
   const trainer: TrainerState = { version: 1, step: run.step, train: cfg, badSteps: run.badSteps, seconds: run.seconds };
   const provenance: Provenance = {
     software: 'starflow-ts',
@@ -156,7 +160,8 @@ async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, run: Ru
     savedAt: new Date().toISOString(),
   };
   await saveCheckpoint(dir, {
-    config: { ...cfg.model, provenance },
+    // A latent model's autoencoder travels inside its checkpoint.
+    config: { ...cfg.model, ...(ae ? { autoencoder: AUTOENCODER_DIR } : {}), provenance },
     // model.safetensors holds the weights to sample with: the EMA when there is one.
     model: await paramsToHost(state.ema),
     optimizer: new Map([
@@ -165,7 +170,24 @@ async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, run: Ru
       ...prefixed('v', await paramsToHost(state.v)),
     ]),
     trainer,
+    ...(ae ? { components: { [AUTOENCODER_DIR]: await autoencoderParts(ae, ae.provenance) } } : {}),
   });
+}
+
+/**
+ * The autoencoder a training config's latent model names: relative to the working directory, or
+ * else to the package (presets name shipped ones, e.g. checkpoints/mnist-starflow/autoencoder).
+ * A resumed run reads the copy in its own checkpoint.
+ */
+async function trainingAutoencoder(cfg: TrainConfig, ckDir: string, resumed: boolean): Promise<LoadedAutoencoder | undefined> {
+  const m = cfg.model;
+  if (!m.autoencoder) return undefined;
+  if (resumed) return modelAutoencoder({ ...m, autoencoder: AUTOENCODER_DIR }, ckDir, `${ckDir}/config.json`);
+  if (cfg.noise === 'uniform') throw new TrainingError("a latent model trains on its latents with Gaussian noise (noise: 'gaussian', the model's noiseStd), not uniform dequantisation");
+  if (cfg.data.flip) throw new TrainingError('a latent model trains on latents encoded once: flip augmentation is not available (set data.flip to false)');
+  const packageRoot = fileURLToPath(new URL('../../', import.meta.url));
+  const base = !path.isAbsolute(m.autoencoder) && !existsSync(path.resolve(m.autoencoder)) && existsSync(path.resolve(packageRoot, m.autoencoder)) ? packageRoot : process.cwd();
+  return modelAutoencoder(m, base, "the training config's model");
 }
 
 async function loadRun(dir: string): Promise<{ cfg: TrainConfig; state: TrainState; step: number; badSteps: number; seconds: number; evaluation?: Provenance }> {
@@ -241,7 +263,8 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
 
   const m = cfg.model;
   const family = familyOf(m);
-  const shape = { size: m.imgSize, channels: m.inChannels };
+  const ae = await trainingAutoencoder(cfg, ckDir, resumed);
+  const shape = ae ? { size: ae.cfg.imgSize, channels: ae.cfg.inChannels } : { size: m.imgSize, channels: m.inChannels };
   const trainData = await loadDataset(cfg.data.train, shape);
   const testData = cfg.evalEvery > 0 && family.nll ? await loadDataset(cfg.data.test, shape) : undefined;
   if (m.numClasses > 0 && trainData.numClasses > m.numClasses) {
@@ -252,6 +275,14 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   const trainCaptions = tokenizer && captionsFor(cfg.data.train, trainData, tokenizer, cfg.seed);
   if (tokenizer && testData) captionsFor(cfg.data.test, testData, tokenizer, cfg.seed); // fails now, not at the first evaluation
   const gridPrompts = tokenizer ? CAPTION_VOCABULARIES[trainData.captions!]!.names.slice(0, Math.min(trainData.numClasses, 10)).map((names) => names[0]!) : undefined;
+  // A latent model trains on the latents of the training images, encoded once.
+  const latentPer = m.inChannels * m.imgSize * m.imgSize;
+  let trainLatents: Float32Array | undefined;
+  if (ae) {
+    const t = performance.now();
+    trainLatents = await encodeDataset(ae, trainData);
+    emit({ type: 'latents', images: trainData.n, shape: [m.inChannels, m.imgSize, m.imgSize], seconds: (performance.now() - t) / 1000 });
+  }
   const sampler = new BatchSampler(trainData.n, cfg.batchSize, cfg.seed);
   const applyStep = makeApplyStep(cfg);
   const replicas = await Replicas.start(m, state.params, workers, currentDevice());
@@ -264,10 +295,9 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     let haveCheckpoint = resumed; // a fresh run has none on disk until its first save
     const t0 = performance.now();
     const firstStep = step;
-    const { channels, height, width } = trainData;
     const device = currentDevice();
     const record = (): RunRecord => ({ step, badSteps, seconds: secondsBefore + (performance.now() - t0) / 1000, workers, device, evaluation });
-    const modelOf = (params: Params): Model => ({ family, cfg: m, params });
+    const modelOf = (params: Params): Model => ({ family, cfg: m, params, ...(ae ? { autoencoder: ae } : {}) });
 
     const schedule = { ...cfg }; // its length may be fitted below
     // Timed within the warm-up where it can be: the warm-up's learning rates do not depend on the
@@ -284,12 +314,12 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
       batch(s) {
         const rng = new Rng(cfg.seed).fork(s + 1);
         const indices = sampler.batchIndices(s);
-        const batch = makeBatch(trainData, indices, { flip: cfg.data.flip, rng });
+        const batch = trainLatents ? latentBatch(trainLatents, latentPer, trainData.labels, indices) : makeBatch(trainData, indices, { flip: cfg.data.flip, rng });
         const x = cfg.noise === 'uniform' ? uniformDequantize(batch.x, rng) : addGaussianNoise(batch.x, m.noiseStd, rng);
         const y = trainCaptions ? trainCaptions.ids([...indices], rng.fork(7), cfg.labelDrop) : dropLabels(batch.y, cfg.labelDrop, rng);
         const epsShape = family.lossNoiseShape?.(m, cfg.batchSize);
         const eps = epsShape && { data: Float32Array.from({ length: epsShape.reduce((a, b) => a * b, 1) }, () => rng.normal()), shape: epsShape };
-        return { x, xShape: [cfg.batchSize, channels, height, width], y, eps };
+        return { x, xShape: [cfg.batchSize, m.inChannels, m.imgSize, m.imgSize], y, eps };
       },
       gradients: (params, b) => replicas.gradients(params, b.x, b.xShape, b.y, b.eps),
       async onSkip(s, loss) {
@@ -323,7 +353,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
         }
         if (step % cfg.logEvery === 0 || step === stopAt) {
           const stepsPerSec = (step - firstStep) / ((performance.now() - t0) / 1000);
-          const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: family.nll ? bitsPerDim(loss) : null, lr, gradNorm, stepsPerSec, etaSec: (stopAt - step) / stepsPerSec };
+          const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: family.nll ? bitsPerDimOf({ autoencoder: ae }, loss) : null, lr, gradNorm, stepsPerSec, etaSec: (stopAt - step) / stepsPerSec };
           emit(e);
           await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
         }
@@ -331,7 +361,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
           const r = await evaluateBpd(modelOf(state.ema), testData, cfg.evalImages);
           const images = r.perImage.length;
           evaluation = { testBpd: { data: cfg.data.test, bitsPerDim: r.finiteMean, images: images - r.nonFinite.length, of: images, step, weights: cfg.emaDecay > 0 ? 'EMA' : 'raw' } };
-          emit({ type: 'eval', step, bpd: r.mean, images });
+          emit({ type: 'eval', step, bpd: r.mean, images, latent: Boolean(ae) });
           await log({ step, testBpd: r.finiteMean, ...(r.nonFinite.length ? { testNonFinite: r.nonFinite.length } : {}), time: Date.now() });
         }
         if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) {
@@ -340,7 +370,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
           emit({ type: 'samples', step, path: file });
         }
         if (step % cfg.checkpointEvery === 0) {
-          await saveRun(ckDir, cfg, state, record());
+          await saveRun(ckDir, cfg, state, record(), ae);
           lastCheckpoint = step;
           haveCheckpoint = true;
           emit({ type: 'checkpoint', step, dir: ckDir });
@@ -351,7 +381,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     step = r.step;
     const reason = r.reason as 'done' | 'time' | 'interrupted';
     if (lastCheckpoint !== step || !resumed) {
-      await saveRun(ckDir, cfg, state, record());
+      await saveRun(ckDir, cfg, state, record(), ae);
       emit({ type: 'checkpoint', step, dir: ckDir });
     }
     emit({ type: 'stop', step, reason });
@@ -361,6 +391,18 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
     applyStep.dispose();
     await replicas.close();
   }
+}
+
+/** Rows `indices` of a latent set ([n, per] row-major) with their labels. */
+function latentBatch(latents: Float32Array, per: number, labels: Int32Array, indices: ArrayLike<number>): { x: Float32Array; y: Int32Array } {
+  const x = new Float32Array(indices.length * per);
+  const y = new Int32Array(indices.length);
+  for (let k = 0; k < indices.length; k++) {
+    const i = indices[k]!;
+    x.set(latents.subarray(i * per, (i + 1) * per), k * per);
+    y[k] = labels[i]!;
+  }
+  return { x, y };
 }
 
 export async function readLog(outDir: string): Promise<object[]> {

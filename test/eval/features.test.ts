@@ -52,7 +52,7 @@ describe('feature extractor', () => {
     await assert.rejects(extract(p, small, new Float32Array(0), [0, 1, 28, 28]), /no images/);
     release(p);
     const model = parseModelConfig({ model: 'tarflow', inChannels: 1, imgSize: 32, patchSize: 4, width: 32, headDim: 16, numBlocks: 2, layersPerBlock: 1, numClasses: 10 });
-    assert.throws(() => checkModelAgainstExtractor(model, small, 'x'), /the model makes 1×32×32 images but the feature extractor \(x\) takes 1×28×28/);
+    assert.throws(() => checkModelAgainstExtractor({ channels: model.inChannels, size: model.imgSize }, small, 'x'), /the model makes 1×32×32 images but the feature extractor \(x\) takes 1×28×28/);
   });
 
   test('checkpoint round trip', async () => {
