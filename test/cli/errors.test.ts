@@ -206,6 +206,16 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
     await expectError(['train-features', '--out', out, '--max-steps', '1'], /features-here exists: pass --force/);
   });
 
+  test('train-ae: a missing --out, bad levels or channels, and an existing autoencoder without --force', async () => {
+    await expectError(['train-ae', '--steps', '1'], /--out DIR is required/, { code: 2 });
+    await expectError(['train-ae', '--out', path.join(dir, 'ae-x'), '--levels', '32,zero'], /--levels must be positive integers separated by commas, got '32,zero'/, { code: 2 });
+    await expectError(['train-ae', '--out', path.join(dir, 'ae-x'), '--channels', '2'], /--channels must be 1 or 3, got 2/, { code: 2 });
+    await expectError(['train-ae', '--out', path.join(dir, 'ae-x'), '--levels', '8,8,8', '--steps', '1'], /imgSize 28 is not divisible by the 8× reduction of 3 levels/);
+    const out = path.join(dir, 'ae-here');
+    await import('node:fs/promises').then((fs) => fs.mkdir(out));
+    await expectError(['train-ae', '--out', out, '--steps', '1'], /ae-here exists: pass --force/);
+  });
+
   test('sample: --cfg 1 on an unconditional model without --attn-temp', async () => {
     await expectError(['sample', '--model', uncondModel, '--n', '2', '--cfg', '1'], /attention temperature.*--attn-temp/);
   });

@@ -20,6 +20,7 @@ import { generate } from '../../src/sampling/pipeline.js';
 import { evaluateBpd } from '../../src/eval/likelihood.js';
 import { loadMnist } from '../../src/data/mnist.js';
 import { imageShapeOf } from '../../src/models/model.js';
+import { starflow } from '../cli.js';
 
 const AE = parseAutoencoderConfig({ model: 'autoencoder', inChannels: 1, imgSize: 28, channels: [4, 8], latentChannels: 2, latentScale: 2, decoderNoiseStd: 0.3 });
 const FLOW = { model: 'starflow', inChannels: 2, imgSize: 7, patchSize: 1, width: 16, headDim: 8, numBlocks: 2, layersPerBlock: 1, numClasses: 10, noiseStd: 0.3 };
@@ -131,4 +132,24 @@ test('loading a latent model whose autoencoder is missing or does not fit its la
     await saveAutoencoder(path.join(dir, 'shared-ae'), { cfg: AE, params: initAutoencoder(AE, 1) });
     await writeFile(path.join(modelDir, 'config.json'), JSON.stringify({ ...json, autoencoder: '../shared-ae' }));
     assert.deepEqual((await loadModel(modelDir)).autoencoder?.cfg, AE);
+  }));
+
+test('the CLI on a latent model: nll reports latent bits/dim and says what they measure; sample writes images; denoise refuses', async () =>
+  withDir(async (dir) => {
+    const modelDir = path.join(dir, 'm');
+    await saveModel(modelDir, { ...initModel(parseModelConfig(FLOW), 0), autoencoder: { cfg: AE, params: initAutoencoder(AE, 1) } });
+    const nll = await starflow(['nll', '--model', modelDir, '--n', '4']);
+    assert.equal(nll.code, 0, nll.stderr);
+    assert.match(nll.stdout, /mnist:test: [\d.]+ latent bits\/dim over 4 images/);
+    assert.match(nll.stdout, /not comparable with/);
+    const json = await starflow(['nll', '--model', modelDir, '--n', '4', '--json']);
+    assert.equal(json.code, 0, json.stderr);
+    assert.equal((JSON.parse(json.stdout) as { of: string }).of, 'latents');
+    const grid = path.join(dir, 'grid.png');
+    const sample = await starflow(['sample', '--model', modelDir, '--n', '2', '--class', '4', '--out', grid]);
+    assert.equal(sample.code, 0, sample.stderr);
+    assert.ok((await stat(grid)).size > 0);
+    const denoise = await starflow(['denoise', '--model', modelDir, '--input', grid, '--out', path.join(dir, 'd.safetensors')]);
+    assert.notEqual(denoise.code, 0);
+    assert.match(denoise.stderr, /this is a latent model/);
   }));
