@@ -1,9 +1,20 @@
 // starflow-ts/core: the browser-safe library (no Node imports): models, samplers, formats.
 export { startEngine, currentDevice, parseDevice, Rng, type Device, type Arr } from './engine/index.js';
 export { ConfigError } from './models/config.js';
-export { bitsPerDim, NO_GUIDANCE, type Model, type ModelConfig, type ModelFamily, type Guidance, type GuidanceRule, type AutoregressiveSampler, type DirectSampler, type BlockInverse, type FlowSteps } from './models/model.js';
+export { bitsPerDim, bitsPerDimOf, imageShapeOf, NO_GUIDANCE, type Model, type ModelConfig, type ModelFamily, type Guidance, type GuidanceRule, type AutoregressiveSampler, type DirectSampler, type BlockInverse, type FlowSteps } from './models/model.js';
 export { registerFamily, familyOf, familyNames, parseModelConfig, initModel } from './models/registry.js';
 export { tarflow, parseFlowConfig, tokenShape, initFlow, forward, flowLoss, flowNll, guide, patchify, unpatchify, type FlowConfig, type FlowParams } from './models/flow.js';
+export {
+  parseAutoencoderConfig,
+  initAutoencoder,
+  encodeImages,
+  decodeLatents,
+  latentCodec,
+  latentShape,
+  type Autoencoder,
+  type AutoencoderConfig,
+  type AutoencoderParams,
+} from './models/autoencoder.js';
 export { sampleFromNoise, sampleModel, invertBlock, SamplingError, type BlockPlan, type SampleOptions } from './sampling/solvers.js';
 export { makePlans, plansFor, SOLVERS, type SolverName, type SolverChoice } from './sampling/plan.js';
 export { generate, drawNoise, type GenerateOptions } from './sampling/pipeline.js';
