@@ -30,6 +30,7 @@ const BENCHES: Record<string, { what: string; load: () => Promise<BenchModule> }
     what: "whole processes drawing guided samples: `starflow sample` vs apple/ml-tarflow's own sampler (TARFLOW_REFERENCE_DIR), 1 and 2 threads, outputs compared",
     load: () => import('./sample_process.js'),
   },
+  families: { what: 'trained checkpoints side by side (e.g. latent STARFlow, pixel STARFlow, pixel TARFlow): Fréchet distance, class accuracy and samples/s over a guidance sweep, with each one\'s training wall-clock', load: () => import('./families.js') },
   train: { what: 'ms per TARFlow training step (fwd+bwd+clip+AdamW+EMA), notebook and mnist configs, the engine (native, wasm SIMD products, jax-js wasm) on 1/2 threads and 2 workers vs PyTorch twins and ml-tarflow, loss agreement', load: () => import('./train.js') },
 };
 

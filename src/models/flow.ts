@@ -738,7 +738,7 @@ function describeFlow(cfg: FlowConfig): string {
   const deep = cfg.deepWidth !== cfg.width ? ` (deep block ${cfg.deepWidth})` : '';
   const encoder = cfg.textEncoder ? `, its own ${cfg.textEncoder.layers}-layer encoder over ${cfg.textEncoder.vocab.length} words` : '';
   const cond = cfg.textDim > 0 ? `text (${cfg.textTokens} × ${cfg.textDim}${encoder})` : `${cfg.numClasses} classes`;
-  const space = cfg.autoencoder ? `latents (autoencoder ${cfg.autoencoder})` : 'images';
+  const space = cfg.autoencoder ? `latents (of the autoencoder in ${cfg.autoencoder}/)` : 'images';
   return `${cfg.model === 'starflow' ? 'STARFlow' : 'TARFlow'}: ${layers}, width ${cfg.width}${deep}, ${cfg.inChannels}×${cfg.imgSize}×${cfg.imgSize} ${space} in ${cfg.patchSize}×${cfg.patchSize} patches, ${cond}`;
 }
 
