@@ -14,7 +14,7 @@ import { writePngGrid } from '../io/png.js';
 import { makeDirs, writeFileAtomic } from '../io/files.js';
 import { promptText } from '../sampling/prompts.js';
 import { measureInk } from '../data/captions.js';
-import type { Guidance, Model } from '../models/model.js';
+import { imageShapeOf, type Guidance, type Model } from '../models/model.js';
 import { extract, loadFeatureNet, type LoadedFeatureNet } from './features.js';
 import { argmaxRows } from './metrics.js';
 import { shownPath } from './report.js';
@@ -172,7 +172,7 @@ export async function evaluatePromptFile(o: PromptFileOptions): Promise<{ report
   const gridFile = path.join(o.outDir, 'samples.png');
   const metrics = { model: shownPath(o.modelDir), prompts: shownPath(o.promptsFile), features: shownPath(o.featuresDir), seed: o.seed, denoise: Boolean(denoise), guidanceRule: guidance.rule, ...figures };
   await writeFileAtomic(metricsFile, JSON.stringify(metrics, null, 2) + '\n');
-  const { inChannels: c, imgSize: s } = model.cfg;
+  const { channels: c, size: s } = imageShapeOf(model);
   await writePngGrid(gridFile, samples, [samples.length / (c * s * s), c, s, s], { nrow: o.perPrompt });
   return { report, metricsFile, gridFile };
 }
