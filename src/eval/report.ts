@@ -17,6 +17,8 @@ import { generate } from '../sampling/pipeline.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { plansFor, SOLVERS, type SolverChoice, type SolverName } from '../sampling/plan.js';
 import { encodePng, imageGrid } from '../io/png.js';
+import { promptText, type PromptText } from '../sampling/prompts.js';
+import { CAPTION_VOCABULARIES } from '../data/captions.js';
 import { makeDirs, writeFileAtomic } from '../io/files.js';
 import { datasetImages, extract, loadFeatureNet, SHIPPED_FEATURES, type FeatureNetConfig, type LoadedFeatureNet } from './features.js';
 import { argmaxRows, classAccuracy, featureSet, frechetFromFits, gaussianFit, kernelDistance, precisionRecall, type FeatureSet, type GaussianFit } from './metrics.js';
@@ -130,13 +132,14 @@ type Sampler = (weight: number, onProgress: (done: number, total: number) => voi
 /** Draws the run's n samples at a guidance weight. Checks the solver and strategy against the model at once. */
 function makeSampler(
   model: Model,
-  o: { n: number; labels: number[] | undefined; solver: SolverName; strategy?: string; rule: GuidanceRule; attnTemp: number; seed: number; batchSize: number; denoise?: { sigma: number; lrScale: number } },
+  o: { n: number; labels: number[] | undefined; text?: PromptText; solver: SolverName; strategy?: string; rule: GuidanceRule; attnTemp: number; seed: number; batchSize: number; denoise?: { sigma: number; lrScale: number } },
 ): Sampler {
   const solver: SolverChoice = { name: o.solver, strategy: o.strategy };
   plansFor(model, solver); // a bad solver or strategy fails before any work
   return async (weight, onProgress) => {
     const guidance: Guidance = { weight, rule: o.rule, annealed: false, attnTemp: o.attnTemp };
-    const g = await generate(model, { n: o.n, labels: o.labels, solver, guidance, seed: o.seed, batchSize: o.batchSize, denoise: o.denoise, onProgress });
+    const cond = o.text ? { text: { states: o.text.states, negative: o.text.negative } } : { labels: o.labels };
+    const g = await generate(model, { n: o.n, ...cond, solver, guidance, seed: o.seed, batchSize: o.batchSize, denoise: o.denoise, onProgress });
     return { images: g.images, seconds: g.seconds };
   };
 }
@@ -376,16 +379,22 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     checkModelAgainstExtractor(imageShapeOf(model), fx.cfg, fxDir);
     if (opts.denoise && !(cfg.noiseStd > 0)) throw new EvalError('denoising needs a model trained with Gaussian noise (this one has noiseStd 0)', 'denoise');
     const denoise = (opts.denoise ?? denoisesByDefault(model)) ? { sigma: cfg.noiseStd, lrScale: 1 } : undefined;
-    const labels = cfg.numClasses > 0 ? Array.from({ length: n }, (_, i) => i % cfg.numClasses) : undefined;
-    const sampler = model.family.sampler(cfg);
-    rule = opts.guidanceRule ?? (sampler.kind === 'autoregressive' ? sampler.guidanceRule : 'tarflow');
-    const sample = makeSampler(model, { n, labels, solver, strategy: opts.strategy, rule, attnTemp, seed, batchSize: batch, denoise });
     const shape = { size: fx.cfg.imgSize, channels: fx.cfg.inChannels };
     // The extractor's own dataset: reference and floor come from it (train and test splits).
     const trainSpec = fx.data;
     const testSpec = trainSpec.replace(/:train$/, ':test');
     const trainDs = await loadDataset(trainSpec, shape);
     const testDs = await loadDataset(testSpec, shape);
+    // A model with its own text encoder draws each class from its name as the prompt ("seven"), so
+    // that class accuracy measures it as it does class-conditional models.
+    const classNames = model.family.textEncoder?.(cfg) && trainDs.captions ? CAPTION_VOCABULARIES[trainDs.captions]?.names : undefined;
+    const classes = cfg.numClasses > 0 ? cfg.numClasses : classNames ? classNames.length : 0;
+    const labels = classes > 0 ? Array.from({ length: n }, (_, i) => i % classes) : undefined;
+    const text = classNames && labels ? await promptText(model, labels.map((l) => classNames[l]![0]!)) : undefined;
+    if (classNames) log(`text model: class c drawn from the prompt "${classNames.map((names) => names[0]).join('", "')}"`);
+    const sampler = model.family.sampler(cfg);
+    rule = opts.guidanceRule ?? (sampler.kind === 'autoregressive' ? sampler.guidanceRule : 'tarflow');
+    const sample = makeSampler(model, { n, labels, text, solver, strategy: opts.strategy, rule, attnTemp, seed, batchSize: batch, denoise });
     log(`eval: ${device}, model ${mDir}, extractor ${fxDir} (test accuracy ${accuracyText(fx.testAccuracy)}), n ${n}, cfg ${weights.join(',')}`);
 
     // The reference set: refN training images in a seeded order; its first n are the support of

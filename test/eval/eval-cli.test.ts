@@ -11,6 +11,7 @@ import { release } from '../../src/engine/index.js';
 import { initFlow, tarflow } from '../../src/models/flow.js';
 import { parseFlowConfig as parseModelConfig } from '../../src/models/flow.js';
 import { saveModel } from '../../src/io/model.js';
+import { captionWords, MNIST_VOCABULARY } from '../../src/data/captions.js';
 import { FEATURE_NET_DEFAULTS, initFeatureNet, saveFeatureNet } from '../../src/eval/features.js';
 
 
@@ -39,6 +40,19 @@ after(async () => {
 });
 
 describe('starflow eval', () => {
+  test('a model with its own text encoder draws each class from its name and is scored for class accuracy', async () => {
+    const cfg = parseModelConfig({ model: 'tarflow', inChannels: 1, imgSize: 28, patchSize: 7, width: 16, headDim: 8, numBlocks: 2, layersPerBlock: 1, noiseStd: 0.1, textTokens: 8, textDim: 16, textEncoder: { vocab: captionWords(MNIST_VOCABULARY), layers: 1, heads: 2 } });
+    const p = initFlow(cfg, 0);
+    await saveModel(path.join(dir, 'text'), { family: tarflow, cfg, params: p });
+    release(p);
+    const out = path.join(dir, 'out-text');
+    const r = await starflow(['eval', '--model', path.join(dir, 'text'), '--features', path.join(dir, 'fx'), '--n', '12', '--ref', '60', '--kid-subsets', '2', '--out', out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /class c drawn from the prompt "zero", "one", "two", .*"nine"/);
+    const m = JSON.parse(await readFile(path.join(out, 'metrics.json'), 'utf8'));
+    assert.ok(m.model[0].classAccuracy >= 0 && m.model[0].classAccuracy <= 1, `class accuracy ${m.model[0].classAccuracy}`);
+  });
+
   test('writes metrics.json, report.md, sample grids, the guidance sweep and training curves', async () => {
     const out = path.join(dir, 'out');
     const r = await starflow(['eval', '--model', path.join(dir, 'run/checkpoint'), '--features', path.join(dir, 'fx'), '--n', '12', '--ref', '60', '--kid-subsets', '2', '--cfg', '0,1', '--out', out]);
