@@ -71,14 +71,20 @@ test('training reaches the text encoder, and captions change the likelihood', as
   assert.deepEqual(fromStates, withText);
 });
 
-test('prompts: states per prompt, the empty caption as negative, warnings and refusals', async () => {
+test('prompts: states per prompt, the empty caption as negative, warnings and refusals', async (t) => {
   const r = await promptText(model, ['a thick seven', 'a purple seven', 'a thick seven']);
   const width = cfg.textTokens * cfg.textDim;
   assert.equal(r.states.length, 3 * width);
   assert.deepEqual(r.states.subarray(0, width), r.states.subarray(2 * width), 'the same prompt, the same states');
   assert.deepEqual(r.warnings, ['prompt "a purple seven": left out a word the model does not know: purple']);
   const empty = await E.toF32(tarflow.textEncoder!(cfg)!.encode(model.params, E.fromI32(new Int32Array(cfg.textTokens), [1, cfg.textTokens])));
-  assert.deepEqual(r.negative.subarray(width, 2 * width), empty);
+  // Encoded in a batch of 4 rows here and of 1 there: the native GEMM blocks the two differently,
+  // which moves float32 results by a few ulp (max |Δ| 4.8e-7 on values up to 2.3, measured); on
+  // wasm (jax-js kernels or the wasm products) they are identical.
+  const neg = r.negative.subarray(width, 2 * width);
+  const maxDiff = neg.reduce((m, v, i) => Math.max(m, Math.abs(v - empty[i]!)), 0);
+  t.diagnostic(`max |Δ| ${maxDiff}`);
+  assert.ok(maxDiff <= (E.matmulBackend().startsWith('wasm') ? 0 : 5e-6), `max |Δ| ${maxDiff}`);
   const long = await promptText(model, ['a thick slanted little seven with bold strokes']);
   assert.match(long.warnings.join('\n'), /the model reads 6 words; the last 2 were left out/);
   await assert.rejects(promptText(model, ['  ']), /an empty prompt/);
