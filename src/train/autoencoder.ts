@@ -24,6 +24,7 @@ import {
 import { saveAutoencoder } from '../io/autoencoder.js';
 import { gradStepOf, makeApplyStep, type TrainState } from './step.js';
 import { optimize, type Schedule } from './loop.js';
+import { CODE } from './code-version.js';
 
 export class AutoencoderError extends Error {
   override name = 'AutoencoderError';
@@ -230,6 +231,6 @@ export async function trainAutoencoderRun(o: TrainAutoencoderRunOptions): Promis
   if (!force && existsSync(out)) throw new AutoencoderError(`${out} exists: pass --force to replace it, or pick another --out`);
   const train = await loadDataset(data, { size, channels });
   const ae = await trainAutoencoder({ ...rest, train });
-  await saveAutoencoder(out, ae, { software: 'starflow-ts', data, ...(command === undefined ? {} : { command }), seconds: Math.round(ae.seconds), device: currentDevice(), train: ae.train, savedAt: new Date().toISOString() });
+  await saveAutoencoder(out, ae, { software: 'starflow-ts', ...CODE, data, ...(command === undefined ? {} : { command }), seconds: Math.round(ae.seconds), device: currentDevice(), train: ae.train, savedAt: new Date().toISOString() });
   return { ...ae, out, trainImages: train.n };
 }

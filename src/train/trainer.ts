@@ -5,10 +5,9 @@
 // checkpoint reproduces the uninterrupted run's losses. Every checkpoint records how it was made
 // (config.json's `provenance`).
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { appendFile, readFile, rename, stat } from 'node:fs/promises';
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { keep, release, countParams, currentDevice, threadBudget, type Params } from '../engine/index.js';
 import { familyOf, initModel } from '../models/registry.js';
 import { bitsPerDimOf, NO_GUIDANCE, type Model } from '../models/model.js';
@@ -24,6 +23,7 @@ import { saveCheckpoint, loadCheckpoint, checkWeightsAgainst, type FlatTensors }
 import { AUTOENCODER_DIR, modelAutoencoder, splitConfigJson, type Provenance } from '../io/model.js';
 import { autoencoderParts, type LoadedAutoencoder } from '../io/autoencoder.js';
 import { encodeDataset } from './autoencoder.js';
+import { CODE } from './code-version.js';
 import { writePngGrid } from '../io/png.js';
 import { makeDirs } from '../io/files.js';
 import { generate, classRows } from '../sampling/pipeline.js';
@@ -127,22 +127,6 @@ type TrainerState = { version: 1; step: number; train: TrainConfig; badSteps: nu
 /** What a run knows about itself when it saves: becomes config.json's provenance. */
 type RunRecord = { step: number; badSteps: number; seconds: number; workers: number; device: string; evaluation?: Provenance };
 
-/**
- * The commit of the code doing the training, when it runs from a starflow-ts checkout (null for an
- * installed package, which may sit inside a user's own repository); `dirty` when it has uncommitted changes.
- */
-function codeVersion(): { commit: string | null; dirty: boolean | null } {
-  const cwd = path.dirname(fileURLToPath(import.meta.url));
-  const git = (...args: string[]) => execFileSync('git', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 }).trim();
-  try {
-    if (realpathSync(git('rev-parse', '--show-toplevel')) !== realpathSync(path.resolve(cwd, '../..'))) return { commit: null, dirty: null };
-    return { commit: git('rev-parse', 'HEAD'), dirty: git('status', '--porcelain', '--untracked-files=no').length > 0 };
-  } catch {
-    return { commit: null, dirty: null };
-  }
-}
-
-const CODE = codeVersion();
 
 async function saveRun(dir: string, cfg: TrainConfig, state: TrainState, run: RunRecord, ae?: LoadedAutoencoder): Promise<void> {
   const trainer: TrainerState = { version: 1, step: run.step, train: cfg, badSteps: run.badSteps, seconds: run.seconds };

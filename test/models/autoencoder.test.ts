@@ -17,7 +17,7 @@ import {
   type AutoencoderConfig,
 } from '../../src/models/autoencoder.js';
 import { ConfigError } from '../../src/models/config.js';
-import { trainAutoencoder, encodeDataset, AutoencoderError } from '../../src/train/autoencoder.js';
+import { trainAutoencoder, trainAutoencoderRun, encodeDataset, AutoencoderError } from '../../src/train/autoencoder.js';
 import { loadAutoencoder, saveAutoencoder } from '../../src/io/autoencoder.js';
 import { CheckpointError } from '../../src/io/checkpoint.js';
 import { loadMnist } from '../../src/data/mnist.js';
@@ -175,6 +175,25 @@ test('an autoencoder saved and loaded is the same autoencoder; damaged directori
     await writeFile(cfgFile, '{"model": "autoencoder", ');
     await assert.rejects(loadAutoencoder(path.join(dir, 'ae')), /config\.json/);
     await assert.rejects(loadAutoencoder(path.join(dir, 'missing')), /missing/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('trainAutoencoderRun saves with how it was made (data, command, commit) and refuses to replace a directory without force', async () => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'starflow-ae-run-'));
+  try {
+    const out = path.join(dir, 'ae');
+    const opts = { data: 'mnist:test', out, architecture: { channels: [4], latentChannels: 2 }, steps: 2, noiseStd: 0, batchSize: 8, command: 'starflow train-ae --steps 2' };
+    await trainAutoencoderRun(opts);
+    const back = await loadAutoencoder(out);
+    assert.equal(back.provenance?.data, 'mnist:test');
+    assert.equal(back.provenance?.command, 'starflow train-ae --steps 2');
+    // The commit, or null where the code does not run from a git checkout of its own.
+    const commit = back.provenance?.commit;
+    assert.ok(commit === null || /^[0-9a-f]{40}$/.test(String(commit)), `commit ${String(commit)}`);
+    assert.equal(back.cfg.decoderNoiseStd, 0);
+    await assert.rejects(trainAutoencoderRun(opts), (e: Error) => e instanceof AutoencoderError && /exists: pass --force/.test(e.message));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
