@@ -2,6 +2,7 @@
 // extractor's space) of reconstructions against the originals, from clean latents and from latents
 // with the decoder's fine-tuning noise σ (what decoded flow samples look like). Recorded in the
 // autoencoder's config.json under provenance.evaluation.reconstruction.
+import path from 'node:path';
 import { fromF32, toF32, Rng } from '../engine/index.js';
 import { latentCodec, latentShape, type Autoencoder } from '../models/autoencoder.js';
 import { loadDataset } from '../data/load.js';
@@ -55,7 +56,7 @@ export async function evaluateAutoencoder(ae: Autoencoder, data: string, opts: {
     if (noisy) noisy.set(await toF32(codec.decode(fromF32(z.map((v) => v + sigma * rng.normal()), zShape))), s * per);
   }
   // Fréchet distance where a feature extractor for these images exists (MNIST-like data).
-  const fxDir = opts.featuresDir ?? (spec.startsWith('fashion-mnist') ? SHIPPED_FEATURES.replace(/mnist-features$/, 'fashion-mnist-features') : spec.startsWith('mnist') ? SHIPPED_FEATURES : undefined);
+  const fxDir = opts.featuresDir ?? (spec.startsWith('fashion-mnist') ? path.join(path.dirname(SHIPPED_FEATURES), 'fashion-mnist-features') : spec.startsWith('mnist') ? SHIPPED_FEATURES : undefined);
   let frechetOf: ((images: Float32Array) => Promise<number>) | undefined;
   if (fxDir) {
     const fx = await loadFeatureNet(fxDir);

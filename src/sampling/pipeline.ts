@@ -2,7 +2,7 @@
 // samples decoded by its autoencoder. The library call behind `starflow sample`, generic over
 // model families.
 import { Rng, fromF32, toF32, type Arr } from '../engine/index.js';
-import { NO_GUIDANCE, type Guidance, type Model } from '../models/model.js';
+import { imageShapeOf, NO_GUIDANCE, type Guidance, type Model } from '../models/model.js';
 import { latentCodec } from '../models/autoencoder.js';
 import { sampleModel, noiseArray, SamplingError, type BlockStats } from './solvers.js';
 import { plansFor, type SolverChoice } from './plan.js';
@@ -77,8 +77,8 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
   const per = noiseSize(model);
   // A latent model's samples are decoded by its autoencoder into its images.
   const codec = model.autoencoder && latentCodec(model.autoencoder);
-  const imageCfg = model.autoencoder?.cfg ?? cfg;
-  const shape: [number, number, number, number] = [o.n, imageCfg.inChannels, imageCfg.imgSize, imageCfg.imgSize];
+  const image = imageShapeOf(model);
+  const shape: [number, number, number, number] = [o.n, image.channels, image.size, image.size];
   const dims = shape[1] * shape[2] * shape[3];
   const noise = o.noise ?? drawNoise(model, o.n, o.seed);
   if (noise.length !== o.n * per) throw new SamplingError(`noise must hold ${o.n}×${per} values, got ${noise.length}`);

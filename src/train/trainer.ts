@@ -10,7 +10,7 @@ import { appendFile, readFile, rename, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { keep, release, countParams, currentDevice, threadBudget, type Params } from '../engine/index.js';
 import { familyOf, initModel } from '../models/registry.js';
-import { bitsPerDimOf, NO_GUIDANCE, type Model } from '../models/model.js';
+import { bitsPerDimOf, imageShapeOf, NO_GUIDANCE, type Model } from '../models/model.js';
 import { paramsToHost, paramsFromHost } from '../nn/params.js';
 import { initAdamState } from '../nn/optim.js';
 import { optimize } from './loop.js';
@@ -248,7 +248,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
   const m = cfg.model;
   const family = familyOf(m);
   const ae = await trainingAutoencoder(cfg, ckDir, resumed);
-  const shape = ae ? { size: ae.cfg.imgSize, channels: ae.cfg.inChannels } : { size: m.imgSize, channels: m.inChannels };
+  const shape = imageShapeOf({ cfg: m, autoencoder: ae }); // a latent model loads its autoencoder's images
   const trainData = await loadDataset(cfg.data.train, shape);
   const testData = cfg.evalEvery > 0 && family.nll ? await loadDataset(cfg.data.test, shape) : undefined;
   if (m.numClasses > 0 && trainData.numClasses > m.numClasses) {
