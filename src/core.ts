@@ -3,7 +3,8 @@ export { startEngine, currentDevice, parseDevice, Rng, type Device, type Arr } f
 export { ConfigError } from './models/config.js';
 export { bitsPerDim, bitsPerDimOf, imageShapeOf, NO_GUIDANCE, type Model, type ModelConfig, type ModelFamily, type Guidance, type GuidanceRule, type AutoregressiveSampler, type DirectSampler, type BlockInverse, type FlowSteps } from './models/model.js';
 export { registerFamily, familyOf, familyNames, parseModelConfig, initModel } from './models/registry.js';
-export { tarflow, parseFlowConfig, tokenShape, initFlow, forward, flowLoss, flowNll, guide, patchify, unpatchify, type FlowConfig, type FlowParams } from './models/flow.js';
+export { tarflow, parseFlowConfig, tokenShape, initFlow, forward, flowLoss, flowNll, guide, type FlowConfig, type FlowParams } from './models/flow.js';
+export { patchify, unpatchify } from './nn/patches.js';
 export {
   parseAutoencoderConfig,
   initAutoencoder,

@@ -5,6 +5,8 @@
 import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { SOLVERS, type SolverName } from '../sampling/plan.js';
+import { ODE_SOLVERS } from '../sampling/ode.js';
+import type { OdeSolverName } from '../models/model.js';
 import { FEATURE_NET_DEFAULTS, SHIPPED_FEATURES, type FeatureNetConfig } from '../eval/features.js';
 import { trainFeatureExtractor } from '../train/classifier.js';
 import { evaluateModel, summaryTable, EvalError, type EvalOptions } from '../eval/report.js';
@@ -114,7 +116,12 @@ over every such pair); samples.png shows a row per prompt.
   --cfg W1,W2,...      guidance weights to sweep (default 0); the first is the headline figure
   --guidance-rule R    tarflow or starflow (default: the model's: starflow for STARFlow configs)
   --attn-temp T        attention temperature of the unguided branch (unconditional models)
-  --solver NAME        ${SOLVERS.join(' | ')} (default sequential)
+  --solver NAME        flows: ${SOLVERS.join(' | ')} (default sequential); rectified flow and
+                       MeanFlow: ${ODE_SOLVERS.join(' | ')} (default euler)
+  --steps S1,S2,...    rectified flow and MeanFlow: step counts to sweep, a row per guidance weight
+                       and step count (default: the model's), e.g. 1,2,4,8,16,32
+  --bpd-n N            test images of the bits/dim figure (default: n; 0: none). Rectified flow's
+                       and MeanFlow's likelihood integrates an ODE: about 1 s an MNIST image
   --strategy S         gs-jacobi per-block plan (see starflow sample --help)
   --batch B            samples per solver batch (default 100)
   --denoise            one score-based denoising step after sampling, at the model's noiseStd
@@ -185,6 +192,8 @@ export async function evalCommand(argv: string[]): Promise<void> {
     'guidance-rule': { type: 'string' },
     'attn-temp': { type: 'string' },
     solver: { type: 'string' },
+    steps: { type: 'string' },
+    'bpd-n': { type: 'string' },
     strategy: { type: 'string' },
     batch: { type: 'string' },
     seed: { type: 'string' },
@@ -204,14 +213,19 @@ export async function evalCommand(argv: string[]): Promise<void> {
   const rule = strOpt(o['guidance-rule'], 'guidance-rule');
   if (rule !== undefined && rule !== 'tarflow' && rule !== 'starflow') throw new UsageError(`--guidance-rule must be tarflow or starflow, got '${rule}'`);
   const attnTemp = numOpt(o['attn-temp'], 'attn-temp', 1, (x) => x > 0, 'a number > 0');
-  const solver = strOpt(o.solver, 'solver') ?? 'sequential';
-  if (!(SOLVERS as readonly string[]).includes(solver)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${SOLVERS.join(', ')})`);
+  const solver = strOpt(o.solver, 'solver');
+  const solvers: readonly string[] = [...SOLVERS, ...ODE_SOLVERS];
+  if (solver !== undefined && !solvers.includes(solver)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${solvers.join(', ')})`);
+  const steps = o.steps === undefined ? undefined : numList(strOpt(o.steps, 'steps')!, 'steps');
+  if (steps?.some((k) => !Number.isInteger(k) || k < 1)) throw new UsageError(`--steps must be a comma-separated list of integers ≥ 1, got '${String(o.steps)}'`);
   const opts: EvalOptions = {
     n,
     weights,
     guidanceRule: rule,
     attnTemp,
-    solver: solver as SolverName,
+    solver: solver as SolverName | OdeSolverName | undefined,
+    steps,
+    bpdImages: o['bpd-n'] === undefined ? undefined : intOpt(o['bpd-n'], 'bpd-n', 0),
     batchSize: intOpt(o.batch, 'batch', 1, 100),
     seed: intOpt(o.seed, 'seed', 0, 0),
     refN: intOpt(o.ref, 'ref', 2, 10000),
@@ -232,7 +246,7 @@ export async function evalCommand(argv: string[]): Promise<void> {
     ...opts,
     onLog: (line) => process.stderr.write(`${line}\n`),
     onProgress: (e) => {
-      if (bar?.run !== e.run) bar = { run: e.run, progress: new Progress(`sample cfg ${e.cfg}`, 100) };
+      if (bar?.run !== e.run) bar = { run: e.run, progress: new Progress(`sample cfg ${e.cfg}${steps ? `, ${steps[e.run % steps.length]} steps` : ''}`, 100) };
       bar.progress.update(Math.round((100 * e.done) / e.total), '%');
     },
   }).catch((e: unknown) => {

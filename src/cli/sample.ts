@@ -5,7 +5,8 @@ import { currentDevice } from '../engine/index.js';
 import { generate, classRows } from '../sampling/pipeline.js';
 import { SOLVERS, type SolverName } from '../sampling/plan.js';
 import { SamplingError } from '../sampling/solvers.js';
-import type { Guidance } from '../models/model.js';
+import type { Guidance, OdeSolverName } from '../models/model.js';
+import { ODE_SOLVERS } from '../sampling/ode.js';
 import { readNoiseInputs } from '../io/inputs.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { prepareSamplesOutput, saveSamples } from '../io/samples.js';
@@ -35,7 +36,11 @@ Guidance:
   --guided-blocks 0,1    model block indices that get guidance (default all)
 
 Solver:
-  --solver NAME          ${SOLVERS.join(' | ')} (default sequential, exact; Jacobi can be faster at batch 1: bench/README.md)
+  --solver NAME          flows: ${SOLVERS.join(' | ')} (default sequential, exact; Jacobi can be faster
+                         at batch 1: bench/README.md); rectified flow and MeanFlow (dit models):
+                         ${ODE_SOLVERS.join(' | ')} (default euler; MeanFlow: euler only)
+  --steps N              dit models: steps from noise to image (default: the model's, 32 for
+                         rectified flow, 1 for MeanFlow); Heun evaluates the network twice a step
   --strategy S           gs-jacobi per-block plan, blocks in sampling order: e.g. "0=8x32,*=1x10", "*=seq"
   --jacobi-tol E         stop a Jacobi module when mean((new−old)²)/mean(new²) < E, for every sample
                          (default 1e-6; block-jacobi: for the whole batch, default 1e-5;
@@ -96,6 +101,7 @@ export async function sampleCommand(argv: string[]): Promise<void> {
     'attn-temp': { type: 'string' },
     'guided-blocks': { type: 'string' },
     solver: { type: 'string' },
+    steps: { type: 'string' },
     strategy: { type: 'string' },
     'jacobi-tol': { type: 'string' },
     'jacobi-block-size': { type: 'string' },
@@ -124,8 +130,9 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   if (ruleOpt !== undefined && ruleOpt !== 'tarflow' && ruleOpt !== 'starflow') throw new UsageError(`--guidance-rule must be tarflow or starflow, got '${ruleOpt}'`);
   const init = strOpt(o['jacobi-init'], 'jacobi-init') ?? 'z';
   if (init !== 'z' && init !== 'zeros') throw new UsageError(`--jacobi-init must be z or zeros, got '${init}'`);
-  const solver = strOpt(o.solver, 'solver') ?? 'sequential';
-  if (!(SOLVERS as readonly string[]).includes(solver)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${SOLVERS.join(', ')})`);
+  const solver = strOpt(o.solver, 'solver');
+  if (solver !== undefined && ![...SOLVERS, ...ODE_SOLVERS].includes(solver as never)) throw new UsageError(`unknown solver '${solver}' (expected one of: ${[...SOLVERS, ...ODE_SOLVERS].join(', ')})`);
+  const steps = o.steps === undefined ? undefined : intOpt(o.steps, 'steps', 1);
 
   await prepareSamplesOutput(out); // a bad --out fails now, not after sampling
   await startEngineFromOptions(o);
@@ -185,7 +192,8 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   };
   const maxIter = o['jacobi-max-iter'] === undefined ? undefined : intOpt(o['jacobi-max-iter'], 'jacobi-max-iter', 1);
   const choice = {
-    name: solver as SolverName,
+    name: (solver ?? (sampler.kind === 'velocity' ? 'euler' : 'sequential')) as SolverName | OdeSolverName,
+    steps,
     strategy: strOpt(o.strategy, 'strategy'),
     tol: o['jacobi-tol'] === undefined ? undefined : numOpt(o['jacobi-tol'], 'jacobi-tol', 0, (x) => x >= 0, 'a number ≥ 0'),
     maxIter,
@@ -213,12 +221,12 @@ export async function sampleCommand(argv: string[]): Promise<void> {
   bar.update(100);
 
   const nrow = promptRows ?? classRows(n, cfg.numClasses > 0 && !o.class && !o.labels && !fileLabels ? cfg.numClasses : 0).perRow;
-  await saveSamples(out, r.images, r.shape, { nrow, metadata: { solver, seed: String(seed) } });
+  await saveSamples(out, r.images, r.shape, { nrow, metadata: { solver: choice.name, seed: String(seed) } });
   const iterations = r.stats.map((batch) => batch.map((s) => ({ block: s.block, calls: s.calls, iterations: s.iterations })));
-  const summary = { out, n, seconds: r.seconds, samplesPerSec: n / r.seconds, solver, device: currentDevice(), redrawn: r.redrawn, nonFinite: r.nonFinite, blocks: iterations[0] };
+  const summary = { out, n, seconds: r.seconds, samplesPerSec: n / r.seconds, solver: choice.name, ...(sampler.kind === 'velocity' ? { steps: steps ?? sampler.defaultSteps } : {}), device: currentDevice(), redrawn: r.redrawn, nonFinite: r.nonFinite, blocks: iterations[0] };
   if (r.redrawn > 0 || r.nonFinite > 0) {
     console.error(`note: ${r.redrawn} sample(s) overflowed and were drawn again; ${r.nonFinite} remain non-finite (an undertrained model or strong guidance)`);
   }
   if (o.json) console.log(JSON.stringify(summary));
-  else console.error(`wrote ${n} samples to ${out} in ${r.seconds.toFixed(2)} s (${summary.samplesPerSec.toFixed(1)} samples/s, ${solver})`);
+  else console.error(`wrote ${n} samples to ${out} in ${r.seconds.toFixed(2)} s (${summary.samplesPerSec.toFixed(1)} samples/s, ${choice.name}${sampler.kind === 'velocity' ? `, ${steps ?? sampler.defaultSteps} steps` : ''})`);
 }

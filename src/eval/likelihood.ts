@@ -17,6 +17,7 @@ function nllFn(model: Model, withText: boolean): (p: Params, x: Arr, y: Arr, tex
   const { family, cfg } = model;
   const nll = family.nll;
   if (!nll) throw new LikelihoodError(`${family.name} models have no exact likelihood`);
+  if (family.jitNll === false) return (p: Params, x: Arr, y: Arr, text?: Arr) => nll(p, cfg, x, y, text);
   return cachedJit(`nll:${withText}:${JSON.stringify(cfg)}`, () => (p: Params, x: Arr, y: Arr, text?: Arr) => nll(p, cfg, x, y, text));
 }
 

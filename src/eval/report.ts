@@ -12,10 +12,11 @@ import { loadModel, recordEvaluation } from '../io/model.js';
 import type { SampleQuality } from '../io/shipped.js';
 import { loadDataset } from '../data/load.js';
 import type { ImageDataset } from '../data/dataset.js';
-import { imageShapeOf, type Guidance, type GuidanceRule, type Model, type ModelConfig } from '../models/model.js';
+import { imageShapeOf, type Guidance, type GuidanceRule, type Model, type ModelConfig, type OdeSolverName } from '../models/model.js';
 import { generate } from '../sampling/pipeline.js';
 import { denoisesByDefault } from '../sampling/denoise.js';
 import { plansFor, SOLVERS, type SolverChoice, type SolverName } from '../sampling/plan.js';
+import { evaluationsOf, ODE_SOLVERS } from '../sampling/ode.js';
 import { encodePng, imageGrid } from '../io/png.js';
 import { promptText, type PromptText } from '../sampling/prompts.js';
 import { CAPTION_VOCABULARIES } from '../data/captions.js';
@@ -52,7 +53,12 @@ export type EvalOptions = {
   guidanceRule?: GuidanceRule;
   /** Attention temperature of the unguided branch (default 1). */
   attnTemp?: number;
-  solver?: SolverName;
+  /** A flow's solver (default sequential), or a velocity family's ODE solver (default euler). */
+  solver?: SolverName | OdeSolverName;
+  /** Velocity families (rectified flow, MeanFlow): step counts to sweep, one run per weight and count (default: the model's). */
+  steps?: number[];
+  /** Test images of the bits/dim figure (default n; 0: none). An ODE likelihood costs ~1 s an image on MNIST. */
+  bpdImages?: number;
   /** gs-jacobi per-block plan. */
   strategy?: string;
   /** Samples per solver batch (default 100). */
@@ -89,7 +95,16 @@ export type SetMetrics = {
 };
 
 /** The model's figures at one guidance weight; `grid` is its sample grid's file name in outDir. */
-export type ModelRun = SetMetrics & { nonFiniteSamples: number; cfg: number; seconds: number; samplesPerSec: number; grid: string };
+export type ModelRun = SetMetrics & {
+  nonFiniteSamples: number;
+  cfg: number;
+  /** Velocity families: steps, and network evaluations per sample (Heun: two a step; guidance's two branches run as one batch). */
+  steps: number | null;
+  evaluations: number | null;
+  seconds: number;
+  samplesPerSec: number;
+  grid: string;
+};
 
 /** metrics.json. */
 export type EvalMetrics = {
@@ -97,7 +112,9 @@ export type EvalMetrics = {
   modelConfig: ModelConfig;
   n: number;
   seed: number;
-  solver: SolverName;
+  solver: SolverName | OdeSolverName;
+  /** Velocity families: the step counts swept. */
+  steps: number[] | null;
   strategy: string | null;
   denoise: { sigma: number; lrScale: number } | null;
   guidanceRule: GuidanceRule;
@@ -127,16 +144,17 @@ export type EvalResult = {
 
 // ---- the model API, in one place: sampling and test bits/dim ----
 
-type Sampler = (weight: number, onProgress: (done: number, total: number) => void) => Promise<{ images: Float32Array; seconds: number }>;
+type Sampler = (weight: number, steps: number | undefined, onProgress: (done: number, total: number) => void) => Promise<{ images: Float32Array; seconds: number }>;
 
 /** Draws the run's n samples at a guidance weight. Checks the solver and strategy against the model at once. */
 function makeSampler(
   model: Model,
-  o: { n: number; labels: number[] | undefined; text?: PromptText; solver: SolverName; strategy?: string; rule: GuidanceRule; attnTemp: number; seed: number; batchSize: number; denoise?: { sigma: number; lrScale: number } },
+  o: { n: number; labels: number[] | undefined; text?: PromptText; solver?: SolverName | OdeSolverName; strategy?: string; steps?: number[]; rule: GuidanceRule; attnTemp: number; seed: number; batchSize: number; denoise?: { sigma: number; lrScale: number } },
 ): Sampler {
-  const solver: SolverChoice = { name: o.solver, strategy: o.strategy };
-  plansFor(model, solver); // a bad solver or strategy fails before any work
-  return async (weight, onProgress) => {
+  const choice = (steps?: number): SolverChoice | undefined => (o.solver === undefined && o.strategy === undefined && steps === undefined ? undefined : { name: o.solver ?? 'sequential', strategy: o.strategy, steps });
+  for (const steps of o.steps ?? [undefined]) plansFor(model, choice(steps)); // a bad solver, strategy or step count fails before any work
+  return async (weight, steps, onProgress) => {
+    const solver = choice(steps);
     const guidance: Guidance = { weight, rule: o.rule, annealed: false, attnTemp: o.attnTemp };
     const cond = o.text ? { text: { states: o.text.states, negative: o.text.negative } } : { labels: o.labels };
     const g = await generate(model, { n: o.n, ...cond, solver, guidance, seed: o.seed, batchSize: o.batchSize, denoise: o.denoise, onProgress });
@@ -242,6 +260,20 @@ async function guidanceChart(file: string, weights: number[], floor: SetMetrics,
   await writePng(file, sideBySide([distChart, accChart]));
 }
 
+/** Fréchet distance against steps (log-log), one line per guidance weight, the floor flat. */
+async function stepsChart(file: string, floor: SetMetrics, runs: ModelRun[]): Promise<void> {
+  const steps = runs.map((r) => r.steps!);
+  const xs = [Math.min(...steps), Math.max(...steps)];
+  const colors = [BLUE, RED, [160, 90, 200], [230, 140, 30], [40, 40, 40]] as Rgb[];
+  const weights = [...new Set(runs.map((r) => r.cfg))];
+  const series: Series[] = [
+    { points: xs.map((x) => [x, floor.frechet] as [number, number]), color: GREEN, dots: false },
+    ...weights.map((w, i) => ({ points: runs.filter((r) => r.cfg === w).sort((a, b) => a.steps! - b.steps!).map((r) => [r.steps!, r.frechet] as [number, number]), color: colors[i % colors.length]!, dots: true })),
+  ];
+  const title = `frechet distance (log) by steps; guidance ${weights.map((w, i) => `${w}: ${['blue', 'red', 'purple', 'orange', 'black'][i % 5]}`).join(', ')}`;
+  await writePng(file, lineChart(series, { logY: true, title, xLabel: 'steps', yLabel: 'frechet' }));
+}
+
 // ---- text ----
 
 /** A figure for a table: '–' when missing or not finite. */
@@ -272,7 +304,7 @@ function renderReport(m: EvalMetrics, fxDir: string, summary: string): string {
   return [
     `# Sample quality: ${path.basename(m.modelDir) === 'checkpoint' ? path.basename(path.dirname(m.modelDir)) : path.basename(m.modelDir)}`,
     '',
-    `Model \`${m.modelDir}\` (${summary}), ${m.n} samples per guidance weight, ${m.solver} solver${m.denoise ? `, denoised at σ = ${m.denoise.sigma}` : ''}, seed ${m.seed}, ${m.device}.`,
+    `Model \`${m.modelDir}\` (${summary}), ${m.n} samples per guidance weight${m.steps ? ' and step count' : ''}, ${m.solver} solver${m.denoise ? `, denoised at σ = ${m.denoise.sigma}` : ''}, seed ${m.seed}, ${m.device}.`,
     '',
     `Features: the ${m.features.config.hidden}-d penultimate layer of our ${trainSpec.replace(/:train$/, '')} classifier (\`${fxDir}\`, test accuracy ${accuracyText(m.features.testAccuracy)}). ` +
       `Every set is compared with the same ${m.reference.n} ${trainSpec} images. The Fréchet distance is FID's formula on these features: it is not comparable with published FIDs, ` +
@@ -281,7 +313,7 @@ function renderReport(m: EvalMetrics, fxDir: string, summary: string): string {
     '| set | Fréchet distance | KID (± s.e.) | precision | recall | class accuracy |',
     '| --- | ---: | ---: | ---: | ---: | ---: |',
     row(`floor (${floor.n} ${testSpec} images)`, floor),
-    ...runs.map((r) => row(`**model, cfg ${r.cfg}**`, r)),
+    ...runs.map((r) => row(`**${r.name}**`, r)),
     row(`ceiling (diagonal Gaussian${perClass ? ' per class' : ''})`, ceiling),
     '',
     `Ordered floor < model < ceiling (Fréchet distance, cfg ${head.cfg}): **${m.ordered.frechet ? 'yes' : 'no'}**.`,
@@ -297,7 +329,7 @@ function renderReport(m: EvalMetrics, fxDir: string, summary: string): string {
     '',
     '## Samples',
     '',
-    ...runs.flatMap((r) => [`cfg ${r.cfg} (${r.samplesPerSec.toFixed(1)} samples/s):`, '', `![samples cfg ${r.cfg}](${r.grid})`, '']),
+    ...runs.flatMap((r) => [`${r.name.replace(/^model, /, '')} (${r.samplesPerSec.toFixed(1)} samples/s):`, '', `![samples ${r.name.replace(/^model, /, '')}](${r.grid})`, '']),
     'Reference points: test images (floor) and the diagonal Gaussian (ceiling):',
     '',
     '![floor](floor.png) ![ceiling](ceiling.png)',
@@ -308,9 +340,20 @@ function renderReport(m: EvalMetrics, fxDir: string, summary: string): string {
     '',
     '![guidance sweep](guidance.png)',
     '',
-    '| cfg | Fréchet distance | KID | precision | recall | class accuracy | samples/s | samples with NaN/inf |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ...runs.map((r) => `| ${r.cfg} | ${fmt(r.frechet)} | ${fmt(r.kid.mean, 4)} | ${fmt(r.precision)} | ${fmt(r.recall)} | ${pct(r.classAccuracy)} | ${r.samplesPerSec.toFixed(1)} | ${r.nonFiniteSamples} |`),
+    ...(m.steps
+      ? [
+          '| cfg | steps | network evaluations | Fréchet distance | KID | precision | recall | class accuracy | samples/s | samples with NaN/inf |',
+          '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+          ...runs.map((r) => `| ${r.cfg} | ${r.steps} | ${r.evaluations} | ${fmt(r.frechet)} | ${fmt(r.kid.mean, 4)} | ${fmt(r.precision)} | ${fmt(r.recall)} | ${pct(r.classAccuracy)} | ${r.samplesPerSec.toFixed(1)} | ${r.nonFiniteSamples} |`),
+          '',
+          `Network evaluations per sample (${m.solver}); with guidance (cfg > 0) each evaluation runs the conditional and unconditional branches as one batch of twice the rows.`,
+          ...(m.steps.length > 1 ? ['', 'Fréchet distance (log) against the number of steps, one line per guidance weight (green: floor):', '', '![steps sweep](steps.png)'] : []),
+        ]
+      : [
+          '| cfg | Fréchet distance | KID | precision | recall | class accuracy | samples/s | samples with NaN/inf |',
+          '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+          ...runs.map((r) => `| ${r.cfg} | ${fmt(r.frechet)} | ${fmt(r.kid.mean, 4)} | ${fmt(r.precision)} | ${fmt(r.recall)} | ${pct(r.classAccuracy)} | ${r.samplesPerSec.toFixed(1)} | ${r.nonFiniteSamples} |`),
+        ]),
     '',
     'Samples are scored as a saved image holds them: clipped to [-1, 1], NaN as black.',
     '',
@@ -343,7 +386,10 @@ function checkOptions(o: EvalOptions): void {
   }
   if (o.guidanceRule !== undefined && o.guidanceRule !== 'tarflow' && o.guidanceRule !== 'starflow') throw new EvalError(`guidanceRule must be tarflow or starflow, got '${o.guidanceRule}'`, 'guidanceRule');
   if (o.attnTemp !== undefined && !(o.attnTemp > 0)) throw new EvalError(`attnTemp must be a number > 0, got ${o.attnTemp}`, 'attnTemp');
-  if (o.solver !== undefined && !(SOLVERS as readonly string[]).includes(o.solver)) throw new EvalError(`unknown solver '${o.solver}' (expected one of: ${SOLVERS.join(', ')})`, 'solver');
+  const solvers: readonly string[] = [...SOLVERS, ...ODE_SOLVERS];
+  if (o.solver !== undefined && !solvers.includes(o.solver)) throw new EvalError(`unknown solver '${o.solver}' (expected one of: ${solvers.join(', ')})`, 'solver');
+  if (o.steps !== undefined && (o.steps.length === 0 || o.steps.some((k) => !Number.isInteger(k) || k < 1))) throw new EvalError(`steps must be a non-empty list of integers ≥ 1, got [${o.steps.join(', ')}]`, 'steps');
+  int(o.bpdImages, 'bpdImages', 0);
 }
 
 /**
@@ -360,7 +406,6 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
   const weights = opts.weights ?? [0];
   const attnTemp = opts.attnTemp ?? 1;
   let rule: GuidanceRule = 'tarflow'; // the model's own default once it is loaded
-  const solver = opts.solver ?? 'sequential';
   const batch = opts.batchSize ?? 100;
   const seed = opts.seed ?? 0;
   const refN = opts.refN ?? 10000;
@@ -394,7 +439,11 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     if (classNames) log(`text model: class c drawn from the prompt "${classNames.map((names) => names[0]).join('", "')}"`);
     const sampler = model.family.sampler(cfg);
     rule = opts.guidanceRule ?? (sampler.kind === 'autoregressive' ? sampler.guidanceRule : 'tarflow');
-    const sample = makeSampler(model, { n, labels, text, solver, strategy: opts.strategy, rule, attnTemp, seed, batchSize: batch, denoise });
+    const velocity = sampler.kind === 'velocity' ? sampler : undefined;
+    const solver = opts.solver ?? (velocity ? 'euler' : 'sequential');
+    if (opts.steps && !velocity) throw new EvalError(`${model.family.name} models are not sampled in steps of a velocity field: steps apply to rectified-flow and MeanFlow models`, 'steps');
+    const stepCounts: (number | undefined)[] = opts.steps ?? [velocity?.defaultSteps];
+    const sample = makeSampler(model, { n, labels, text, solver: opts.solver, strategy: opts.strategy, steps: opts.steps, rule, attnTemp, seed, batchSize: batch, denoise });
     log(`eval: ${device}, model ${mDir}, extractor ${fxDir} (test accuracy ${accuracyText(fx.testAccuracy)}), n ${n}, cfg ${weights.join(',')}`);
 
     // The reference set: refN training images in a seeded order; its first n are the support of
@@ -426,22 +475,30 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     await writePng(path.join(outDir, 'floor.png'), grid(floorImgs.x));
 
     const runs: ModelRun[] = [];
-    for (const [run, w] of weights.entries()) {
-      const g = await sample(w, (done, total) => opts.onProgress?.({ stage: 'sample', run, cfg: w, done, total }));
-      // Scored as saved images are: clipped to [-1, 1], NaN as black; samples with non-finite values are counted.
-      const nonFinite = clipSamples(g.images, n, per);
-      const m = { ...(await score(`model, cfg ${w}`, g.images, labels)), nonFiniteSamples: nonFinite };
-      const gridFile = `samples-cfg${w}.png`;
-      await writePng(path.join(outDir, gridFile), grid(g.images));
-      runs.push({ ...m, cfg: w, seconds: g.seconds, samplesPerSec: n / g.seconds, grid: gridFile });
-      log(`cfg ${w}: Fréchet ${fmt(m.frechet)}, KID ${fmt(m.kid.mean, 4)}, class accuracy ${pct(m.classAccuracy)} (${(n / g.seconds).toFixed(1)} samples/s${nonFinite ? `; ${nonFinite} samples had NaN/inf pixels, scored as clipped` : ''})`);
+    for (const [i, w] of weights.entries()) {
+      for (const [j, steps] of stepCounts.entries()) {
+        const run = i * stepCounts.length + j;
+        const g = await sample(w, steps, (done, total) => opts.onProgress?.({ stage: 'sample', run, cfg: w, done, total }));
+        // Scored as saved images are: clipped to [-1, 1], NaN as black; samples with non-finite values are counted.
+        const nonFinite = clipSamples(g.images, n, per);
+        const name = `model, cfg ${w}${steps ? `, ${steps} steps` : ''}`;
+        const m = { ...(await score(name, g.images, labels)), nonFiniteSamples: nonFinite };
+        const gridFile = steps ? `samples-cfg${w}-steps${steps}.png` : `samples-cfg${w}.png`;
+        await writePng(path.join(outDir, gridFile), grid(g.images));
+        const evaluations = steps ? evaluationsOf({ solver: solver as OdeSolverName, steps }) : null;
+        runs.push({ ...m, cfg: w, steps: steps ?? null, evaluations, seconds: g.seconds, samplesPerSec: n / g.seconds, grid: gridFile });
+        log(`${name}: Fréchet ${fmt(m.frechet)}, KID ${fmt(m.kid.mean, 4)}, class accuracy ${pct(m.classAccuracy)} (${(n / g.seconds).toFixed(1)} samples/s${nonFinite ? `; ${nonFinite} samples had NaN/inf pixels, scored as clipped` : ''})`);
+      }
     }
 
     // The model's likelihood of n test images of the same dataset, as `starflow nll` scores it.
-    const testBpd = model.family.nll ? { data: testSpec, ...(await testBitsPerDim(model, testDs, n, seed)) } : null;
+    const bpdImages = opts.bpdImages ?? n;
+    const testBpd = model.family.nll && bpdImages > 0 ? { data: testSpec, ...(await testBitsPerDim(model, testDs, bpdImages, seed)) } : null;
     if (testBpd) log(`test ${testBpd.of === 'latents' ? 'latent ' : ''}bits/dim: ${fmt(testBpd.bitsPerDim, 3)} on ${testBpd.n} ${testSpec} images${testBpd.nonFinite ? ` (${testBpd.nonFinite} overflowed)` : ''}`);
 
-    await guidanceChart(path.join(outDir, 'guidance.png'), weights, floor, ceiling, runs);
+    // The guidance sweep at the first step count; the step sweep, one line per weight.
+    await guidanceChart(path.join(outDir, 'guidance.png'), weights, floor, ceiling, runs.filter((r) => r.steps === runs[0]!.steps));
+    if (stepCounts.length > 1) await stepsChart(path.join(outDir, 'steps.png'), floor, runs);
     const curves = await trainingCurves(mDir, outDir);
 
     const head = runs[0]!;
@@ -451,6 +508,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
       n,
       seed,
       solver,
+      steps: stepCounts[0] === undefined ? null : (stepCounts as number[]),
       strategy: opts.strategy ?? null,
       denoise: denoise ?? null,
       guidanceRule: rule,
@@ -473,7 +531,7 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     await writeFileAtomic(reportFile, markdown);
     if (opts.record) {
       const samples: SampleQuality = { n, guidance: head.cfg, denoise: Boolean(denoise), frechet: head.frechet, classAccuracy: head.classAccuracy ?? NaN, report: shownPath(reportFile) };
-      await recordEvaluation(mDir, 'samples', { ...samples, seed, solver, features: shownPath(fxDir), floorFrechet: floor.frechet, measuredAt: new Date().toISOString().slice(0, 10) });
+      await recordEvaluation(mDir, 'samples', { ...samples, ...(head.steps ? { steps: head.steps } : {}), seed, solver, features: shownPath(fxDir), floorFrechet: floor.frechet, measuredAt: new Date().toISOString().slice(0, 10) });
     }
     return { metrics, markdown, metricsFile, reportFile };
   } finally {

@@ -16,6 +16,7 @@
 import { np, jnn, keep, release, Rng, type Arr } from '../engine/index.js';
 import { layerNorm, rmsNorm, mlp, linear, embed, initLinear, initNorm, initNormal, type Linear, type Norm, type Mlp } from '../nn/layers.js';
 import { ropeTables } from '../nn/rope.js';
+import { patchify, unpatchify } from '../nn/patches.js';
 import {
   causalSelfAttention,
   cachedSelfAttention,
@@ -30,17 +31,13 @@ import {
   type Rotation,
 } from '../nn/attention.js';
 import { shapesOf } from '../nn/params.js';
-import { checkTextEncoderShape, encodeText, initTextEncoder, type TextEncoder, type TextEncoderShape } from '../nn/text-encoder.js';
-import { checkTokenizerConfig } from '../nn/tokenizer.js';
+import { encodeText, initTextEncoder, parseTextEncoder, textEncoderShape, type TextEncoder, type TextEncoderConfig } from '../nn/text-encoder.js';
 import { asObject, boolField, ConfigError, intField, numberField, withDefaults } from './config.js';
 import { HALF_LOG_2PI, type AutoregressiveSampler, type BlockInverse, type FlowSteps, type Guidance, type GuidanceRule, type ModelFamily } from './model.js';
 
 // ---- config ----
 
 export type NormKind = 'layer' | 'rms' | 'none';
-
-/** `vocab`: the words (a training config may name them as "captions:KIND": train/config.ts). */
-export type TextEncoderConfig = { vocab: string[]; layers: number; heads: number };
 
 export type FlowConfig = {
   /** 'tarflow' and 'starflow' name the same model with different defaults. */
@@ -199,29 +196,6 @@ export function parseFlowConfig(raw: unknown, where = 'model config'): FlowConfi
   return cfg;
 }
 
-function parseTextEncoder(raw: unknown, cfg: FlowConfig, fail: (msg: string) => never): TextEncoderConfig {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail(`'textEncoder' must be null or an object { vocab, layers, heads }, got ${JSON.stringify(raw)?.slice(0, 60)}`);
-  const { vocab, layers, heads, ...rest } = raw as Record<string, unknown>;
-  const extra = Object.keys(rest);
-  if (extra.length) fail(`'textEncoder': unknown field${extra.length > 1 ? 's' : ''} ${extra.map((k) => `'${k}'`).join(', ')} (expected vocab, layers, heads)`);
-  if (cfg.textTokens === 0) fail("'textEncoder' needs 'textTokens' (the words per text) and 'textDim' (the encoder's width)");
-  if (typeof vocab === 'string') fail(`'textEncoder': 'vocab' must be a list of words ("${vocab.slice(0, 40)}" names a vocabulary only in a training config, which resolves "captions:KIND")`);
-  try {
-    checkTokenizerConfig({ vocab, maxTokens: cfg.textTokens }, "'textEncoder'");
-  } catch (e) {
-    fail((e as Error).message);
-  }
-  const shape = { vocabSize: (vocab as string[]).length + 1, maxTokens: cfg.textTokens, width: cfg.textDim, layers: layers as number, heads: heads as number };
-  checkTextEncoderShape(shape, (m) => fail(`'textEncoder': ${m.replace(/^text encoder: /, '')}`));
-  return { vocab: vocab as string[], layers: layers as number, heads: heads as number };
-}
-
-/** The text encoder's shape in a model with its own encoder. */
-export function textEncoderShape(cfg: FlowConfig): TextEncoderShape {
-  const t = cfg.textEncoder!;
-  return { vocabSize: t.vocab.length + 1, maxTokens: cfg.textTokens, width: cfg.textDim, layers: t.layers, heads: t.heads };
-}
-
 /** Sizes derived from a config. */
 export function tokenShape(cfg: FlowConfig): { tokens: number; tokenDim: number; dims: number } {
   const side = cfg.imgSize / cfg.patchSize;
@@ -323,27 +297,6 @@ export function initFlow(cfg: FlowConfig, seed: number): FlowParams {
 export function attentionShape(cfg: FlowConfig, width = cfg.width): AttentionShape {
   const heads = width / cfg.headDim;
   return cfg.kvHeads > 0 && cfg.kvHeads !== heads ? { heads, headDim: cfg.headDim, kvHeads: cfg.kvHeads } : { heads, headDim: cfg.headDim };
-}
-
-// ---- patches ----
-
-/** [B, C, H, W] → [B, T, C·p²], tokens in raster order, features ordered c·p² + ki·p + kj. */
-export function patchify(x: Arr, p: number): Arr {
-  const [b, c, h, w] = x.shape as [number, number, number, number];
-  return x
-    .reshape([b, c, h / p, p, w / p, p])
-    .transpose([0, 2, 4, 1, 3, 5])
-    .reshape([b, (h / p) * (w / p), c * p * p]);
-}
-
-export function unpatchify(z: Arr, cfg: FlowConfig): Arr {
-  const b = z.shape[0]!;
-  const p = cfg.patchSize;
-  const s = cfg.imgSize / p;
-  return z
-    .reshape([b, s, s, cfg.inChannels, p, p])
-    .transpose([0, 3, 1, 4, 2, 5])
-    .reshape([b, cfg.inChannels, cfg.imgSize, cfg.imgSize]);
 }
 
 function flipTokens(x: Arr): Arr {

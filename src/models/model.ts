@@ -115,6 +115,32 @@ export interface DirectSampler<P = Params> {
   sample(params: P, z: Arr, labels: number[] | undefined, g: Guidance): Arr;
 }
 
+/** Integrators of a velocity field: Euler (one evaluation per step) and Heun (two). */
+export type OdeSolverName = 'euler' | 'heun';
+
+/**
+ * A family that carries noise (time 1) to data (time 0) along a velocity field, in steps
+ * (sampling/ode.ts): rectified flow's instantaneous velocity v(x, t), or MeanFlow's average
+ * velocity u(x, r, t) over [r, t], for which one Euler step from t = 1 to r = 0 is a sample.
+ */
+export interface VelocitySampler<P = Params> {
+  kind: 'velocity';
+  /** The solvers that apply (Heun needs the instantaneous velocity). */
+  solvers: readonly OdeSolverName[];
+  /** Steps when the caller gives none. */
+  defaultSteps: number;
+  /** SD3's time shift s of the step schedule, t ↦ s·t / (1 + (s − 1)·t) (1: uniform steps). */
+  timeShift: number;
+  /**
+   * The velocity [B, ...noiseShape] at x (time t [B]) for a step to time r [B]; labels int32 [B]
+   * (−1: none) and text states [B, L, D] condition it. Consumes every argument but `params`'s
+   * caller-held reference (the sampler passes a kept copy).
+   */
+  velocity(params: P, x: Arr, t: Arr, r: Arr, labels: Arr, text?: Arr): Arr;
+  /** Samples [B, ...noiseShape] → images [B, C, H, W]. */
+  toImages(x: Arr): Arr;
+}
+
 // ---- the family ----
 
 export interface ModelFamily<C extends ModelConfig = ModelConfig, P extends Params = Params> {
@@ -142,15 +168,19 @@ export interface ModelFamily<C extends ModelConfig = ModelConfig, P extends Para
    * The training loss (a scalar) on images x [B, C, H, W] in [−1, 1] with labels y int32 [B]
    * (−1 = dropped; ignored by unconditional models), or, for a model with its own text encoder,
    * caption token ids y int32 [B, L] (all 0: the empty caption). For a family with `nll`, the mean of it, so
-   * that the trainer can report bits/dim.
+   * that the trainer can report bits/dim, unless `lossIsNll` is false.
    */
   loss(params: P, cfg: C, x: Arr, y: Arr, eps?: Arr): Arr;
+  /** false: the loss is not the NLL (a regression loss), so the trainer does not report it as bits/dim. Default true. */
+  readonly lossIsNll?: boolean;
   /** Exact negative log-likelihood per sample in nats per dimension (continuous density), [B]. */
   nll?(params: P, cfg: C, x: Arr, y: Arr, text?: Arr): Arr;
+  /** false: `nll` runs jitted programs of its own (an ODE integration is too large to jit whole); callers then call it directly. Default true. */
+  readonly jitNll?: boolean;
   /** Flows: data → noise [B, ...noiseShape] and the per-sample log-determinant per dimension [B]. */
   encode?(params: P, cfg: C, x: Arr, y: Arr, text?: Arr): { z: Arr; logdet: Arr };
   /** How it turns noise into images (one object per config). */
-  sampler(cfg: C): AutoregressiveSampler<P> | DirectSampler<P>;
+  sampler(cfg: C): AutoregressiveSampler<P> | DirectSampler<P> | VelocitySampler<P>;
   /**
    * A model with its own text encoder: its tokenizer, and the states [B, textTokens, textDim] of
    * token ids [B, textTokens] (consumes the ids, not the params); null for other models.

@@ -5,6 +5,7 @@ import type { Params } from '../engine/index.js';
 import { asObject, ConfigError } from './config.js';
 import type { Model, ModelConfig, ModelFamily } from './model.js';
 import { tarflow, starflow } from './flow.js';
+import { dit } from './dit.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- each family has its own config and parameter types
 export type AnyFamily = ModelFamily<any, any>;
@@ -43,3 +44,4 @@ export function initModel(cfg: ModelConfig, seed: number): Model {
 
 registerFamily(tarflow);
 registerFamily(starflow);
+registerFamily(dit);

@@ -139,6 +139,35 @@ export function selfAttention(p: Attention, x: Arr, s: AttentionShape): Arr {
   return linear(p.proj, mergeHeads(attend(q, kT, v, mask, 1, s.headDim)));
 }
 
+/**
+ * Joint attention over several streams of tokens (MM-DiT: text and image), each with its own
+ * projections: every token of every stream sees every token. Returns each stream's output.
+ */
+export function jointSelfAttention(ps: Attention[], xs: Arr[], s: AttentionShape): Arr[] {
+  const lens = xs.map((x) => x.shape[1]!);
+  const total = lens.reduce((a, b) => a + b, 0);
+  const slots = keySlots(total);
+  const parts = ps.map((p, i) => projectQkv(p, xs[i]!, s, lens[i]!));
+  const pad = (x: Arr, axis: number) => {
+    const padding: [number, number][] = [[0, 0], [0, 0], [0, 0], [0, 0]];
+    padding[axis] = [0, slots - total];
+    return slots === total ? x : materialize(np.pad(x, padding));
+  };
+  const q = np.concatenate(parts.map((p) => p[0]), 2);
+  const kT = pad(np.concatenate(parts.map((p) => p[1]), 3), 3);
+  const v = pad(np.concatenate(parts.map((p) => p[2]), 2), 2);
+  const mask = np.broadcastTo(np.arange(slots).less(total).reshape([1, slots]), [total, slots]);
+  const out = mergeHeads(attend(q, kT, v, mask, 1, s.headDim));
+  let at = 0;
+  const outs = ps.map((p, i) => {
+    const part = out.ref.slice([], [at, at + lens[i]!]);
+    at += lens[i]!;
+    return linear(p.proj, part);
+  });
+  out.dispose();
+  return outs;
+}
+
 /** A cache for `length` positions written in chunks of `chunk` tokens (see keySlots; extra slots stay masked). */
 export function emptyKvCache(batch: number, length: number, s: AttentionShape, chunk = 1): KvCache {
   const slots = keySlots(length, chunk);

@@ -6,6 +6,7 @@
 import type { Arr, Rng } from '../engine/index.js';
 import { initAttention, selfAttention, type Attention, type AttentionShape } from './attention.js';
 import { embed, initLinear, initNorm, initNormal, layerNorm, mlp, type Mlp, type Norm } from './layers.js';
+import { checkTokenizerConfig } from './tokenizer.js';
 
 export type TextEncoderShape = { vocabSize: number; maxTokens: number; width: number; layers: number; heads: number };
 export type TextEncoderLayer = { attnNorm: Norm; attn: Attention; mlpNorm: Norm; mlp: Mlp };
@@ -56,3 +57,33 @@ export function checkTextEncoderShape(s: TextEncoderShape, fail: (msg: string) =
   if (s.width % s.heads !== 0) fail(`text encoder: 'width' (${s.width}) must be a multiple of 'heads' (${s.heads})`);
 }
 
+
+/** A model's own text encoder, as its config names it. `vocab`: the words (a training config may name them as "captions:KIND": train/config.ts). */
+export type TextEncoderConfig = { vocab: string[]; layers: number; heads: number };
+
+/** The text fields of a model config that has (or may have) its own encoder. */
+type TextFields = { textTokens: number; textDim: number };
+
+/** Validates a model config's 'textEncoder' field; `fail` throws with the config's location. */
+export function parseTextEncoder(raw: unknown, cfg: TextFields, fail: (msg: string) => never): TextEncoderConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return fail(`'textEncoder' must be null or an object { vocab, layers, heads }, got ${JSON.stringify(raw)?.slice(0, 60)}`);
+  const { vocab, layers, heads, ...rest } = raw as Record<string, unknown>;
+  const extra = Object.keys(rest);
+  if (extra.length) fail(`'textEncoder': unknown field${extra.length > 1 ? 's' : ''} ${extra.map((k) => `'${k}'`).join(', ')} (expected vocab, layers, heads)`);
+  if (cfg.textTokens === 0) fail("'textEncoder' needs 'textTokens' (the words per text) and 'textDim' (the encoder's width)");
+  if (typeof vocab === 'string') fail(`'textEncoder': 'vocab' must be a list of words ("${vocab.slice(0, 40)}" names a vocabulary only in a training config, which resolves "captions:KIND")`);
+  try {
+    checkTokenizerConfig({ vocab, maxTokens: cfg.textTokens }, "'textEncoder'");
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  const shape = { vocabSize: (vocab as string[]).length + 1, maxTokens: cfg.textTokens, width: cfg.textDim, layers: layers as number, heads: heads as number };
+  checkTextEncoderShape(shape, (m) => fail(`'textEncoder': ${m.replace(/^text encoder: /, '')}`));
+  return { vocab: vocab as string[], layers: layers as number, heads: heads as number };
+}
+
+/** The text encoder's shape in a model with its own encoder. */
+export function textEncoderShape(cfg: TextFields & { textEncoder: TextEncoderConfig | null }): TextEncoderShape {
+  const t = cfg.textEncoder!;
+  return { vocabSize: t.vocab.length + 1, maxTokens: cfg.textTokens, width: cfg.textDim, layers: t.layers, heads: t.heads };
+}

@@ -6,13 +6,14 @@ import { imageShapeOf, NO_GUIDANCE, type Guidance, type Model } from '../models/
 import { latentCodec } from '../models/autoencoder.js';
 import { sampleModel, noiseArray, SamplingError, type BlockStats } from './solvers.js';
 import { plansFor, type SolverChoice } from './plan.js';
+import { odePlanFor } from './ode.js';
 import { denoise } from './denoise.js';
 
 export type GenerateOptions = {
   n: number;
   /** One label per sample (class models); −1 = unconditional. */
   labels?: number[];
-  /** Solver for autoregressive flows (default sequential). */
+  /** Solver: for autoregressive flows (default sequential), or for velocity families with its steps (default Euler, the model's steps). */
   solver?: SolverChoice;
   /** Default: none. */
   guidance?: Guidance;
@@ -74,6 +75,7 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
     throw new SamplingError('denoising needs the noise level σ the model was trained with (this model has noiseStd 0: pass --sigma)');
   }
   const plans = plansFor(model, o.solver);
+  const ode = model.family.sampler(cfg).kind === 'velocity' ? odePlanFor(model, o.solver?.name, o.solver?.steps) : undefined;
   const per = noiseSize(model);
   // A latent model's samples are decoded by its autoencoder into its images.
   const codec = model.autoencoder && latentCodec(model.autoencoder);
@@ -100,7 +102,7 @@ export async function generate(model: Model, o: GenerateOptions): Promise<Genera
     const labels = o.labels && idx.map((i) => o.labels![i]!);
     const text = o.text && { states: rowsOf(o.text.states, idx), ...(o.text.negative ? { negative: rowsOf(o.text.negative, idx) } : {}) };
     try {
-      const r = await sampleModel(model, noiseArray(model, z, idx.length), labels, { plans, guidance: o.guidance ?? NO_GUIDANCE, onStep: progress, text });
+      const r = await sampleModel(model, noiseArray(model, z, idx.length), labels, { plans, guidance: o.guidance ?? NO_GUIDANCE, onStep: progress, text, ...(ode ? { ode } : {}) });
       stats.push(r.stats);
       const x: Arr = o.denoise ? denoise(model, r.images, labels, o.denoise.sigma, o.denoise.lrScale, text?.states) : r.images;
       return await toF32(codec ? codec.decode(x) : x);

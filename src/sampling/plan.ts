@@ -5,7 +5,8 @@
 // block-jacobi is ml-starflow's block-wise Jacobi: chunks of a fixed size (16), each iterated until
 // the batch's relative change Σ(new − old)²/Σ new² is below a threshold (1e-5 by default here,
 // 1e-3 in ml-starflow) or 32 iterations.
-import type { Model } from '../models/model.js';
+import type { Model, OdeSolverName } from '../models/model.js';
+import { odePlanFor } from './ode.js';
 import { SamplingError, type BlockPlan } from './solvers.js';
 
 export type SolverName = 'sequential' | 'jacobi' | 'gs-jacobi' | 'block-jacobi';
@@ -72,18 +73,29 @@ export function makePlans(solver: string, numBlocks: number, tokens: number, str
   return Array.from({ length: numBlocks }, (_, i) => chosen.get(i) ?? fallback);
 }
 
-/** A solver by name, with an optional gs-jacobi strategy and Jacobi knobs: what `generate` takes. */
-export type SolverChoice = { name: SolverName; strategy?: string } & Partial<JacobiKnobs>;
+/**
+ * A solver by name, with an optional gs-jacobi strategy and Jacobi knobs (flows), or an ODE
+ * solver and its steps (velocity families: sampling/ode.ts): what `generate` takes.
+ */
+export type SolverChoice = { name: SolverName | OdeSolverName; strategy?: string; steps?: number } & Partial<JacobiKnobs>;
 
 export const SEQUENTIAL: SolverChoice = { name: 'sequential' };
 
 /** Per-block plans for a model (none for families that sample in one call). */
-export function plansFor(model: Model, choice: SolverChoice = SEQUENTIAL): BlockPlan[] {
+export function plansFor(model: Model, choice?: SolverChoice): BlockPlan[] {
   const s = model.family.sampler(model.cfg);
+  if (s.kind === 'velocity') {
+    if (choice?.strategy) throw new SamplingError('--strategy applies to the gs-jacobi solver of autoregressive flows');
+    odePlanFor(model, choice?.name, choice?.steps); // checks the request
+    return [];
+  }
+  if (choice?.steps !== undefined) throw new SamplingError(`${model.family.name} models are not sampled in steps of a velocity field: --steps applies to rectified-flow and MeanFlow models`);
+  choice ??= SEQUENTIAL;
   if (s.kind !== 'autoregressive') {
     if (choice.name !== 'sequential' || choice.strategy) throw new SamplingError(`${model.family.name} models sample in one call: solvers and strategies do not apply`);
     return [];
   }
+  if (choice.name === 'euler' || choice.name === 'heun') throw new SamplingError(`${choice.name} integrates a velocity field: ${model.family.name} models are inverted block by block (${SOLVERS.join(', ')})`);
   const defaults = choice.name === 'block-jacobi' ? { ...JACOBI_DEFAULTS, tol: BLOCK_JACOBI_DEFAULTS.tol } : JACOBI_DEFAULTS;
   const given = Object.fromEntries(Object.entries(choice).filter(([, v]) => v !== undefined));
   return makePlans(choice.name, s.numBlocks, s.length, choice.strategy, { ...defaults, ...given });

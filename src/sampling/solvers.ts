@@ -13,6 +13,7 @@
 import { np, keep, release, fromF32, fromI32, toF32, type Arr } from '../engine/index.js';
 import type { AutoregressiveSampler, Guidance, Model, TextConditioning } from '../models/model.js';
 import { stepFunction } from './step.js';
+import { integrate, odePlanFor, type OdePlan } from './ode.js';
 
 
 export type BlockPlan =
@@ -37,6 +38,8 @@ export type SampleOptions = {
   onStep?: (done: number, total: number) => void;
   /** Text-conditioned models: the states (and, for guidance, the negative). */
   text?: TextConditioning;
+  /** Velocity families: solver and steps (default: Euler, the model's steps). */
+  ode?: OdePlan;
 };
 
 export type BlockStats = { block: number; calls: number; iterations: number[] };
@@ -221,6 +224,10 @@ export async function sampleModel(model: Model, z: Arr, labels: number[] | undef
   const s = model.family.sampler(model.cfg);
   if (s.kind === 'autoregressive') return sampleFromNoise(model, z, labels, opts);
   validateRequest(model, z, labels, opts.guidance, opts.text);
+  if (s.kind === 'velocity') {
+    const images = integrate(model, z, labels, opts.ode ?? odePlanFor(model), opts.guidance, opts.text, opts.onStep);
+    return { images, stats: [] };
+  }
   const images = s.sample(keep(model.params), z, labels, opts.guidance);
   opts.onStep?.(1, 1);
   return { images, stats: [] };

@@ -337,7 +337,7 @@ export async function train(config: TrainConfig | null, opts: TrainOptions): Pro
         }
         if (step % cfg.logEvery === 0 || step === stopAt) {
           const stepsPerSec = (step - firstStep) / ((performance.now() - t0) / 1000);
-          const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: family.nll ? bitsPerDimOf({ autoencoder: ae }, loss) : null, lr, gradNorm, stepsPerSec, etaSec: (stopAt - step) / stepsPerSec };
+          const e = { type: 'step' as const, step, totalSteps: cfg.steps, loss, bpd: family.nll && family.lossIsNll !== false ? bitsPerDimOf({ autoencoder: ae }, loss) : null, lr, gradNorm, stepsPerSec, etaSec: (stopAt - step) / stepsPerSec };
           emit(e);
           await log({ step, loss, bpd: e.bpd, lr, gradNorm, stepsPerSec, time: Date.now() });
         }
