@@ -154,6 +154,20 @@ export function fromF32(data: Float32Array | number[], shape: number[]): Arr {
   return np.array(buf, { shape });
 }
 
+/**
+ * Host numbers that change between calls of a jitted function (times, weights), as one float32
+ * array of 128 values (the rest zeros): jax-js inlines host arrays of fewer than 128 values into
+ * its kernels as constants, so smaller ones would recompile the function for every new value.
+ * Read value k as `a.slice([k, k + 1])`.
+ */
+export function hostScalars(values: number[]): Arr {
+  if (values.length > HOST_SCALAR_SLOTS) throw new EngineError(`at most ${HOST_SCALAR_SLOTS} host scalars, got ${values.length}`);
+  const buf = new Float32Array(HOST_SCALAR_SLOTS);
+  buf.set(values);
+  return np.array(buf, { shape: [HOST_SCALAR_SLOTS] });
+}
+const HOST_SCALAR_SLOTS = 128;
+
 export function fromI32(data: Int32Array | number[], shape: number[]): Arr {
   const buf = data instanceof Int32Array ? data : Int32Array.from(data);
   return np.array(buf, { shape, dtype: np.int32 });

@@ -149,9 +149,9 @@ type Sampler = (weight: number, steps: number | undefined, onProgress: (done: nu
 /** Draws the run's n samples at a guidance weight. Checks the solver and strategy against the model at once. */
 function makeSampler(
   model: Model,
-  o: { n: number; labels: number[] | undefined; text?: PromptText; solver?: SolverName | OdeSolverName; strategy?: string; steps?: number[]; rule: GuidanceRule; attnTemp: number; seed: number; batchSize: number; denoise?: { sigma: number; lrScale: number } },
+  o: { n: number; labels: number[] | undefined; text?: PromptText; solver: SolverName | OdeSolverName; strategy?: string; steps?: number[]; rule: GuidanceRule; attnTemp: number; seed: number; batchSize: number; denoise?: { sigma: number; lrScale: number } },
 ): Sampler {
-  const choice = (steps?: number): SolverChoice | undefined => (o.solver === undefined && o.strategy === undefined && steps === undefined ? undefined : { name: o.solver ?? 'sequential', strategy: o.strategy, steps });
+  const choice = (steps?: number): SolverChoice => ({ name: o.solver, strategy: o.strategy, steps });
   for (const steps of o.steps ?? [undefined]) plansFor(model, choice(steps)); // a bad solver, strategy or step count fails before any work
   return async (weight, steps, onProgress) => {
     const solver = choice(steps);
@@ -355,7 +355,7 @@ function renderReport(m: EvalMetrics, fxDir: string, summary: string): string {
           ...runs.map((r) => `| ${r.cfg} | ${fmt(r.frechet)} | ${fmt(r.kid.mean, 4)} | ${fmt(r.precision)} | ${fmt(r.recall)} | ${pct(r.classAccuracy)} | ${r.samplesPerSec.toFixed(1)} | ${r.nonFiniteSamples} |`),
         ]),
     '',
-    'Samples are scored as a saved image holds them: clipped to [-1, 1], NaN as black.',
+    'Samples are scored as a saved image holds them: clipped to [-1, 1], NaN as black. Samples/s are timed after one untimed warm-up batch (guided and unguided each), so compilation is left out.',
     '',
     ...(curves
       ? [
@@ -443,7 +443,12 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     const solver = opts.solver ?? (velocity ? 'euler' : 'sequential');
     if (opts.steps && !velocity) throw new EvalError(`${model.family.name} models are not sampled in steps of a velocity field: steps apply to rectified-flow and MeanFlow models`, 'steps');
     const stepCounts: (number | undefined)[] = opts.steps ?? [velocity?.defaultSteps];
-    const sample = makeSampler(model, { n, labels, text, solver: opts.solver, strategy: opts.strategy, steps: opts.steps, rule, attnTemp, seed, batchSize: batch, denoise });
+    const sample = makeSampler(model, { n, labels, text, solver, strategy: opts.strategy, steps: opts.steps, rule, attnTemp, seed, batchSize: batch, denoise });
+    // One untimed batch before the first guided and the first unguided run, so that samples/s
+    // leaves out compilation (the compiled steps depend on the batch and on guidance, not on steps).
+    const warm = Math.min(batch, n);
+    const warmUp = makeSampler(model, { n: warm, labels: labels?.slice(0, warm), text: text && { ...text, states: text.states.subarray(0, text.states.length / n * warm), negative: text.negative?.subarray(0, text.negative.length / n * warm) }, solver, strategy: opts.strategy, steps: opts.steps, rule, attnTemp, seed, batchSize: batch, denoise });
+    const warmed = new Set<boolean>();
     log(`eval: ${device}, model ${mDir}, extractor ${fxDir} (test accuracy ${accuracyText(fx.testAccuracy)}), n ${n}, cfg ${weights.join(',')}`);
 
     // The reference set: refN training images in a seeded order; its first n are the support of
@@ -478,6 +483,10 @@ export async function evaluateModel(opts: EvalOptions): Promise<EvalResult> {
     for (const [i, w] of weights.entries()) {
       for (const [j, steps] of stepCounts.entries()) {
         const run = i * stepCounts.length + j;
+        if (!warmed.has(w > 0)) {
+          warmed.add(w > 0);
+          await warmUp(w, steps, () => {});
+        }
         const g = await sample(w, steps, (done, total) => opts.onProgress?.({ stage: 'sample', run, cfg: w, done, total }));
         // Scored as saved images are: clipped to [-1, 1], NaN as black; samples with non-finite values are counted.
         const nonFinite = clipSamples(g.images, n, per);

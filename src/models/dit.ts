@@ -10,7 +10,7 @@
 // Conditioning is adaLN-zero: a vector c = embed(t) [+ embed(t − r)] [+ class or pooled text]
 // sets per-block shift, scale and gate, the gates zero at initialisation, so an untrained block is
 // the identity. Label −1 selects a learned "no class" row (classifier-free guidance's negative).
-import { np, jnn, lax, jvp, keep, release, mapTree, cachedJit, fromF32, Rng, type Arr } from '../engine/index.js';
+import { np, jnn, lax, jvp, keep, release, mapTree, cachedJit, hostScalars, Rng, type Arr } from '../engine/index.js';
 import { linear, mlp, initLinear, initMlp, initNormal, type Linear, type Mlp } from '../nn/layers.js';
 import { initAttention, jointSelfAttention, selfAttention, type Attention, type AttentionShape } from '../nn/attention.js';
 import { patchify, unpatchify } from '../nn/patches.js';
@@ -354,7 +354,7 @@ function ditNll(params: DitParams, cfg: DitConfig, x: Arr, y: Arr, text?: Arr): 
   let state: [Arr, Arr] = [x, np.zeros([b])];
   for (let i = 0; i < n; i++) {
     const probe = exact ? np.zeros([1]) : np.array(Float32Array.from({ length: b * d }, () => (rng.uniform() < 0.5 ? -1 : 1)), { shape }); // exact: unused
-    const times = fromF32([i / n, (i + 1) / n], [2]);
+    const times = hostScalars([i / n, (i + 1) / n]);
     const args = [keep(params as never), state[0], state[1], times, labels.ref, probe] as const;
     state = states ? step(...args, states.ref) : step(...args);
     // Run each step before queueing the next: jax-js dispatches lazily, and queued programs hold
@@ -369,7 +369,7 @@ function ditNll(params: DitParams, cfg: DitConfig, x: Arr, y: Arr, text?: Arr): 
 }
 
 /**
- * One Heun step of the probability-flow ODE from times[0] to times[1]: (z, ∫div) → (z, ∫div),
+ * One Heun step of the probability-flow ODE from times[0] to times[1] (hostScalars): (z, ∫div) → (z, ∫div),
  * jitted once per config. The divergence is exact (one JVP per basis vector) or Hutchinson's with
  * the given ±1 probe. One program per step, not per integration: an unrolled ODE exceeds wasm's
  * 4 GiB.

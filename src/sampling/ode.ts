@@ -3,7 +3,7 @@
 // SD3's shifted one), by Euler (x ← x + (r − t)·v, one network evaluation per step) or Heun (the
 // mean of the velocities at both ends, two). Classifier-free guidance evaluates the conditional
 // and unconditional rows in one batch and extrapolates, v_c + w·(v_c − v_u).
-import { np, cachedJit, fromF32, fromI32, keep, release, type Arr, type Params } from '../engine/index.js';
+import { np, cachedJit, fromI32, hostScalars, keep, release, type Arr, type Params } from '../engine/index.js';
 import type { Guidance, Model, OdeSolverName, TextConditioning, VelocitySampler } from '../models/model.js';
 import { SamplingError } from './solvers.js';
 
@@ -43,13 +43,18 @@ export function odePlanFor(model: Model, solver?: string, steps?: number): OdePl
   return { solver: name, steps: n };
 }
 
-type StepInputs = { params: Params; x: Arr; t: Arr; r: Arr; labels: Arr; weight: Arr; text?: Arr };
+/** `scalars`: hostScalars([t, r, guidance weight]). */
+type StepInputs = { params: Params; x: Arr; scalars: Arr; labels: Arr; text?: Arr };
 
 /** One jitted step x(t) → x(r) for a model, solver and branch layout. */
 function stepFunction(model: Model, s: VelocitySampler, solver: OdeSolverName, guided: boolean, withText: boolean): (inp: StepInputs) => Arr {
   const key = `ode-step:${solver}:${guided}:${withText}:${JSON.stringify(model.cfg)}`;
   return cachedJit(key, () => (inp: StepInputs) => {
     const b = inp.x.shape[0]!;
+    const scalar = (k: number) => inp.scalars.ref.slice([k, k + 1]);
+    const t = np.broadcastTo(scalar(0), [b]);
+    const r = np.broadcastTo(scalar(1), [b]);
+    const weight = scalar(2);
     const rows = (a: Arr) => (guided ? np.concatenate([a.ref, a], 0) : a);
     const labels = inp.labels; // already [2B] when guided
     /** The (guided) velocity at x, time t; consumes x and t. */
@@ -58,21 +63,18 @@ function stepFunction(model: Model, s: VelocitySampler, solver: OdeSolverName, g
       if (!guided) return v;
       const cond = v.ref.slice([0, b]);
       const uncond = v.slice([b, 2 * b]);
-      return cond.ref.add(cond.sub(uncond).mul(inp.weight.ref));
+      return cond.ref.add(cond.sub(uncond).mul(weight.ref));
     };
-    const dt = inp.r.ref.sub(inp.t.ref).reshape([b, 1, 1, 1]);
-    const v0 = velocity(inp.x.ref, inp.t.ref, inp.r.ref);
+    const dt = r.ref.sub(t.ref).reshape([b, 1, 1, 1]);
+    const v0 = velocity(inp.x.ref, t.ref, r.ref);
     let out: Arr;
     if (solver === 'euler') out = inp.x.add(v0.mul(dt));
     else {
       const ahead = inp.x.ref.add(v0.ref.mul(dt.ref));
-      const v1 = velocity(ahead, inp.r.ref, inp.r.ref);
+      const v1 = velocity(ahead, r.ref, r.ref);
       out = inp.x.add(v0.add(v1).mul(dt).mul(0.5));
     }
-    inp.t.dispose();
-    inp.r.dispose();
-    labels.dispose();
-    inp.weight.dispose();
+    release([t, r, weight, inp.scalars, labels] as never);
     inp.text?.dispose();
     release(inp.params);
     return out;
@@ -101,18 +103,15 @@ export function integrate(
   const ys = labels ?? new Array<number>(b).fill(-1);
   const labelArr = fromI32(guided ? [...ys, ...ys.map(() => -1)] : ys, [guided ? 2 * b : b]);
   const states = text && (guided ? np.concatenate([text.states.ref, text.negative!.ref], 0) : text.states.ref);
-  const weight = fromF32([guidance.weight], [1]);
   const step = stepFunction(model, s, plan.solver, guided, Boolean(states));
   const times = timeSchedule(plan.steps, s.timeShift);
   let x = z;
   for (let i = 0; i < plan.steps; i++) {
-    const t = fromF32(new Float32Array(b).fill(times[i]!), [b]);
-    const r = fromF32(new Float32Array(b).fill(times[i + 1]!), [b]);
-    x = step({ params: keep(model.params), x, t, r, labels: labelArr.ref, weight: weight.ref, ...(states ? { text: states.ref } : {}) });
+    const scalars = hostScalars([times[i]!, times[i + 1]!, guidance.weight]);
+    x = step({ params: keep(model.params), x, scalars, labels: labelArr.ref, ...(states ? { text: states.ref } : {}) });
     onStep?.(i + 1, plan.steps);
   }
   labelArr.dispose();
-  weight.dispose();
   states?.dispose();
   return s.toImages(x);
 }

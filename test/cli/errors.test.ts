@@ -14,6 +14,7 @@ import { release } from '../../src/engine/index.js';
 import { initFlow, tarflow } from '../../src/models/flow.js';
 import { parseFlowConfig as parseModelConfig } from '../../src/models/flow.js';
 import { saveModel } from '../../src/io/model.js';
+import { dit } from '../../src/models/dit.js';
 import { saveCheckpoint } from '../../src/io/checkpoint.js';
 import { paramsToHost } from '../../src/nn/params.js';
 
@@ -44,6 +45,8 @@ let dir = '';
 let classModel = '';
 let uncondModel = '';
 let textModel = '';
+let rfModel = '';
+let meanflowModel = '';
 
 async function writeModelDir(name: string, raw: object): Promise<string> {
   const cfg = parseModelConfig(raw);
@@ -59,6 +62,16 @@ before(async () => {
   classModel = await writeModelDir('class10', { ...MODEL, numClasses: 10 });
   uncondModel = await writeModelDir('uncond', MODEL);
   textModel = await writeModelDir('text', { ...MODEL, textTokens: 6, textDim: 16, textEncoder: { vocab: captionWords(MNIST_VOCABULARY), layers: 1, heads: 2 } });
+  const ditModel = async (name: string, objective: string) => {
+    const cfg = dit.parseConfig({ inChannels: 1, imgSize: 8, patchSize: 4, width: 16, depth: 1, headDim: 8, numClasses: 10, objective }, name);
+    const params = dit.init(cfg, 0);
+    const d = path.join(dir, name);
+    await saveModel(d, { family: dit, cfg, params });
+    release(params);
+    return d;
+  };
+  rfModel = await ditModel('rf', 'rectified-flow');
+  meanflowModel = await ditModel('meanflow', 'meanflow');
 });
 after(() => rm(dir, { recursive: true, force: true }));
 
@@ -221,7 +234,16 @@ describe('CLI errors: one line on stderr, non-zero exit, no stack trace', { conc
   });
 
   test('sample: --solver foo', async () => {
-    await expectError(['sample', '--model', classModel, '--solver', 'foo'], /unknown solver 'foo' \(expected one of: sequential, jacobi, gs-jacobi, block-jacobi\)/, { code: 2 });
+    await expectError(['sample', '--model', classModel, '--solver', 'foo'], /unknown solver 'foo' \(expected one of: sequential, jacobi, gs-jacobi, block-jacobi, euler, heun\)/, { code: 2 });
+  });
+
+  test('sample: --steps 0, a solver a family lacks, --steps on a flow', async () => {
+    await expectError(['sample', '--model', rfModel, '--n', '2', '--steps', '0'], /--steps must be an integer ≥ 1, got '0'/, { code: 2 });
+    await expectError(['sample', '--model', rfModel, '--n', '2', '--solver', 'jacobi'], /dit models sample with euler or heun, not 'jacobi'/);
+    await expectError(['sample', '--model', meanflowModel, '--n', '2', '--solver', 'heun'], /this model samples with euler: heun needs the instantaneous velocity/);
+    await expectError(['sample', '--model', classModel, '--n', '2', '--solver', 'heun'], /heun integrates a velocity field: tarflow models are inverted block by block/);
+    await expectError(['sample', '--model', classModel, '--n', '2', '--steps', '4'], /--steps applies to rectified-flow and MeanFlow models/);
+    await expectError(['eval', '--model', classModel, '--n', '4', '--steps', '1,x'], /--steps must be a comma-separated list/, { code: 2 });
   });
 
   test('sample: --n 0', async () => {
